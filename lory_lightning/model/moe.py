@@ -1,0 +1,241 @@
+"""Lory's FFN: causal segment routing + expert merging (LORY.md section 1), and its dense twin.
+
+Shape legend: B batch, L positions, P prompt positions, N segments, T segment length,
+E experts, d model width (``dim``), f FFN width (``hidden_dim``).
+
+The layer never evaluates E experts. Per segment it merges the experts' weights into one SwiGLU with
+the routing weights taken on the *previous* segment, and applies that one FFN to the segment's T
+tokens, so the FFN costs a dense FFN plus one merge per segment (E/T more FLOPs).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+RoutingMode = Literal["prompt", "segment"]
+ROUTING_MODES = ("prompt", "segment")
+
+
+class Routing(NamedTuple):
+    """What one Lory layer decided for a batch: read by losses and monitoring callbacks.
+
+    logits: (B, N, E) router logits (fp32 or wider) of each segment's own mean input (before the shift).
+    weights: (B, N, E) the weights actually merged for each segment, after the causal shift.
+    """
+
+    logits: Tensor
+    weights: Tensor
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+
+def segment_means(x: Tensor, segment_len: int) -> Tensor:
+    """Mean of the FFN inputs over each segment: (B, L, d) -> (B, N, d), N = ceil(L / T).
+
+    A partial last segment (inference only) is averaged over the positions it has.
+    """
+    B, L, d = x.shape
+    N = math.ceil(L / segment_len)
+    pad = N * segment_len - L
+    if pad == 0:
+        return x.view(B, N, segment_len, d).mean(dim=2)  # (B, N, d)
+    sums = F.pad(x, (0, 0, 0, pad)).view(B, N, segment_len, d).sum(dim=2)  # (B, N, d)
+    counts = torch.full((N, 1), float(segment_len), device=x.device, dtype=x.dtype)
+    counts[-1] = segment_len - pad
+    return sums / counts  # (B, N, d)
+
+
+def causal_shift(probs: Tensor) -> Tensor:
+    """Routing weights applied to each segment from each segment's own router probabilities.
+
+    (B, N, E) -> (B, N, E). Segment k >= 1 uses segment k-1's probabilities; segment 0 uses its
+    own, with the gradient cut so the model cannot learn to exploit seeing its own future tokens.
+    The shift runs along the segment axis (dim 1): a flat ``roll(e, 1)`` as in the paper's
+    pseudo-code would shift the expert axis instead.
+    """
+    return torch.cat([probs[:, :1].detach(), probs[:, :-1]], dim=1)  # (B, N, E)
+
+
+def merge_experts(weights: Tensor, expert_weight: Tensor) -> Tensor:
+    """Soft-merge the experts of one weight matrix, once per routing row.
+
+    weights (..., E), expert_weight (E, a, b) -> (..., a, b). One matmul over the expert axis on
+    a flattened view: faster than einsum here (FACTS.md), and no loop over segments or experts.
+    """
+    E = expert_weight.shape[0]
+    lead = weights.shape[:-1]
+    flat = weights.reshape(-1, E).to(expert_weight.dtype) @ expert_weight.reshape(E, -1)  # (rows, a*b)
+    return flat.view(*lead, *expert_weight.shape[1:])  # (..., a, b)
+
+
+def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:
+    """SwiGLU with weights stored (in, out): (..., T, d) with (..., d, f), (..., d, f), (..., f, d).
+
+    Leading dims broadcast, so one call serves a dense FFN (weights without leading dims), one
+    merged FFN per segment (batched matmul over B*N) and one merged FFN per sequence.
+    """
+    return (F.silu(x @ w_gate) * (x @ w_up)) @ w_down  # (..., T, d)
+
+
+# ----------------------------------------------------------------------------- inference state
+
+
+@dataclass
+class MergedFFNCache:
+    """One Lory layer's state while decoding, kept next to the KV cache.
+
+    w_gate, w_up: (B, d, f) and w_down: (B, f, d): the merged FFN of the current segment
+    (prompt mode: of the whole sequence). segment_sum: (B, d) sum of the FFN inputs seen so far
+    in the current segment (segment mode only), so the next segment can route on its mean.
+    """
+
+    mode: RoutingMode
+    w_gate: Tensor
+    w_up: Tensor
+    w_down: Tensor
+    segment_sum: Tensor | None = None
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+class SwiGLU(nn.Module):
+    """The dense FFN: the parameter-matched baseline and the model that upcycling copies."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.w_gate = nn.Parameter(torch.empty(dim, hidden_dim))  # (d, f)
+        self.w_up = nn.Parameter(torch.empty(dim, hidden_dim))  # (d, f)
+        self.w_down = nn.Parameter(torch.empty(hidden_dim, dim))  # (f, d)
+        self.reset_parameters()
+
+    def reset_parameters(self, std: float = 0.02, out_std: float | None = None) -> None:
+        nn.init.normal_(self.w_gate, std=std)
+        nn.init.normal_(self.w_up, std=std)
+        nn.init.normal_(self.w_down, std=std if out_std is None else out_std)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return swiglu(x, self.w_gate, self.w_up, self.w_down)  # (B, L, d)
+
+    def forward_with_routing(self, x: Tensor) -> tuple[Tensor, None]:
+        return self(x), None
+
+    def prefill(self, x: Tensor, mode: RoutingMode) -> tuple[Tensor, None]:
+        return self(x), None
+
+    def decode(self, x: Tensor, cache: None, pos: int) -> Tensor:
+        return self(x)
+
+
+class LoryMoE(nn.Module):
+    """E SwiGLU experts merged per segment by causal segment routing (LORY.md section 1).
+
+    Args:
+        dim: Model width d.
+        hidden_dim: Width f of every expert.
+        num_experts: E.
+        segment_len: T; training inputs must have L a multiple of T.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, num_experts: int, segment_len: int) -> None:
+        super().__init__()
+        if num_experts < 1 or segment_len < 1:
+            raise ValueError(f"num_experts ({num_experts}) and segment_len ({segment_len}) must be >= 1")
+        self.dim, self.hidden_dim = dim, hidden_dim
+        self.num_experts, self.segment_len = num_experts, segment_len
+        self.router = nn.Linear(dim, num_experts, bias=False)  # weight (E, d)
+        self.w_gate = nn.Parameter(torch.empty(num_experts, dim, hidden_dim))  # (E, d, f)
+        self.w_up = nn.Parameter(torch.empty(num_experts, dim, hidden_dim))  # (E, d, f)
+        self.w_down = nn.Parameter(torch.empty(num_experts, hidden_dim, dim))  # (E, f, d)
+        self.reset_parameters()
+
+    def reset_parameters(self, std: float = 0.02, out_std: float | None = None,
+                         router_std: float = 0.02) -> None:
+        nn.init.normal_(self.w_gate, std=std)
+        nn.init.normal_(self.w_up, std=std)
+        nn.init.normal_(self.w_down, std=std if out_std is None else out_std)
+        # Small but non-zero: a zero router over equal (upcycled) experts has zero gradient.
+        nn.init.normal_(self.router.weight, std=router_std)
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, hidden_dim={self.hidden_dim}, num_experts={self.num_experts}, "
+                f"segment_len={self.segment_len}")
+
+    def router_logits(self, h: Tensor) -> Tensor:
+        """(..., d) -> (..., E), in at least fp32 whatever the autocast dtype: the softmax decides merges."""
+        dtype = torch.promote_types(h.dtype, torch.float32)
+        with torch.autocast(h.device.type, enabled=False):
+            return F.linear(h.to(dtype), self.router.weight.to(dtype))
+
+    def route(self, x: Tensor) -> Routing:
+        """Causal segment routing of x (B, L, d): logits and applied weights, each (B, N, E)."""
+        logits = self.router_logits(segment_means(x, self.segment_len))  # (B, N, E)
+        return Routing(logits=logits, weights=causal_shift(logits.softmax(dim=-1)))
+
+    def routing_weights(self, x: Tensor) -> Tensor:
+        """The weights merged for each segment of x (B, L, d), after the causal shift: (B, N, E)."""
+        return self.route(x).weights
+
+    def merged(self, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The three merged matrices for routing weights (..., E): (..., d, f), (..., d, f), (..., f, d)."""
+        return (merge_experts(weights, self.w_gate), merge_experts(weights, self.w_up),
+                merge_experts(weights, self.w_down))
+
+    def forward_with_routing(self, x: Tensor) -> tuple[Tensor, Routing]:
+        """y (B, L, d) and the layer's Routing. Training needs L % T == 0; inference may have a tail."""
+        B, L, d = x.shape
+        T = self.segment_len
+        if L % T and self.training:
+            raise ValueError(f"sequence length {L} is not a multiple of segment_len {T} in training")
+        routing = self.route(x)
+        N = routing.weights.shape[1]
+        w_gate, w_up, w_down = self.merged(routing.weights)  # (B, N, d, f), (B, N, d, f), (B, N, f, d)
+        pad = N * T - L
+        xs = (F.pad(x, (0, 0, 0, pad)) if pad else x).reshape(B * N, T, d)  # (B*N, T, d)
+        y = swiglu(xs, w_gate.view(B * N, d, -1), w_up.view(B * N, d, -1),
+                   w_down.view(B * N, -1, d))  # (B*N, T, d)
+        y = y.view(B, N * T, d)
+        return (y[:, :L] if pad else y), routing  # (B, L, d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_with_routing(x)[0]
+
+    # ------------------------------------------------------------------ incremental decoding
+
+    def prefill(self, x: Tensor, mode: RoutingMode) -> tuple[Tensor, MergedFFNCache]:
+        """Run the prompt x (B, P, d) and return y (B, P, d) with the state for decoding.
+
+        prompt: route once on the mean of the whole prompt, merge once, and keep that FFN for the
+            prompt and every generated token (LORY.md section 2; a dense model's decoding cost).
+        segment: exactly the training computation; the state holds the last segment's merged FFN
+            and the running input sum from which the next segment will route.
+        """
+        if mode == "prompt":
+            probs = self.router_logits(x.mean(dim=1)).softmax(dim=-1)  # (B, E)
+            w_gate, w_up, w_down = self.merged(probs)  # (B, d, f), (B, d, f), (B, f, d)
+            return swiglu(x, w_gate, w_up, w_down), MergedFFNCache(mode, w_gate, w_up, w_down)
+        if mode != "segment":
+            raise ValueError(f"routing mode must be one of {ROUTING_MODES}, got {mode!r}")
+        y, routing = self.forward_with_routing(x)
+        P, T = x.shape[1], self.segment_len
+        w_gate, w_up, w_down = self.merged(routing.weights[:, -1])  # (B, d, f), (B, d, f), (B, f, d)
+        last_start = (P - 1) // T * T
+        segment_sum = x[:, last_start:].sum(dim=1)  # (B, d)
+        return y, MergedFFNCache(mode, w_gate, w_up, w_down, segment_sum)
+
+    def decode(self, x: Tensor, cache: MergedFFNCache, pos: int) -> Tensor:
+        """One new token x (B, 1, d) at absolute position ``pos`` -> y (B, 1, d); updates cache."""
+        if cache.mode == "segment":
+            if pos % self.segment_len == 0:  # a segment just completed: route on its mean
+                probs = self.router_logits(cache.segment_sum / self.segment_len).softmax(dim=-1)  # (B, E)
+                cache.w_gate, cache.w_up, cache.w_down = self.merged(probs)
+                cache.segment_sum = torch.zeros_like(cache.segment_sum)
+            cache.segment_sum = cache.segment_sum + x[:, 0]  # (B, d)
+        return swiglu(x, cache.w_gate, cache.w_up, cache.w_down)  # (B, 1, d)
