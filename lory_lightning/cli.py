@@ -47,6 +47,14 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         parser.add_argument(f"--{f.name}", **kwargs)
 
 
+LIGHTNING_COMMANDS = {
+    "fit": "train a model (LightningCLI: --config YAML, --print_config, --ckpt_path to resume)",
+    "validate": "per-domain validation perplexity of a checkpoint (LightningCLI)",
+    "test": "the same on the test split, here the held-out split (LightningCLI)",
+    "predict": "per-sequence NLL and routing weights on the held-out split (LightningCLI)",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data.prepare import PrepareConfig
     from .data.sources import __doc__ as policy_doc
@@ -54,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lory",
         description="Pre-train Lory (fully differentiable Mixture-of-Experts) language models.",
+        epilog="`lory COMMAND --help` shows each command's options.",
     )
     parser.add_argument("--version", action="version", version=f"lory-lightning {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -66,6 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--overwrite", action="store_true",
                       help="replace an output folder prepared with another config")
     prep.add_argument("--quiet", action="store_true", help="print only the summary")
+    for name, text in LIGHTNING_COMMANDS.items():
+        commands.add_parser(name, help=text, add_help=False)  # listed here, parsed by LightningCLI
+    gen = commands.add_parser("generate", help="continue a prompt with a trained checkpoint",
+                              description="Sample text from a LoryLM checkpoint (prompt-only routing by default).")
+    gen.add_argument("--ckpt_path", required=True, help="a checkpoint written by `lory fit`")
+    gen.add_argument("--prompt", required=True, help="text to continue")
+    gen.add_argument("--max_new_tokens", type=int, default=100)
+    gen.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    gen.add_argument("--top_k", type=int, default=50)
+    gen.add_argument("--routing", choices=["prompt", "segment"], default="prompt",
+                     help="prompt: one merge per layer from the prompt (paper default); segment: as in training")
+    gen.add_argument("--tokenizer", help="tokenizer.json, if the checkpoint carries none")
+    gen.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -82,11 +104,49 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"prepare": _prepare}
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+    from tokenizers import Tokenizer
+
+    from .model import LoryTransformer, ModelConfig, generate
+    from .module import load_checkpoint, model_state
+
+    ckpt = load_checkpoint(args.ckpt_path)
+    try:
+        cfg = ModelConfig(**ckpt["hyper_parameters"]["model"])
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{args.ckpt_path}: no LoryLM model config in the checkpoint ({err})") from err
+    model = LoryTransformer(cfg)
+    model.load_state_dict(model_state(ckpt))
+    if args.tokenizer:
+        tok = Tokenizer.from_file(args.tokenizer)
+    elif "tokenizer" in ckpt:
+        tok = Tokenizer.from_str(ckpt["tokenizer"])
+    else:
+        raise ValueError(f"{args.ckpt_path} carries no tokenizer; pass --tokenizer DATA_DIR/tokenizer.json")
+    ids = tok.encode(args.prompt).ids
+    if not ids:
+        raise ValueError("--prompt is empty after tokenization")
+    out = generate(model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature,
+                   top_k=args.top_k, routing=args.routing, eos_id=tok.token_to_id("<|endoftext|>"),
+                   generator=torch.Generator().manual_seed(args.seed))
+    print(tok.decode(out[0].tolist()))
+    return 0
+
+
+def _lightning(argv: list[str]) -> int:
+    from .lightning_cli import run_lightning_cli
+
+    return run_lightning_cli(argv)
+
+
+COMMANDS = {"prepare": _prepare, "generate": _generate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        return _lightning(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -7,3 +7,33 @@ def _seed_and_threads():
     # Every test starts from the same RNG state, so numbers do not depend on test order.
     torch.manual_seed(0)
     yield
+
+
+import json
+import random
+
+DOMAIN_WORDS = {
+    "cooking": "flour butter oven bake sugar whisk dough knead salt pepper simmer boil roast garlic onion".split(),
+    "space": "orbit rocket planet star galaxy comet telescope gravity moon launch nebula asteroid probe".split(),
+    "law": "court judge contract clause liability plaintiff statute appeal verdict counsel tort license".split(),
+}
+
+
+def make_corpus(folder, docs_per_domain=40, seed=0, broken=False):
+    """A small synthetic multi-domain jsonl corpus: each domain draws words from its own vocabulary."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for domain, words in DOMAIN_WORDS.items():
+        lines = []
+        for i in range(docs_per_domain):
+            n = rng.randint(30, 120)
+            text = " ".join(rng.choice(words) for _ in range(n)) + f". Document {i} of {domain}."
+            lines.append(json.dumps({"text": text, "domain": domain}))
+        if broken and domain == "space":
+            lines.insert(3, '{"text": "cut off')
+            lines.insert(7, '{"title": "no text"}')
+        path = folder / f"{domain}.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        paths.append(path)
+    return paths

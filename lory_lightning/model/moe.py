@@ -154,6 +154,9 @@ class LoryMoE(nn.Module):
         self.w_gate = nn.Parameter(torch.empty(num_experts, dim, hidden_dim))  # (E, d, f)
         self.w_up = nn.Parameter(torch.empty(num_experts, dim, hidden_dim))  # (E, d, f)
         self.w_down = nn.Parameter(torch.empty(num_experts, hidden_dim, dim))  # (E, f, d)
+        # Dense warmup (LORY.md section 3): while set, every segment uses expert 0 alone, which is
+        # exactly a dense SwiGLU; upcycle_from_first_expert() ends it. A buffer, so checkpoints keep it.
+        self.register_buffer("dense_phase", torch.tensor(False))
         self.reset_parameters()
 
     def reset_parameters(self, std: float = 0.02, out_std: float | None = None,
@@ -177,7 +180,21 @@ class LoryMoE(nn.Module):
     def route(self, x: Tensor) -> Routing:
         """Causal segment routing of x (B, L, d): logits and applied weights, each (B, N, E)."""
         logits = self.router_logits(segment_means(x, self.segment_len))  # (B, N, E)
-        return Routing(logits=logits, weights=causal_shift(logits.softmax(dim=-1)))
+        probs = logits.softmax(dim=-1)  # (B, N, E)
+        if bool(self.dense_phase):
+            return Routing(logits=logits, weights=self._first_expert_only(probs))
+        return Routing(logits=logits, weights=causal_shift(probs))
+
+    def _first_expert_only(self, probs: Tensor) -> Tensor:
+        """Dense phase: one-hot on expert 0, which merges to exactly w[0]. "+ 0 * probs" keeps the
+        router in the graph with a zero gradient, so DDP sees every parameter used."""
+        onehot = torch.zeros_like(probs)
+        onehot[..., 0] = 1.0
+        return onehot + 0.0 * probs
+
+    def _inference_probs(self, h: Tensor) -> Tensor:
+        probs = self.router_logits(h).softmax(dim=-1)  # (B, E)
+        return self._first_expert_only(probs) if bool(self.dense_phase) else probs
 
     def routing_weights(self, x: Tensor) -> Tensor:
         """The weights merged for each segment of x (B, L, d), after the causal shift: (B, N, E)."""
@@ -187,6 +204,15 @@ class LoryMoE(nn.Module):
         """The three merged matrices for routing weights (..., E): (..., d, f), (..., d, f), (..., f, d)."""
         return (merge_experts(weights, self.w_gate), merge_experts(weights, self.w_up),
                 merge_experts(weights, self.w_down))
+
+    @torch.no_grad()
+    def upcycle_from_first_expert(self, router_std: float = 0.02, generator: torch.Generator | None = None) -> None:
+        """End the dense phase: copy expert 0 into every expert and draw a fresh small router."""
+        for w in (self.w_gate, self.w_up, self.w_down):
+            w.copy_(w[:1].expand_as(w))
+        fresh = torch.randn(self.router.weight.shape, generator=generator, dtype=torch.float32) * router_std
+        self.router.weight.copy_(fresh.to(self.router.weight))
+        self.dense_phase.fill_(False)
 
     def forward_with_routing(self, x: Tensor) -> tuple[Tensor, Routing]:
         """y (B, L, d) and the layer's Routing. Training needs L % T == 0; inference may have a tail."""
@@ -218,7 +244,7 @@ class LoryMoE(nn.Module):
             and the running input sum from which the next segment will route.
         """
         if mode == "prompt":
-            probs = self.router_logits(x.mean(dim=1)).softmax(dim=-1)  # (B, E)
+            probs = self._inference_probs(x.mean(dim=1))  # (B, E)
             w_gate, w_up, w_down = self.merged(probs)  # (B, d, f), (B, d, f), (B, f, d)
             return swiglu(x, w_gate, w_up, w_down), MergedFFNCache(mode, w_gate, w_up, w_down)
         if mode != "segment":
@@ -234,7 +260,7 @@ class LoryMoE(nn.Module):
         """One new token x (B, 1, d) at absolute position ``pos`` -> y (B, 1, d); updates cache."""
         if cache.mode == "segment":
             if pos % self.segment_len == 0:  # a segment just completed: route on its mean
-                probs = self.router_logits(cache.segment_sum / self.segment_len).softmax(dim=-1)  # (B, E)
+                probs = self._inference_probs(cache.segment_sum / self.segment_len)  # (B, E)
                 cache.w_gate, cache.w_up, cache.w_down = self.merged(probs)
                 cache.segment_sum = torch.zeros_like(cache.segment_sum)
             cache.segment_sum = cache.segment_sum + x[:, 0]  # (B, d)

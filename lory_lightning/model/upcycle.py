@@ -40,6 +40,7 @@ def upcycle_state_dict(dense_state: dict[str, Tensor], cfg: ModelConfig,
     if not routers:
         raise ValueError("no dense FFN weights (*.ffn.w_gate) found: is this a dense model's state dict?")
     for key in routers:
+        out[key.replace("router.weight", "dense_phase")] = torch.tensor(False)
         like = out[key.replace("router.weight", "w_gate")]  # (E, d, f)
         out[key] = torch.randn(cfg.num_experts, cfg.dim, generator=generator, dtype=torch.float32
                                ).mul_(cfg.router_init_std).to(device=like.device, dtype=like.dtype)

@@ -1,0 +1,234 @@
+"""LoryLM: the LightningModule that trains a LoryTransformer (loss, optimizer, schedule, upcycling, metrics)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+
+from .metrics import DomainPerplexity
+from .model import LoryTransformer, ModelConfig, load_balancing_loss, router_z_loss, upcycle_state_dict
+from .model.moe import LoryMoE
+from .optim import OptimConfig, lr_multiplier, param_groups, upcycle_optimizer_state
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """A checkpoint loaded with ``weights_only=True``: a pickle payload is refused, never run."""
+    import pickle
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path}: refused to load: it holds objects other than tensors and plain data "
+                         f"({str(err).splitlines()[0]})") from err
+    except (RuntimeError, EOFError) as err:
+        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): {err}") from err
+
+
+def model_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The LoryTransformer weights of a LoryLM checkpoint (keys without the ``model.`` prefix)."""
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict):
+        raise ValueError("checkpoint has no state_dict: is it a Lightning checkpoint of LoryLM?")
+    return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+
+
+class LoryLM(L.LightningModule):
+    """Pre-trains a Lory (or dense) decoder with LM cross-entropy.
+
+    Args:
+        model: The decoder (``ffn: lory`` or ``dense``). ``vocab_size`` and ``seq_len`` are linked
+            with the data by the CLI.
+        optim: AdamW + cosine schedule settings.
+        dense_warmup: Share of ``trainer.max_steps`` trained as the dense model before upcycling
+            into experts (paper: 0.05; 0 starts as Lory). Only for ``ffn: lory``.
+        init_from: A checkpoint to start from: a dense LoryLM checkpoint is upcycled into this
+            Lory model; one of the same architecture is loaded as is.
+        load_balance_coef: Weight of the Switch load-balancing loss (paper: 0, off).
+        z_loss_coef: Weight of the router z-loss (paper: 0, off).
+    """
+
+    def __init__(self, model: ModelConfig = ModelConfig(), optim: OptimConfig = OptimConfig(),
+                 dense_warmup: float = 0.0, init_from: str | None = None,
+                 load_balance_coef: float = 0.0, z_loss_coef: float = 0.0) -> None:
+        super().__init__()
+        if isinstance(model, dict):
+            model = ModelConfig(**model)
+        if isinstance(optim, dict):
+            optim = OptimConfig(**optim)
+        if not 0.0 <= dense_warmup < 1.0:
+            raise ValueError(f"model.dense_warmup is a share of max_steps in [0, 1), got {dense_warmup}")
+        if dense_warmup and not model.is_moe:
+            raise ValueError("model.dense_warmup needs model.ffn: lory (a dense model has nothing to upcycle)")
+        if (load_balance_coef or z_loss_coef) and not model.is_moe:
+            raise ValueError("router losses (load_balance_coef, z_loss_coef) need model.ffn: lory")
+        # Plain data only, so checkpoints load with weights_only=True.
+        self.save_hyperparameters({"model": dataclasses.asdict(model), "optim": dataclasses.asdict(optim),
+                                   "dense_warmup": dense_warmup, "init_from": init_from,
+                                   "load_balance_coef": load_balance_coef, "z_loss_coef": z_loss_coef})
+        self.config, self.optim = model, optim
+        self.dense_warmup, self.load_balance_coef, self.z_loss_coef = dense_warmup, load_balance_coef, z_loss_coef
+        self.model = LoryTransformer(model)
+        if init_from:
+            self._init_from(init_from)
+        elif dense_warmup:
+            for layer in self.model.moe_layers():
+                layer.dense_phase.fill_(True)
+        self.domains: list[str] = []
+        self.val_ppl: DomainPerplexity | None = None
+        self.tokens_seen = 0
+        self._step_start: float | None = None
+
+    def _init_from(self, path: str) -> None:
+        state = model_state(load_checkpoint(path))
+        is_dense = not any(k.endswith("router.weight") for k in state)
+        if is_dense and self.config.is_moe:
+            state = upcycle_state_dict(state, self.config,
+                                       torch.Generator().manual_seed(torch.initial_seed() % 2 ** 63))
+        try:
+            self.model.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(f"model.init_from {path}: weights do not fit this model config: "
+                             f"{str(err).splitlines()[0]}") from err
+        rank_zero_info(f"initialized from {path}" + (" (dense, upcycled into experts)" if is_dense else ""))
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        manifest = getattr(dm, "manifest", None)
+        if manifest is None:
+            return
+        if manifest["vocab_size"] > self.config.vocab_size:
+            raise ValueError(f"the tokenizer has {manifest['vocab_size']} tokens, model.vocab_size is "
+                             f"{self.config.vocab_size}: raise model vocab_size (or data.vocab_size)")
+        if manifest["seq_len"] != self.config.seq_len:
+            raise ValueError(f"data holds sequences of {manifest['seq_len']}, model.seq_len is {self.config.seq_len}")
+        self.domains = list(manifest["domains"])
+        if self.val_ppl is None or self.val_ppl.num_domains != len(self.domains):
+            self.val_ppl = DomainPerplexity(len(self.domains)).to(self.device)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        max_steps = self.trainer.max_steps
+        if max_steps is None or max_steps <= 0:
+            raise ValueError("set trainer.max_steps: the cosine schedule and dense_warmup are sized by it")
+        opt = torch.optim.AdamW(param_groups(self.model, self.optim.weight_decay), lr=self.optim.lr,
+                                betas=self.optim.betas, eps=self.optim.eps)
+        warmup = int(round(self.optim.warmup_fraction * max_steps))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: lr_multiplier(step, max_steps, warmup, self.optim.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ------------------------------------------------------------------ training
+
+    @property
+    def upcycle_step(self) -> int | None:
+        if not self.dense_warmup or self.trainer is None:
+            return None
+        return int(round(self.dense_warmup * self.trainer.max_steps))
+
+    def in_dense_phase(self) -> bool:
+        return any(bool(layer.dense_phase) for layer in self.model.moe_layers())
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.in_dense_phase() and self.upcycle_step is not None and self.global_step >= self.upcycle_step:
+            self.upcycle_now()
+        self._step_start = time.perf_counter()
+
+    @torch.no_grad()
+    def upcycle_now(self) -> None:
+        """End the dense warmup: copy each FFN into every expert, fresh routers, expert 0's Adam moments."""
+        # The same generator state on every rank, so all ranks draw the same routers.
+        gen = torch.Generator().manual_seed(torch.initial_seed() % 2 ** 63 + self.global_step)
+        layers = self.model.moe_layers()
+        for layer in layers:
+            layer.upcycle_from_first_expert(self.config.router_init_std, gen)
+        for opt in self.trainer.optimizers:
+            upcycle_optimizer_state(opt, [w for l in layers for w in (l.w_gate, l.w_up, l.w_down)],
+                                    [l.router.weight for l in layers])
+        rank_zero_info(f"step {self.global_step}: dense warmup over, upcycled into "
+                       f"{self.config.num_experts} experts per layer")
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        out = self.model(batch["input_ids"])  # logits (B, L, V)
+        nll = F.cross_entropy(out.logits.float().flatten(0, 1), batch["targets"].flatten(),
+                              reduction="none").view_as(batch["targets"])  # (B, L)
+        return nll, nll.mean(), out.routing
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
+        _, lm_loss, routing = self._loss(batch)
+        loss = lm_loss
+        if self.load_balance_coef:
+            balance = load_balancing_loss(routing)
+            loss = loss + self.load_balance_coef * balance
+            self.log("train/load_balance", balance)
+        if self.z_loss_coef:
+            z = router_z_loss(routing)
+            loss = loss + self.z_loss_coef * z
+            self.log("train/z_loss", z)
+        self.log("train/loss", lm_loss, prog_bar=True)
+        self.tokens_seen += batch["targets"].numel() * self.trainer.world_size
+        # Routing goes out with the step's outputs: monitoring callbacks read it in on_train_batch_end.
+        return {"loss": loss, "routing": tuple(None if r is None else r._replace(
+            logits=r.logits.detach(), weights=r.weights.detach()) for r in routing)}
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._step_start is not None:
+            seconds = time.perf_counter() - self._step_start
+            tokens = batch["targets"].numel() * self.trainer.world_size
+            self.log("train/tokens_per_s", tokens / max(seconds, 1e-9), prog_bar=True)
+        self.log("train/tokens", float(self.tokens_seen))
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+
+    # ------------------------------------------------------------------ evaluation
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
+        nll, loss, routing = self._loss(batch)
+        if self.val_ppl is None:  # a data module without domains: one domain
+            self.domains = ["all"]
+            self.val_ppl = DomainPerplexity(1).to(self.device)
+        self.val_ppl.update(nll.detach(), batch["domains"] if len(self.domains) > 1 else torch.zeros_like(batch["domains"]))
+        return {"loss": loss, "routing": routing}
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_ppl is None:
+            return
+        result = self.val_ppl.compute()
+        for name, ppl, count in zip(self.domains, result["per_domain"], result["count"]):
+            if count > 0:
+                self.log(f"val/{name}/ppl", ppl.float(), sync_dist=False)
+        self.log("val/ppl", result["all"].float(), prog_bar=True, sync_dist=False)
+        self.log("val/loss", result["all"].float().log(), sync_dist=False)
+        self.val_ppl.reset()
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
+        return self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self.on_validation_epoch_end()
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Per-sequence mean NLL and each Lory layer's routing weights (None for dense layers)."""
+        nll, _, routing = self._loss(batch)
+        return {"nll": nll.mean(dim=1), "routing": [None if r is None else r.weights for r in routing]}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["tokens_seen"] = self.tokens_seen
+        checkpoint["domains"] = list(self.domains)
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "tokenizer_json"):
+            checkpoint["tokenizer"] = dm.tokenizer_json  # `lory generate` needs nothing but the checkpoint
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
+        self.domains = list(checkpoint.get("domains", []))
