@@ -37,3 +37,16 @@ def make_corpus(folder, docs_per_domain=40, seed=0, broken=False):
         path.write_text("\n".join(lines) + "\n")
         paths.append(path)
     return paths
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory):
+    """A prepared folder of the synthetic corpus: L = 32, many small shards (4 sequences each)."""
+    from lory_lightning.data.prepare import PrepareConfig, prepare
+
+    root = tmp_path_factory.mktemp("small")
+    inputs = [str(p) for p in make_corpus(root / "in", docs_per_domain=60)]
+    out = root / "data"
+    prepare(PrepareConfig(output=str(out), inputs=inputs, seq_len=32, vocab_size=300, sequences_per_shard=4,
+                          val_fraction=0.1), quiet=True)
+    return out

@@ -1,0 +1,114 @@
+"""`lory fit | validate | generate` end to end on a small prepared corpus, and every YAML parsed."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lory_lightning.cli import main
+from lory_lightning.module import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+CALLBACK_SETS = sorted((ROOT / "callbacks").glob("*.yaml"))
+
+
+def small_config(tmp_path, data_dir, **model):
+    cfg = yaml.safe_load((ROOT / "configs" / "lory-tiny.yaml").read_text())
+    cfg["trainer"].update(max_steps=16, val_check_interval=8, limit_val_batches=2, log_every_n_steps=1,
+                          enable_progress_bar=False, enable_model_summary=False)
+    cfg["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "runs")
+    cfg["model"]["model"].update(seq_len=32, segment_len=8, n_layer=2, n_head=2, dim=32, hidden_dim=48,
+                                 num_experts=4, **model)
+    cfg["model"]["dense_warmup"] = 0.25
+    cfg["data"].update(data_dir=str(data_dir), vocab_size=300, batch_size=4)
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def metrics(run_dir):
+    with open(next(Path(run_dir).rglob("metrics.csv"))) as f:
+        return list(csv.DictReader(f))
+
+
+def test_fit_validate_generate(small_data, tmp_path, capsys, caplog):
+    cfg = small_config(tmp_path, small_data)
+    assert main(["fit", "--config", str(cfg)]) == 0
+    run = tmp_path / "runs" / "lory-tiny" / "version_0"
+    assert (run / "config.yaml").is_file()  # the resolved config of every run
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    # linked values are written once, at their source; the module received them
+    assert saved["data"]["vocab_size"] == 300 and saved["model"]["model"]["seq_len"] == 32
+    hparams = yaml.safe_load((run / "hparams.yaml").read_text())
+    assert hparams["model"]["vocab_size"] == 300
+    rows = metrics(run)
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) == 16 and sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.3
+    val = [r for r in rows if r.get("val/ppl")]
+    assert len(val) == 2
+    for domain in ("cooking", "space", "law"):
+        assert float(val[-1][f"val/{domain}/ppl"]) < 300
+    assert [float(r["train/tokens"]) for r in rows if r.get("train/tokens")][-1] == 16 * 4 * 32
+    ckpt = run / "checkpoints" / "last.ckpt"
+    loaded = load_checkpoint(str(ckpt))  # weights_only=True
+    assert loaded["domains"] == ["cooking", "space", "law"] and "tokenizer" in loaded
+    assert not any(v for k, v in loaded["state_dict"].items() if k.endswith("dense_phase"))  # upcycled at 4
+
+    capsys.readouterr()
+    assert main(["validate", "--config", str(cfg), "--ckpt_path", str(ckpt)]) == 0
+    assert "val/ppl" in capsys.readouterr().out
+
+    assert main(["generate", "--ckpt_path", str(ckpt), "--prompt", "flour butter", "--max_new_tokens", "8",
+                 "--temperature", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("flour butter") and len(out.rstrip("\n")) > len("flour butter")
+
+    # a dense checkpoint starts a Lory run through upcycling (init_from)
+    dense_cfg = small_config(tmp_path, small_data, ffn="dense")
+    text = dense_cfg.read_text().replace("dense_warmup: 0.25", "dense_warmup: 0.0")
+    dense_cfg.write_text(text.replace("name: lory-tiny", "name: dense"))
+    assert main(["fit", "--config", str(dense_cfg), "--trainer.max_steps", "4"]) == 0
+    dense_ckpt = tmp_path / "runs" / "dense" / "version_0" / "checkpoints" / "last.ckpt"
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert main(["fit", "--config", str(cfg), "--model.init_from", str(dense_ckpt), "--model.dense_warmup", "0",
+                     "--trainer.max_steps", "2"]) == 0
+    assert "(dense, upcycled into experts)" in caplog.text
+
+
+def test_bad_key_path_and_checkpoint_exit_nonzero(small_data, tmp_path, capsys):
+    cfg = small_config(tmp_path, small_data)
+    with pytest.raises(SystemExit) as err:
+        main(["fit", "--config", str(cfg), "--trainer.max_stpes", "3"])
+    assert err.value.code != 0
+    assert "max_stpes" in capsys.readouterr().err
+    assert main(["fit", "--config", str(cfg), "--ckpt_path", str(tmp_path / "missing.ckpt")]) == 1
+    assert "missing.ckpt" in capsys.readouterr().err
+    assert main(["generate", "--ckpt_path", str(tmp_path / "missing.ckpt"), "--prompt", "x"]) == 1
+    assert capsys.readouterr().err.strip() == f"lory generate: error: {tmp_path / 'missing.ckpt'}: no such checkpoint"
+    assert main(["fit", "--config", str(cfg), "--model.model.segment_len", "5"]) != 0
+    assert "not a multiple of model.segment_len 5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_every_run_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert err.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    model = printed["model"]["model"]
+    assert model["seq_len"] % model["segment_len"] == 0 and model["seq_len"] // model["segment_len"] >= 4
+    assert "seq_len" not in printed["data"] and printed["data"]["vocab_size"] > 0  # linked, typed once
+    assert printed["trainer"]["max_steps"] > 0
+
+
+@pytest.mark.parametrize("callbacks", CALLBACK_SETS, ids=lambda p: p.name)
+def test_every_callback_set_composes_with_the_main_job(callbacks, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["fit", "--config", str(ROOT / "configs" / "lory-tiny.yaml"), "--config", str(callbacks),
+              "--print_config"])
+    assert err.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["callbacks"] and printed["model"]["model"]["ffn"] == "lory"
