@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
@@ -10,6 +11,7 @@ from lightning.pytorch.trainer import Trainer
 
 from .data.datamodule import LoryDataModule
 from .module import LoryLM
+from .summary import perplexity_table
 
 
 class LoryCLI(LightningCLI):
@@ -22,11 +24,47 @@ class LoryCLI(LightningCLI):
         # A run must be resumable with --ckpt_path last whatever callback set a YAML composes in:
         # add a checkpoint (after every validation, plus last.ckpt) unless one is configured.
         trainer = super().instantiate_trainer(**kwargs)
+        # Loggers sharing one save_dir/name (TensorBoard + CSV) write into one version folder; left
+        # alone, each picks the next free version and the CSV lands in version_N+1.
+        first = trainer.loggers[0] if trainer.loggers else None
+        for logger in trainer.loggers[1:]:
+            if (getattr(logger, "_version", 0) is None and logger.save_dir == first.save_dir
+                    and logger.name == first.name):
+                logger._version = first.version
         if not any(isinstance(c, ModelCheckpoint) for c in trainer.callbacks) and trainer.checkpoint_callback is None:
             trainer.callbacks.append(ModelCheckpoint(save_last=True))
         elif trainer.checkpoint_callback is not None and trainer.checkpoint_callback.save_last is None:
             trainer.checkpoint_callback.save_last = True
         return trainer
+
+
+    def after_fit(self) -> None:
+        self._report(f"validation after step {self.trainer.global_step}")
+
+    def after_validate(self) -> None:
+        ckpt = self.config.get("validate", {}).get("ckpt_path")
+        self._report(f"validation of {ckpt}" if ckpt else "validation")
+
+    def _report(self, title: str) -> None:
+        """Print the per-domain perplexity table and where the run's files are (rank zero only)."""
+        trainer = self.trainer
+        if trainer.global_rank != 0:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        manifest = getattr(self.datamodule, "manifest", None) or {}
+        domains = manifest.get("domains", [])
+        if not metrics:
+            print("no validation ran, so no perplexity table (check trainer.limit_val_batches)")
+        else:
+            unigram = manifest.get("baselines", {}).get("unigram_val_ppl")
+            print(f"\n{title}:\n" + perplexity_table(domains, metrics, unigram))
+        ckpt = trainer.checkpoint_callback
+        if ckpt is not None and (ckpt.last_model_path or ckpt.best_model_path):
+            print(f"checkpoint: {ckpt.last_model_path or ckpt.best_model_path}")
+        if trainer.log_dir:
+            print(f"config:     {Path(trainer.log_dir) / 'config.yaml'}")
+        for logger in trainer.loggers:
+            print(f"logs:       {logger.log_dir} ({type(logger).__name__})")
 
 
 def run_lightning_cli(argv: list[str]) -> int:

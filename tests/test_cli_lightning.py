@@ -18,7 +18,8 @@ def small_config(tmp_path, data_dir, **model):
     cfg = yaml.safe_load((ROOT / "configs" / "lory-tiny.yaml").read_text())
     cfg["trainer"].update(max_steps=16, val_check_interval=8, limit_val_batches=2, log_every_n_steps=1,
                           enable_progress_bar=False, enable_model_summary=False)
-    cfg["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "runs")
+    for logger in cfg["trainer"]["logger"]:
+        logger["init_args"]["save_dir"] = str(tmp_path / "runs")
     cfg["model"]["model"].update(seq_len=32, segment_len=8, n_layer=2, n_head=2, dim=32, hidden_dim=48,
                                  num_experts=4, **model)
     cfg["model"]["dense_warmup"] = 0.25
@@ -56,9 +57,25 @@ def test_fit_validate_generate(small_data, tmp_path, capsys, caplog):
     assert loaded["domains"] == ["cooking", "space", "law"] and "tokenizer" in loaded
     assert not any(v for k, v in loaded["state_dict"].items() if k.endswith("dense_phase"))  # upcycled at 4
 
+    assert list(run.glob("events.out.tfevents.*"))  # TensorBoard beside metrics.csv
+    out = capsys.readouterr().out
+    assert "validation after step 16:" in out and f"checkpoint: {ckpt}" in out
+    table = out.split("validation after step 16:")[1]
+    for domain in ("cooking", "space", "law"):
+        row = next(line for line in table.splitlines() if line.startswith(domain)).split()
+        assert float(row[1]) == pytest.approx(float(val[-1][f"val/{domain}/ppl"]), rel=1e-3)
+        assert float(row[2]) > 1  # the unigram baseline from the manifest
+
+    # resume: continues at step 16 and stops at 20
+    assert main(["fit", "--config", str(cfg), "--ckpt_path", str(ckpt), "--trainer.max_steps", "20"]) == 0
+    resumed = metrics(tmp_path / "runs" / "lory-tiny" / "version_1")
+    steps = [int(r["step"]) for r in resumed if r.get("train/loss")]
+    assert steps == [16, 17, 18, 19]
+
     capsys.readouterr()
     assert main(["validate", "--config", str(cfg), "--ckpt_path", str(ckpt)]) == 0
-    assert "val/ppl" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"validation of {ckpt}:" in out and "cooking" in out
 
     assert main(["generate", "--ckpt_path", str(ckpt), "--prompt", "flour butter", "--max_new_tokens", "8",
                  "--temperature", "0"]) == 0
@@ -68,7 +85,7 @@ def test_fit_validate_generate(small_data, tmp_path, capsys, caplog):
     # a dense checkpoint starts a Lory run through upcycling (init_from)
     dense_cfg = small_config(tmp_path, small_data, ffn="dense")
     text = dense_cfg.read_text().replace("dense_warmup: 0.25", "dense_warmup: 0.0")
-    dense_cfg.write_text(text.replace("name: lory-tiny", "name: dense"))
+    dense_cfg.write_text(text.replace("name: lory-tiny", "name: dense"))  # the YAML swap ffn: lory -> dense
     assert main(["fit", "--config", str(dense_cfg), "--trainer.max_steps", "4"]) == 0
     dense_ckpt = tmp_path / "runs" / "dense" / "version_0" / "checkpoints" / "last.ckpt"
     caplog.clear()

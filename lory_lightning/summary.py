@@ -1,0 +1,19 @@
+"""The table printed at the end of `lory fit` and `lory validate`: per-domain perplexity and where things are."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+
+def perplexity_table(domains: Sequence[str], metrics: Mapping[str, float],
+                     unigram: Mapping[str, float] | None = None) -> str:
+    """Rows ``domain | val ppl | unigram ppl`` for every domain, then the overall ``val/ppl``."""
+    unigram = unigram or {}
+    lines = [f"{'domain':<12}{'val ppl':>10}{'unigram ppl':>14}"]
+    for name in domains:
+        ppl = metrics.get(f"val/{name}/ppl", math.nan)
+        base = unigram.get(name, math.nan)
+        lines.append(f"{name:<12}{ppl:>10.2f}{base:>14.2f}")
+    lines.append(f"{'all':<12}{metrics.get('val/ppl', math.nan):>10.2f}")
+    return "\n".join(lines)
