@@ -48,6 +48,7 @@ class LoryCLI(LightningCLI):
     def _report(self, title: str) -> None:
         """Print the per-domain perplexity table and where the run's files are (rank zero only)."""
         trainer = self.trainer
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must take part
         if trainer.global_rank != 0:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
@@ -61,8 +62,8 @@ class LoryCLI(LightningCLI):
         ckpt = trainer.checkpoint_callback
         if ckpt is not None and (ckpt.last_model_path or ckpt.best_model_path):
             print(f"checkpoint: {ckpt.last_model_path or ckpt.best_model_path}")
-        if trainer.log_dir:
-            print(f"config:     {Path(trainer.log_dir) / 'config.yaml'}")
+        if log_dir:
+            print(f"config:     {Path(log_dir) / 'config.yaml'}")
         for logger in trainer.loggers:
             print(f"logs:       {logger.log_dir} ({type(logger).__name__})")
 
