@@ -129,3 +129,14 @@ def test_every_callback_set_composes_with_the_main_job(callbacks, capsys):
     assert err.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["trainer"]["callbacks"] and printed["model"]["model"]["ffn"] == "lory"
+
+
+def test_omegaconf_interpolation_inside_a_yaml(tmp_path, capsys):
+    cfg = yaml.safe_load((ROOT / "configs" / "lory-tiny.yaml").read_text())
+    cfg["trainer"]["val_check_interval"] = "${trainer.max_steps}"
+    path = tmp_path / "interp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit) as err:
+        main(["fit", "--config", str(path), "--print_config"])
+    assert err.value.code == 0
+    assert yaml.safe_load(capsys.readouterr().out)["trainer"]["val_check_interval"] == 400
