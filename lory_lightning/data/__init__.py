@@ -1,0 +1,1 @@
+"""Corpus -> shards -> batches: reading, tokenizer, embedding, ordering, packing, shards, prepare."""

@@ -1,0 +1,170 @@
+"""`lory prepare` end to end on small corpora: outputs, determinism, bad input, restarts."""
+
+import json
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import webdataset as wds
+from tokenizers import Tokenizer
+
+from conftest import make_corpus
+from lory_lightning.cli import main
+from lory_lightning.data import prepare as prepare_mod
+from lory_lightning.data.prepare import PrepareConfig, prepare
+from lory_lightning.data.shards import verify_shards
+from lory_lightning.data.sources import read_documents
+
+SMALL = dict(seq_len=64, vocab_size=400, sequences_per_shard=8, val_fraction=0.1)
+
+
+def read_split(folder: Path, manifest: dict, split: str):
+    urls = [str(folder / s["name"]) for s in manifest["splits"][split]["shards"]]
+    return list(wds.WebDataset(urls, shardshuffle=False).decode())
+
+
+def test_outputs_are_consistent(tmp_path):
+    inputs = make_corpus(tmp_path / "in")
+    out = tmp_path / "out"
+    manifest = prepare(PrepareConfig(output=str(out), inputs=[str(p) for p in inputs], **SMALL), quiet=True)
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["splits"] == manifest["splits"]
+    assert manifest["domains"] == ["cooking", "space", "law"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["manifest.json", "tokenizer.json"] + [s["name"] for sp in ("train", "val") for s in manifest["splits"][sp]["shards"]])
+    assert list(verify_shards(out, manifest["splits"]["train"]["shards"])) == []
+    train = read_split(out, manifest, "train")
+    assert len(train) == manifest["splits"]["train"]["sequences"] > 10
+    assert len({s["__key__"] for s in train}) == len(train)
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    for s in train:
+        assert s["tokens.npy"].shape == (65,) and s["domains.npy"].shape == (65,)
+        assert s["domains.npy"].max() < 3
+        assert s["tokens.npy"].max() < manifest["vocab_size"]
+    # Each sequence is a slice of the path stream: every document it lists sits at its offset,
+    # tokenized exactly, followed by the end-of-document token, with its domain on every token.
+    docs = list(read_documents(inputs))
+    checked = 0
+    for s in train:
+        tokens, doms = s["tokens.npy"], s["domains.npy"]
+        for index, start in s["json"]["documents"]:
+            ids = tok.encode(docs[index].text).ids + [0]
+            lo, hi = max(start, 0), min(start + len(ids), 65)
+            assert tokens[lo:hi].tolist() == ids[lo - start:hi - start]
+            assert set(doms[lo:hi].tolist()) == {manifest["domains"].index(docs[index].domain)}
+            checked += 1
+    assert checked > len(train)
+    counts = manifest["counts_by_domain"]
+    assert sum(c["train_documents"] + c["val_documents"] for c in counts.values()) == 120
+    assert sum(c["val_documents"] for c in counts.values()) > 0  # held out by hash
+
+
+def test_tokenizer_round_trips_exactly(tmp_path):
+    inputs = make_corpus(tmp_path / "in")
+    prepare(PrepareConfig(output=str(tmp_path / "o"), inputs=[str(p) for p in inputs], **SMALL), quiet=True)
+    tok = Tokenizer.from_file(str(tmp_path / "o" / "tokenizer.json"))
+    for text in ["Déjà vu: naïve café ☕ 東京", "def f(x):\n\treturn x ** 2\n", "   spaces   "]:
+        assert tok.decode(tok.encode(text).ids) == text
+    assert tok.token_to_id("<|endoftext|>") == 0
+
+
+def test_same_input_gives_byte_identical_output(tmp_path):
+    inputs = [str(p) for p in make_corpus(tmp_path / "in")]
+    for name in ("a", "b"):
+        prepare(PrepareConfig(output=str(tmp_path / name), inputs=inputs, **SMALL), quiet=True)
+    files_a = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files_a == sorted(p.name for p in (tmp_path / "b").iterdir())
+    for name in files_a:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_similarity_order_keeps_domains_together_random_does_not(tmp_path):
+    inputs = [str(p) for p in make_corpus(tmp_path / "in", docs_per_domain=60)]
+    sim = prepare(PrepareConfig(output=str(tmp_path / "s"), inputs=inputs, **SMALL), quiet=True)
+    rnd = prepare(PrepareConfig(output=str(tmp_path / "r"), inputs=inputs, order="random", **SMALL), quiet=True)
+    assert sim["ordering"]["path_same_domain_fraction"] > 0.9
+    assert rnd["ordering"]["path_same_domain_fraction"] < 0.6
+    assert sim["splits"]["train"]["documents"] == rnd["splits"]["train"]["documents"]  # same dedup
+
+
+def test_broken_lines_are_counted_in_the_manifest_and_strict_fails(tmp_path, capsys):
+    inputs = [str(p) for p in make_corpus(tmp_path / "in", broken=True)]
+    assert main(["prepare", "--output", str(tmp_path / "o"), "--inputs", *inputs, "--seq_len", "64",
+                 "--vocab_size", "400", "--quiet"]) == 0
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["skipped"]["by_reason"] == {"malformed_json": 1, "missing_text": 1}
+    assert any("space.jsonl:4: malformed_json" in e for e in manifest["skipped"]["first"])
+    assert any("space.jsonl:8: missing_text" in e for e in manifest["skipped"]["first"])
+    assert sum(c["train_documents"] + c["val_documents"] for c in manifest["counts_by_domain"].values()) == 120
+    capsys.readouterr()
+    assert main(["prepare", "--output", str(tmp_path / "s"), "--inputs", *inputs, "--strict", "--quiet"]) == 1
+    assert "space.jsonl:4: malformed_json" in capsys.readouterr().err
+
+
+def test_prepared_folder_is_reused_and_a_changed_config_is_refused(tmp_path):
+    inputs = [str(p) for p in make_corpus(tmp_path / "in")]
+    cfg = PrepareConfig(output=str(tmp_path / "o"), inputs=inputs, **SMALL)
+    prepare(cfg, quiet=True)
+    stamp = (tmp_path / "o" / "manifest.json").stat().st_mtime_ns
+    with mock.patch.object(prepare_mod, "_run") as run:
+        prepare(cfg, quiet=True)
+        run.assert_not_called()
+    assert (tmp_path / "o" / "manifest.json").stat().st_mtime_ns == stamp
+    changed = PrepareConfig(output=str(tmp_path / "o"), inputs=inputs, **{**SMALL, "seq_len": 32})
+    with pytest.raises(FileExistsError, match="another config"):
+        prepare(changed, quiet=True)
+    assert prepare(changed, quiet=True, overwrite=True)["seq_len"] == 32
+
+
+def test_a_killed_run_leaves_nothing_that_looks_finished_and_reruns(tmp_path):
+    inputs = [str(p) for p in make_corpus(tmp_path / "in")]
+    cfg = PrepareConfig(output=str(tmp_path / "o"), inputs=inputs, **SMALL)
+    real = prepare_mod.write_shards
+
+    def dies_midway(out, prefix, samples, per_shard):
+        it = iter(samples)
+        real(out, prefix, [next(it) for _ in range(per_shard)], per_shard)  # one shard completes
+        with open(out / f"{prefix}-00001.tar.tmp", "wb") as f:  # the next one is half written
+            f.write(b"partial")
+        raise KeyboardInterrupt
+
+    with mock.patch.object(prepare_mod, "write_shards", dies_midway), pytest.raises(KeyboardInterrupt):
+        prepare(cfg, quiet=True)
+    assert not (tmp_path / "o" / "manifest.json").exists()
+    assert not (tmp_path / "o" / "tokenizer.json").exists()
+    manifest = prepare(cfg, quiet=True)
+    names = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert not [n for n in names if n.endswith(".tmp")]
+    assert list(verify_shards(tmp_path / "o", manifest["splits"]["train"]["shards"])) == []
+
+
+def test_given_tokenizer_is_used(tmp_path):
+    inputs = [str(p) for p in make_corpus(tmp_path / "in")]
+    first = prepare(PrepareConfig(output=str(tmp_path / "a"), inputs=inputs, **SMALL), quiet=True)
+    second = prepare(PrepareConfig(output=str(tmp_path / "b"), inputs=inputs,
+                                   tokenizer=str(tmp_path / "a" / "tokenizer.json"), **SMALL), quiet=True)
+    assert second["vocab_size"] == first["vocab_size"]
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
+
+
+def test_bad_config_values_are_named():
+    with pytest.raises(ValueError, match="order must be 'similarity' or 'random'"):
+        PrepareConfig(output="x", order="shuffled")
+    with pytest.raises(ValueError, match="needs embed_model"):
+        PrepareConfig(output="x", embedder="sentence-transformers")
+    with pytest.raises(ValueError, match="min_chars"):
+        PrepareConfig(output="x", min_chars=0)
+
+
+def test_shipped_sample_prepares_with_no_inputs(tmp_path, capsys):
+    assert main(["prepare", "--output", str(tmp_path / "sample"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "5 domains (books, code, legal, techdocs, wiki)" in out
+    manifest = json.loads((tmp_path / "sample" / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["sequences"] > 4000
+    assert set(manifest["counts_by_domain"]) == {"books", "code", "legal", "techdocs", "wiki"}
+    assert all(c["val_documents"] > 10 for c in manifest["counts_by_domain"].values())
+    assert manifest["ordering"]["path_same_domain_fraction"] > 0.9
+    sample = read_split(tmp_path / "sample", manifest, "val")[0]
+    assert sample["tokens.npy"].dtype == np.uint16
