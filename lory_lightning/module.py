@@ -139,7 +139,7 @@ class LoryLM(L.LightningModule):
         return any(bool(layer.dense_phase) for layer in self.model.moe_layers())
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self.in_dense_phase() and self.upcycle_step is not None and self.global_step >= self.upcycle_step:
+        if self.upcycle_step is not None and self.global_step >= self.upcycle_step and self.in_dense_phase():
             self.upcycle_now()
         self._step_start = time.perf_counter()
 

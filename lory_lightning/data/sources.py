@@ -60,6 +60,8 @@ class SkipLog:
     max_examples: int = 20
 
     def add(self, reason: str, where: str, domain: str | None, detail: str = "") -> None:
+        if reason not in SKIP_REASONS:
+            raise ValueError(f"unknown skip reason {reason!r}; known: {', '.join(SKIP_REASONS)}")
         self.by_reason[reason] += 1
         if domain is not None:
             self.by_domain[domain] += 1
