@@ -81,7 +81,7 @@ class LoryLM(L.LightningModule):
             self._init_from(init_from)
         elif dense_warmup:
             for layer in self.model.moe_layers():
-                layer.dense_phase.fill_(True)
+                layer.set_dense_phase(True)
         self.domains: list[str] = []
         self.val_ppl: DomainPerplexity | None = None
         self.tokens_seen = 0
@@ -136,7 +136,7 @@ class LoryLM(L.LightningModule):
         return int(round(self.dense_warmup * self.trainer.max_steps))
 
     def in_dense_phase(self) -> bool:
-        return any(bool(layer.dense_phase) for layer in self.model.moe_layers())
+        return any(layer.is_dense for layer in self.model.moe_layers())
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.upcycle_step is not None and self.global_step >= self.upcycle_step and self.in_dense_phase():

@@ -68,3 +68,13 @@ def test_checkpoint_with_a_pickle_payload_is_refused(tmp_path, capsys):
     truncated.write_bytes(good.read_bytes()[:100])
     with pytest.raises(ValueError, match="truncated or corrupt"):
         load_checkpoint(str(truncated))
+
+
+def test_a_checkpoint_taken_during_dense_warmup_restores_the_phase():
+    warm = LoryLM(model=CFG, dense_warmup=0.5)
+    fresh = LoryLM(model=CFG)
+    assert not fresh.in_dense_phase()
+    fresh.load_state_dict(warm.state_dict())
+    assert fresh.in_dense_phase()
+    idx = torch.randint(0, 64, (2, 32))
+    torch.testing.assert_close(fresh.model(idx).logits, warm.model(idx).logits, rtol=0, atol=0)

@@ -196,15 +196,9 @@ def _run(cfg: PrepareConfig, fingerprint: dict, train_files: list[Path], val_fil
     def documents(record: bool) -> Iterator[tuple[Document, bool]]:
         """(document, is_val) in a fixed order; skips are counted on the recording pass only."""
         log_ = skips if record else SkipLog()
-        seen = set()
+        seen: set[bytes] = set()  # shared by both splits: a validation text seen in training is a duplicate
         for files, is_val_file in ((train_files, False), (val_files, True)):
-            for doc in read_documents(files, policy, log_):
-                key = hashlib.blake2b(doc.text.encode("utf-8"), digest_size=16).digest()
-                if key in seen:  # the same text in train and val inputs: keep the first
-                    if record:
-                        skips.add("exact_duplicate", doc.where, doc.domain, "also in the other split")
-                    continue
-                seen.add(key)
+            for doc in read_documents(files, policy, log_, seen):
                 yield doc, (is_val_file or (held_out_by_hash and _is_val(doc, cfg.val_fraction)))
 
     # Pass 1: validate, record metadata, stream the training texts to the tokenizer trainer.

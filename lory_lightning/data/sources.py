@@ -157,10 +157,14 @@ def _skip(policy: ReadPolicy, skips: SkipLog, reason: str, where: str, domain: s
 
 
 def read_documents(paths: Sequence[str | Path], policy: ReadPolicy = ReadPolicy(),
-                   skips: SkipLog | None = None) -> Iterator[Document]:
-    """Stream valid documents from files and folders in a fixed order, skipping and logging the rest."""
+                   skips: SkipLog | None = None, seen: set[bytes] | None = None) -> Iterator[Document]:
+    """Stream valid documents from files and folders in a fixed order, skipping and logging the rest.
+
+    ``seen`` (text digests) may be shared between calls, so that a text already read from other
+    inputs (e.g. the training split when reading validation files) counts as an exact duplicate.
+    """
     skips = SkipLog() if skips is None else skips
-    seen: set[bytes] = set()  # 16-byte digests: memory grows with documents, not with text
+    seen = set() if seen is None else seen  # 16-byte digests: memory grows with documents, not with text
     for path in input_files(paths):
         for text, domain, where in _raw_records(path, policy, skips):
             if not text.strip():

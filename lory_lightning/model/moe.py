@@ -157,6 +157,7 @@ class LoryMoE(nn.Module):
         # Dense warmup (LORY.md section 3): while set, every segment uses expert 0 alone, which is
         # exactly a dense SwiGLU; upcycle_from_first_expert() ends it. A buffer, so checkpoints keep it.
         self.register_buffer("dense_phase", torch.tensor(False))
+        self.is_dense = False  # host-side mirror: reading the buffer every forward would sync a GPU
         self.reset_parameters()
 
     def reset_parameters(self, std: float = 0.02, out_std: float | None = None,
@@ -181,7 +182,7 @@ class LoryMoE(nn.Module):
         """Causal segment routing of x (B, L, d): logits and applied weights, each (B, N, E)."""
         logits = self.router_logits(segment_means(x, self.segment_len))  # (B, N, E)
         probs = logits.softmax(dim=-1)  # (B, N, E)
-        if bool(self.dense_phase):
+        if self.is_dense:
             return Routing(logits=logits, weights=self._first_expert_only(probs))
         return Routing(logits=logits, weights=causal_shift(probs))
 
@@ -194,7 +195,7 @@ class LoryMoE(nn.Module):
 
     def _inference_probs(self, h: Tensor) -> Tensor:
         probs = self.router_logits(h).softmax(dim=-1)  # (B, E)
-        return self._first_expert_only(probs) if bool(self.dense_phase) else probs
+        return self._first_expert_only(probs) if self.is_dense else probs
 
     def routing_weights(self, x: Tensor) -> Tensor:
         """The weights merged for each segment of x (B, L, d), after the causal shift: (B, N, E)."""
@@ -212,7 +213,15 @@ class LoryMoE(nn.Module):
             w.copy_(w[:1].expand_as(w))
         fresh = torch.randn(self.router.weight.shape, generator=generator, dtype=torch.float32) * router_std
         self.router.weight.copy_(fresh.to(self.router.weight))
-        self.dense_phase.fill_(False)
+        self.set_dense_phase(False)
+
+    def set_dense_phase(self, flag: bool) -> None:
+        self.dense_phase.fill_(flag)
+        self.is_dense = flag
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.is_dense = bool(self.dense_phase)  # the checkpoint decides the phase; read it once here
 
     def forward_with_routing(self, x: Tensor) -> tuple[Tensor, Routing]:
         """y (B, L, d) and the layer's Routing. Training needs L % T == 0; inference may have a tail."""
