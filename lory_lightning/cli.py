@@ -88,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="prompt: one merge per layer from the prompt (paper default); segment: as in training")
     gen.add_argument("--tokenizer", help="tokenizer.json, if the checkpoint carries none")
     gen.add_argument("--seed", type=int, default=0)
+    ana = commands.add_parser(
+        "analyze", help="per-domain specialization report of a checkpoint (tables + heatmaps)",
+        description="The DomainSpecialization report for a trained checkpoint on any prepared data, "
+                    "with no training: mean routing weight per (domain, layer, expert), mutual information "
+                    "per layer, per-domain perplexity, heatmaps.")
+    ana.add_argument("--ckpt_path", required=True, help="a checkpoint written by `lory fit`")
+    ana.add_argument("--data", help="a folder written by `lory prepare` (default: the run's data_dir)")
+    ana.add_argument("--output", help="report folder (default: analysis-<checkpoint name> beside the checkpoint)")
+    ana.add_argument("--batch_size", type=int, default=8)
+    ana.add_argument("--max_batches", type=int, help="stop after this many batches of the held-out split")
     return parser
 
 
@@ -140,7 +150,14 @@ def _lightning(argv: list[str]) -> int:
     return run_lightning_cli(argv)
 
 
-COMMANDS = {"prepare": _prepare, "generate": _generate}
+def _analyze(args: argparse.Namespace) -> int:
+    from .analyze import analyze
+
+    analyze(args.ckpt_path, args.data, args.output, args.batch_size, args.max_batches)
+    return 0
+
+
+COMMANDS = {"prepare": _prepare, "generate": _generate, "analyze": _analyze}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,61 @@
+"""`lory analyze`: the domain-specialization report of a trained checkpoint, with no training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from .callbacks.specialization import SpecializationAccumulator, write_report
+from .data.datamodule import ValStream
+from .data.prepare import MANIFEST
+from .metrics import DomainPerplexity
+from .model import LoryTransformer, ModelConfig
+from .module import load_checkpoint, model_state
+from .summary import perplexity_table
+
+
+@torch.no_grad()
+def analyze(ckpt_path: str, data: str | None = None, output: str | None = None, batch_size: int = 8,
+            max_batches: int | None = None) -> dict:
+    """Run the checkpoint over the held-out split of ``data``; write and print the report."""
+    ckpt = load_checkpoint(ckpt_path)
+    cfg = ModelConfig(**ckpt["hyper_parameters"]["model"])
+    model = LoryTransformer(cfg)
+    model.load_state_dict(model_state(ckpt))
+    model.eval()
+    data_dir = Path(data or ckpt.get("datamodule_hyper_parameters", {}).get("data_dir") or "")
+    if not (data_dir / MANIFEST).is_file():
+        raise FileNotFoundError(f"{data_dir / MANIFEST}: no prepared data; pass --data a folder written by `lory prepare`")
+    manifest = json.loads((data_dir / MANIFEST).read_text())
+    if manifest["seq_len"] % cfg.segment_len or manifest["vocab_size"] > cfg.vocab_size:
+        raise ValueError(f"{data_dir}: sequences of {manifest['seq_len']} tokens / vocab {manifest['vocab_size']} "
+                         f"do not fit the model (segment_len {cfg.segment_len}, vocab_size {cfg.vocab_size})")
+    domains = manifest["domains"]
+    moe = model.moe_layers()
+    if not moe:
+        raise ValueError(f"{ckpt_path}: a dense model has no routing to analyze")
+    acc = SpecializationAccumulator(len(moe), len(domains), cfg.num_experts, cfg.segment_len)
+    ppl = DomainPerplexity(len(domains))
+    urls = [str(data_dir / s["name"]) for s in manifest["splits"]["val"]["shards"]]
+    for i, batch in enumerate(DataLoader(ValStream(urls, 0, 1), batch_size=batch_size)):
+        if max_batches is not None and i >= max_batches:
+            break
+        out = model(batch["input_ids"])
+        nll = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), batch["targets"].flatten(),
+                                                reduction="none").view_as(batch["targets"])
+        ppl.update(nll, batch["domains"])
+        acc.update(out.routing, batch["domains"])
+    out_dir = Path(output) if output else Path(ckpt_path).parent / f"analysis-{Path(ckpt_path).stem}"
+    written = write_report(acc, domains, out_dir, "specialization")
+    result = ppl.compute()
+    metrics = {f"val/{d}/ppl": float(p) for d, p in zip(domains, result["per_domain"])}
+    metrics["val/ppl"] = float(result["all"])
+    print(perplexity_table(domains, metrics, manifest.get("baselines", {}).get("unigram_val_ppl")))
+    print("\nlayer  I(domain; expert) nats")
+    for layer, mi in enumerate(written["mutual_information"]):
+        print(f"{layer:>5}  {mi:.4f}")
+    print(f"\nreport: {written['json']}\nheatmaps: {written['layers']}, {written['all_layers']}")
+    return {**written, "metrics": metrics}

@@ -1,0 +1,59 @@
+"""Routing statistics on known routing weights."""
+
+import math
+
+import pytest
+import torch
+
+from lory_lightning.callbacks.specialization import SpecializationAccumulator
+from lory_lightning.callbacks.stats import (activated, domain_expert_sums, expert_share, mutual_information,
+                                            routing_entropy, segment_domain_counts)
+from lory_lightning.model import Routing
+
+
+def test_entropy_of_uniform_and_one_hot():
+    E = 8
+    assert routing_entropy(torch.full((3, 5, E), 1 / E)).item() == pytest.approx(math.log(E))
+    onehot = torch.nn.functional.one_hot(torch.randint(0, E, (3, 5)), E).float()
+    assert routing_entropy(onehot).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_expert_share_and_activation_rule():
+    w = torch.tensor([[[0.7, 0.1, 0.1, 0.1], [0.4, 0.4, 0.1, 0.1]]])  # (1, 2, 4): threshold 2/E = 0.5
+    torch.testing.assert_close(expert_share(w), torch.tensor([0.55, 0.25, 0.1, 0.1], dtype=torch.float64))
+    assert activated(w).tolist() == [True, False, False, False]
+
+
+def test_segment_domain_counts_and_weighted_sums():
+    domains = torch.tensor([[0, 0, 1, 1, 1, 2]])  # T = 2 -> segments [0,0], [1,1], [1,2]
+    counts = segment_domain_counts(domains, 2, 3)
+    assert counts.tolist() == [[[2, 0, 0], [0, 2, 0], [0, 1, 1]]]
+    weights = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]])
+    sums = domain_expert_sums(weights, counts)
+    assert sums.tolist() == [[2.0, 0.0], [0.5, 2.5], [0.5, 0.5]]
+
+
+def test_mutual_information_bounds():
+    tokens = torch.tensor([10.0, 10.0])
+    separate = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # A -> expert 0, B -> expert 1
+    assert mutual_information(separate, tokens).item() == pytest.approx(math.log(2))
+    same = torch.tensor([[0.5, 0.3, 0.2], [0.5, 0.3, 0.2]])
+    assert mutual_information(same, tokens).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_accumulator_scores_a_perfectly_specialized_model_maximal():
+    # domain 0 sequences routed to expert 0, domain 1 to expert 1, in every layer and segment
+    T, E = 4, 4
+    domains = torch.tensor([[0] * 8, [1] * 8])  # (B=2, L=8): two segments each
+    weights = torch.zeros(2, 2, E)
+    weights[0, :, 0] = 1.0
+    weights[1, :, 1] = 1.0
+    routing = [Routing(weights.log(), weights), None, Routing(weights.log(), weights)]
+    acc = SpecializationAccumulator(2, 2, E, T)
+    for b in range(2):  # one sequence per batch: the sums do not depend on batching
+        acc.update([Routing(r.logits[b:b + 1], r.weights[b:b + 1]) if r is not None else None for r in routing],
+                   domains[b:b + 1])
+    mean = acc.mean_weight()
+    assert mean[0, 0].tolist() == [1.0, 0.0, 0.0, 0.0] and mean[1, 1].tolist() == [0.0, 1.0, 0.0, 0.0]
+    assert acc.mutual_information() == pytest.approx([math.log(2), math.log(2)])
+    assert acc.tokens.tolist() == [8.0, 8.0]
