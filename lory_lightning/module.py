@@ -41,6 +41,34 @@ def model_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
 
 
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as plain data and tensors (loadable with weights_only=True)."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 class LoryLM(L.LightningModule):
     """Pre-trains a Lory (or dense) decoder with LM cross-entropy.
 
@@ -223,6 +251,7 @@ class LoryLM(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng"] = rng_state()  # Lightning keeps none; exact resume needs it
         checkpoint["tokens_seen"] = self.tokens_seen
         checkpoint["domains"] = list(self.domains)
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -230,5 +259,7 @@ class LoryLM(L.LightningModule):
             checkpoint["tokenizer"] = dm.tokenizer_json  # `lory generate` needs nothing but the checkpoint
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng" in checkpoint:
+            set_rng_state(checkpoint["rng"])
         self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
         self.domains = list(checkpoint.get("domains", []))

@@ -25,7 +25,8 @@ def specialization_figure(mean_weight: np.ndarray, domains: Sequence[str], layer
     cols = min(n, 4)
     rows = -(-n // cols)
     E = mean_weight.shape[2]
-    fig, axes = plt.subplots(rows, cols, figsize=(0.45 * E * cols + 2.5, 0.45 * len(domains) * rows + 1.5),
+    # Room per panel for E columns plus the domain labels on its left.
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * (0.4 * E + 1.8) + 1.0, rows * (0.45 * len(domains) + 1.2)),
                              squeeze=False)
     vmax = float(mean_weight[list(layers)].max()) if n else 1.0
     for ax, layer in zip(axes.flat, layers):

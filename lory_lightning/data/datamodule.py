@@ -65,6 +65,7 @@ class TrainStream(IterableDataset):
     def __init__(self, shards: list[str], rank: int, world_size: int, seed: int, shuffle_buffer: int) -> None:
         self.shards, self.rank, self.world_size = list(shards), rank, world_size
         self.seed, self.shuffle_buffer = seed, shuffle_buffer
+        self.skip_by_worker: list[int] = []  # samples each worker drops: set by the data module on resume
 
     def shards_for(self, epoch: int, worker: int, num_workers: int) -> list[str]:
         order = list(self.shards)
@@ -78,6 +79,17 @@ class TrainStream(IterableDataset):
         return mine
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        # The stream is a pure function of (seed, rank, worker): resuming regenerates it and drops
+        # the samples already consumed, so the next sequence is exactly the one an uninterrupted run
+        # would see (no replay, no gap). Dropping costs reading those samples once.
+        info = get_worker_info()
+        stream = self._samples()
+        for _ in range(self.skip_by_worker[info.id if info else 0] if self.skip_by_worker else 0):
+            next(stream)
+        for sample in stream:
+            yield to_example(sample)
+
+    def _samples(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
         rng = random.Random(hash((self.seed, self.rank, worker)) & 0xFFFFFFFF)
@@ -86,14 +98,24 @@ class TrainStream(IterableDataset):
         while True:
             for sample in read_shards(self.shards_for(epoch, worker, num_workers)):
                 if self.shuffle_buffer <= 1:
-                    yield to_example(sample)
+                    yield sample
                     continue
                 buffer.append(sample)
                 if len(buffer) >= self.shuffle_buffer:
                     i = rng.randrange(len(buffer))
                     buffer[i], buffer[-1] = buffer[-1], buffer[i]
-                    yield to_example(buffer.pop())
+                    yield buffer.pop()
             epoch += 1
+
+
+def samples_consumed_by_worker(batches: int, worker: int, num_workers: int, batch_size: int) -> int:
+    """Samples worker ``worker`` produced for the first ``batches`` batches of a DataLoader.
+
+    A DataLoader over an IterableDataset takes whole batches from its workers in turn: batch j
+    comes from worker j % num_workers (num_workers 0 counts as one worker, the main process).
+    """
+    workers = max(num_workers, 1)
+    return max(0, (batches - worker + workers - 1) // workers) * batch_size
 
 
 class ValStream(IterableDataset):
@@ -147,6 +169,7 @@ class LoryDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.shuffle_buffer, self.seed, self.verify = shuffle_buffer, seed, verify
         self.manifest: dict[str, Any] | None = None
+        self._resume_batches = 0
 
     def prepare_data(self) -> None:
         # Runs on one process per node. A prepared folder is used as it is (setup checks that it
@@ -214,8 +237,19 @@ class LoryDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank()
         stream = TrainStream(self._urls("train"), rank, world, self.seed, self.shuffle_buffer)
-        return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        # Resuming: each worker drops what it produced for the batches already trained on.
+        stream.skip_by_worker = [samples_consumed_by_worker(self._resume_batches, w, self.num_workers, self.batch_size)
+                                 for w in range(max(self.num_workers, 1))]
+        return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def state_dict(self) -> dict[str, int]:
+        """Saved in every checkpoint: the training batches completed, so a resumed run continues at the
+        next sequence. Counted by the trainer, not by the loader, which runs one batch ahead."""
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.total.completed if self.trainer else 0
+        return {"train_batches": int(done)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_batches = int(state.get("train_batches", 0))
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank()
