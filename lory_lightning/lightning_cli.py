@@ -10,7 +10,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.trainer import Trainer
 
 from .data.datamodule import LoryDataModule
-from .module import LoryLM
+from .module import LoryLM, NonFiniteError
 from .summary import perplexity_table
 
 
@@ -76,7 +76,7 @@ def run_lightning_cli(argv: list[str]) -> int:
         LoryCLI(LoryLM, LoryDataModule, args=args, seed_everything_default=0,
                 parser_kwargs={"parser_mode": "omegaconf"},
                 save_config_kwargs={"overwrite": True})
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError, NonFiniteError) as err:
         print(f"lory {argv[0]}: error: {err}", file=sys.stderr)
         return 1
     return 0

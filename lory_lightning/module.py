@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -39,6 +39,10 @@ def model_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise ValueError("checkpoint has no state_dict: is it a Lightning checkpoint of LoryLM?")
     return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+
+
+class NonFiniteError(RuntimeError):
+    """A non-finite loss or gradient norm with ``nonfinite: stop``."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -82,11 +86,15 @@ class LoryLM(L.LightningModule):
             Lory model; one of the same architecture is loaded as is.
         load_balance_coef: Weight of the Switch load-balancing loss (paper: 0, off).
         z_loss_coef: Weight of the router z-loss (paper: 0, off).
+        nonfinite: What a non-finite loss or gradient norm does: ``stop`` the run with a message,
+            or ``skip`` the optimizer step (counted as ``train/skipped_steps``). Decided on a flag
+            reduced over all ranks, so every rank does the same.
     """
 
     def __init__(self, model: ModelConfig = ModelConfig(), optim: OptimConfig = OptimConfig(),
                  dense_warmup: float = 0.0, init_from: str | None = None,
-                 load_balance_coef: float = 0.0, z_loss_coef: float = 0.0) -> None:
+                 load_balance_coef: float = 0.0, z_loss_coef: float = 0.0,
+                 nonfinite: Literal["stop", "skip"] = "stop") -> None:
         super().__init__()
         if isinstance(model, dict):
             model = ModelConfig(**model)
@@ -99,9 +107,15 @@ class LoryLM(L.LightningModule):
         if (load_balance_coef or z_loss_coef) and not model.is_moe:
             raise ValueError("router losses (load_balance_coef, z_loss_coef) need model.ffn: lory")
         # Plain data only, so checkpoints load with weights_only=True.
+        if nonfinite not in ("stop", "skip"):
+            raise ValueError(f"model.nonfinite must be 'stop' or 'skip', got {nonfinite!r}")
         self.save_hyperparameters({"model": dataclasses.asdict(model), "optim": dataclasses.asdict(optim),
                                    "dense_warmup": dense_warmup, "init_from": init_from,
-                                   "load_balance_coef": load_balance_coef, "z_loss_coef": z_loss_coef})
+                                   "load_balance_coef": load_balance_coef, "z_loss_coef": z_loss_coef,
+                                   "nonfinite": nonfinite})
+        self.nonfinite = nonfinite
+        self.skipped_steps = 0
+        self._last_loss: torch.Tensor | None = None
         self.config, self.optim = model, optim
         self.dense_warmup, self.load_balance_coef, self.z_loss_coef = dense_warmup, load_balance_coef, z_loss_coef
         self.model = LoryTransformer(model)
@@ -202,13 +216,34 @@ class LoryLM(L.LightningModule):
             z = router_z_loss(routing)
             loss = loss + self.z_loss_coef * z
             self.log("train/z_loss", z)
+        self._last_loss = loss.detach()
         self.log("train/loss", lm_loss, prog_bar=True)
         self.tokens_seen += batch["targets"].numel() * self.trainer.world_size
         # Routing goes out with the step's outputs: monitoring callbacks read it in on_train_batch_end.
         return {"loss": loss, "routing": tuple(None if r is None else r._replace(
             logits=r.logits.detach(), weights=r.weights.detach()) for r in routing)}
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Guard against a non-finite loss or gradient norm, the same way on every rank."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) \
+            if grads else torch.zeros((), device=self.device)
+        loss = self._last_loss if self._last_loss is not None else torch.zeros((), device=self.device)
+        bad = (~torch.isfinite(loss) | ~torch.isfinite(norm)).float()
+        bad = self.trainer.strategy.reduce(bad, reduce_op="sum") if self.trainer.world_size > 1 else bad
+        if bad.item() == 0:
+            return
+        message = (f"non-finite {'loss' if not torch.isfinite(loss) else 'gradient norm'} at step "
+                   f"{self.global_step} (loss {loss.item()}, grad norm {norm.item()}) on some rank")
+        if self.nonfinite == "stop":
+            raise NonFiniteError(f"{message}: stopping. Set model.nonfinite: skip to skip such steps instead")
+        for p in self.parameters():
+            p.grad = None  # AdamW leaves parameters without gradients untouched: the step is skipped
+        self.skipped_steps += 1
+        rank_zero_info(f"{message}: step skipped ({self.skipped_steps} so far)")
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.log("train/skipped_steps", float(self.skipped_steps))
         if self._step_start is not None:
             seconds = time.perf_counter() - self._step_start
             tokens = batch["targets"].numel() * self.trainer.world_size

@@ -44,7 +44,7 @@ def test_kill_9_and_resume_gives_bitwise_identical_losses(small_data, tmp_path):
     reference = losses(runs / "version_0")
     assert sorted(reference) == list(range(12))
 
-    killer = ["--trainer.callbacks+=kill_at.KillAt", "--trainer.callbacks.step=10"]
+    killer = ["--trainer.callbacks+=faults.KillAt", "--trainer.callbacks.step=10"]
     killed = fit(cfg, tmp_path, *killer)
     assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL, mid-run
     ckpt = runs / "version_1" / "checkpoints" / "last.ckpt"
