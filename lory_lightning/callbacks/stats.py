@@ -14,7 +14,7 @@ from torch import Tensor
 def routing_entropy(weights: Tensor) -> Tensor:
     """Mean entropy (nats) of the routing distributions weights (..., E). log E when uniform, 0 one-hot."""
     w = weights.reshape(-1, weights.shape[-1]).double()  # (S, E)
-    return -(w * w.clamp_min(1e-30).log()).sum(dim=-1).mean()
+    return (-(w * w.clamp_min(1e-30).log()).sum(dim=-1)).mean().abs()  # abs: one-hot gives -0.0
 
 
 def expert_share(weights: Tensor) -> Tensor:
