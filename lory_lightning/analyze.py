@@ -13,7 +13,8 @@ from .data.datamodule import ValStream
 from .data.prepare import MANIFEST
 from .metrics import DomainPerplexity
 from .model import LoryTransformer, ModelConfig
-from .module import load_checkpoint, model_state
+from .checkpoint_io import load_checkpoint
+from .module import model_state
 from .summary import perplexity_table
 
 

@@ -118,8 +118,9 @@ def _generate(args: argparse.Namespace) -> int:
     import torch
     from tokenizers import Tokenizer
 
+    from .checkpoint_io import load_checkpoint
     from .model import LoryTransformer, ModelConfig, generate
-    from .module import load_checkpoint, model_state
+    from .module import model_state
 
     ckpt = load_checkpoint(args.ckpt_path)
     try:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.trainer import Trainer
 
+from .checkpoint_io import UNREADABLE, SafeCheckpointIO, checkpoint_error
 from .data.datamodule import LoryDataModule
 from .module import LoryLM, NonFiniteError
 from .summary import perplexity_table
@@ -20,10 +22,21 @@ class LoryCLI(LightningCLI):
         parser.link_arguments("data.vocab_size", "model.model.vocab_size")
         parser.link_arguments("model.model.seq_len", "data.seq_len")
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads --ckpt_path itself (weights_only) to take the model's hyperparameters from
+        # it; a truncated or pickled file must end in the same one-line reason as everywhere else.
+        try:
+            super()._parse_ckpt_path()
+        except UNREADABLE as err:
+            raise checkpoint_error(self.config[self.config.subcommand].get("ckpt_path"), err) from err
+
     def instantiate_trainer(self, **kwargs) -> Trainer:  # noqa: ANN003
         # A run must be resumable with --ckpt_path last whatever callback set a YAML composes in:
         # add a checkpoint (after every validation, plus last.ckpt) unless one is configured.
         trainer = super().instantiate_trainer(**kwargs)
+        # Checkpoints written atomically and loaded weights_only (a custom CheckpointIO is kept).
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = SafeCheckpointIO()
         # Loggers sharing one save_dir/name (TensorBoard + CSV) write into one version folder; left
         # alone, each picks the next free version and the CSV lands in version_N+1.
         first = trainer.loggers[0] if trainer.loggers else None
@@ -76,7 +89,7 @@ def run_lightning_cli(argv: list[str]) -> int:
         LoryCLI(LoryLM, LoryDataModule, args=args, seed_everything_default=0,
                 parser_kwargs={"parser_mode": "omegaconf"},
                 save_config_kwargs={"overwrite": True})
-    except (FileNotFoundError, FileExistsError, ValueError, NonFiniteError) as err:
+    except (OSError, ValueError, NonFiniteError) as err:  # FileNotFound/FileExists are OSErrors
         print(f"lory {argv[0]}: error: {err}", file=sys.stderr)
         return 1
     return 0

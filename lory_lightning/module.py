@@ -11,26 +11,11 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 
+from .checkpoint_io import load_checkpoint
 from .metrics import DomainPerplexity
 from .model import LoryTransformer, ModelConfig, load_balancing_loss, router_z_loss, upcycle_state_dict
 from .model.moe import LoryMoE
 from .optim import OptimConfig, lr_multiplier, param_groups, upcycle_optimizer_state
-
-
-def load_checkpoint(path: str) -> dict[str, Any]:
-    """A checkpoint loaded with ``weights_only=True``: a pickle payload is refused, never run."""
-    import pickle
-    from pathlib import Path
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(f"{path}: refused to load: it holds objects other than tensors and plain data "
-                         f"({str(err).splitlines()[0]})") from err
-    except (RuntimeError, EOFError) as err:
-        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): {err}") from err
 
 
 def model_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:

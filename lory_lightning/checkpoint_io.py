@@ -1,0 +1,69 @@
+"""Checkpoint files: written atomically and durably, loaded with ``weights_only=True`` and clear errors."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """A checkpoint loaded with ``weights_only=True``: a pickle payload is refused, never run."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except UNREADABLE as err:
+        raise checkpoint_error(path, err) from err
+
+
+UNREADABLE = (pickle.UnpicklingError, RuntimeError, EOFError)
+
+
+def checkpoint_error(path: str | Path, err: BaseException) -> ValueError:
+    """The one-line reason a checkpoint file could not be loaded."""
+    if isinstance(err, pickle.UnpicklingError):
+        return ValueError(f"{path}: refused to load: it holds objects other than tensors and plain data "
+                          f"({str(err).splitlines()[0]})")
+    return ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): {str(err).splitlines()[0]}")
+
+
+def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Same-folder temporary file, fsync, rename, fsync of the folder: a crash leaves the old file or the new."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself is durable only once the folder is
+    finally:
+        os.close(fd)
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO with atomic local writes and ``weights_only`` loading for resume.
+
+    Remote paths (``s3://`` and other fsspec URLs) keep Lightning's own writing.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if "://" in str(path) or storage_options is not None:
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        save_atomically(checkpoint, path)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location, weights_only=True)
+        return load_checkpoint(path, map_location if map_location is not None else "cpu")
