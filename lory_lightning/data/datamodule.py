@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -149,18 +150,20 @@ class LoryDataModule(L.LightningDataModule):
         num_workers: Dataloader worker processes per rank.
         shuffle_buffer: Whole sequences held for shuffling the training stream.
         seed: Seeds shard order and sequence shuffling.
-        verify: Check every shard's sha256 against the manifest at setup.
+        verify: Check every shard's size and sha256 against the manifest at setup.
+        max_bad_shards: Missing, truncated or corrupt shards tolerated: each is named in a warning,
+            counted in ``bad_shards`` and left out; one more stops the run (default 0: any stops it).
     """
 
     def __init__(self, data_dir: str = "data/sample", inputs: list[str] | None = None,
                  val_inputs: list[str] | None = None, order: Literal["similarity", "random"] = "similarity",
                  seq_len: int = 512, vocab_size: int = 8192, prepare_args: dict[str, Any] | None = None,
                  batch_size: int = 8, num_workers: int = 0, shuffle_buffer: int = 256,
-                 seed: int = 0, verify: bool = True) -> None:
+                 seed: int = 0, verify: bool = True, max_bad_shards: int = 0) -> None:
         super().__init__()
-        if batch_size < 1 or num_workers < 0 or shuffle_buffer < 0:
-            raise ValueError(f"data: batch_size ({batch_size}) must be >= 1, num_workers ({num_workers}) "
-                             f"and shuffle_buffer ({shuffle_buffer}) >= 0")
+        if batch_size < 1 or num_workers < 0 or shuffle_buffer < 0 or max_bad_shards < 0:
+            raise ValueError(f"data: batch_size ({batch_size}) must be >= 1, num_workers ({num_workers}), "
+                             f"shuffle_buffer ({shuffle_buffer}) and max_bad_shards ({max_bad_shards}) >= 0")
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
         self.prepare_config = PrepareConfig(output=str(data_dir), inputs=list(inputs or []),
@@ -170,6 +173,8 @@ class LoryDataModule(L.LightningDataModule):
         self.shuffle_buffer, self.seed, self.verify = shuffle_buffer, seed, verify
         self.manifest: dict[str, Any] | None = None
         self._resume_batches = 0
+        self.max_bad_shards = max_bad_shards
+        self.bad_shards: list[str] = []
 
     def prepare_data(self) -> None:
         # Runs on one process per node. A prepared folder is used as it is (setup checks that it
@@ -205,10 +210,7 @@ class LoryDataModule(L.LightningDataModule):
                              f"trains on {self.prepare_config.seq_len}: prepare a folder for this length")
         self._check_agrees(manifest)
         if self.verify:
-            problems = [p for split in ("train", "val") for p in verify_shards(self.data_dir, manifest["splits"][split]["shards"])]
-            if problems:
-                raise ValueError(f"{len(problems)} shard(s) fail verification against manifest.json: "
-                                 + "; ".join(problems[:5]))
+            self._drop_bad_shards(manifest)
         world = self.trainer.world_size if self.trainer else 1
         n_train = len(manifest["splits"]["train"]["shards"])
         if n_train < world * max(1, self.num_workers):
@@ -216,6 +218,19 @@ class LoryDataModule(L.LightningDataModule):
                              f"{max(1, self.num_workers)} workers; every worker needs one. Use fewer workers "
                              "or prepare with a smaller --sequences_per_shard")
         self.manifest = manifest
+
+    def _drop_bad_shards(self, manifest: dict[str, Any]) -> None:
+        """Verify every shard; up to ``max_bad_shards`` bad ones are left out, named and counted, more stop the run."""
+        problems = [p for split in ("train", "val") for p in verify_shards(self.data_dir, manifest["splits"][split]["shards"])]
+        if len(problems) > self.max_bad_shards:
+            raise ValueError(f"{len(problems)} shard(s) fail verification against manifest.json (data.max_bad_shards "
+                             f"is {self.max_bad_shards}): " + "; ".join(p.message for p in problems[:5]))
+        bad = {p.name for p in problems}
+        for p in problems:
+            rank_zero_warn(f"leaving out {p.message} ({len(problems)} of at most {self.max_bad_shards} bad shards)")
+        for split in ("train", "val"):
+            manifest["splits"][split]["shards"] = [s for s in manifest["splits"][split]["shards"] if s["name"] not in bad]
+        self.bad_shards = sorted(bad)
 
     @property
     def domains(self) -> list[str]:

@@ -13,6 +13,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -86,13 +87,19 @@ def write_shards(out_dir: Path, prefix: str, samples: Iterable[Sample], per_shar
     return shards
 
 
-def verify_shards(folder: Path, shards: Iterable[dict]) -> Iterator[str]:
-    """A message for every shard that is missing or whose size or sha256 differs from the manifest."""
+class ShardProblem(NamedTuple):
+    name: str
+    message: str
+
+
+def verify_shards(folder: Path, shards: Iterable[dict]) -> Iterator[ShardProblem]:
+    """A problem for every shard that is missing or whose size or sha256 differs from the manifest."""
     for entry in shards:
         path = folder / entry["name"]
         if not path.is_file():
-            yield f"{path}: missing (listed in manifest.json)"
+            yield ShardProblem(entry["name"], f"{path}: missing (listed in manifest.json)")
         elif path.stat().st_size != entry["bytes"]:
-            yield f"{path}: {path.stat().st_size} bytes, manifest.json says {entry['bytes']} (truncated or replaced)"
+            yield ShardProblem(entry["name"], f"{path}: {path.stat().st_size} bytes, manifest.json says "
+                                              f"{entry['bytes']} (truncated or replaced)")
         elif sha256_file(path) != entry["sha256"]:
-            yield f"{path}: sha256 differs from manifest.json (corrupt or replaced)"
+            yield ShardProblem(entry["name"], f"{path}: sha256 differs from manifest.json (corrupt or replaced)")

@@ -110,3 +110,22 @@ def test_a_corrupt_shard_is_named(small_data, tmp_path):
     with pytest.raises(ValueError, match=f"{victim.name}: sha256 differs"):
         LoryDataModule(data_dir=str(copy), seq_len=32, vocab_size=300).setup("fit")
     LoryDataModule(data_dir=str(copy), seq_len=32, vocab_size=300, verify=False).setup("fit")  # the user's explicit choice
+
+
+def test_missing_and_truncated_shards_are_named_counted_and_left_out_below_the_threshold(small_data, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(small_data, copy)
+    shards = manifest_of(copy)["splits"]["train"]["shards"]
+    (copy / shards[0]["name"]).unlink()
+    truncated = copy / shards[1]["name"]
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"2 shard\(s\) fail verification .*max_bad_shards is 1.*missing.*truncated"):
+        LoryDataModule(data_dir=str(copy), seq_len=32, vocab_size=300, max_bad_shards=1).setup("fit")
+    dm = LoryDataModule(data_dir=str(copy), seq_len=32, vocab_size=300, max_bad_shards=2)
+    with pytest.warns(UserWarning, match="leaving out .*missing"):
+        dm.setup("fit")
+    assert dm.bad_shards == sorted([shards[0]["name"], shards[1]["name"]])
+    assert len(dm._urls("train")) == len(shards) - 2
+    assert next(iter(dm.train_dataloader()))["input_ids"].shape == (8, 32)  # trains on the rest
