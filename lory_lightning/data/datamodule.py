@@ -67,6 +67,7 @@ class TrainStream(IterableDataset):
         self.shards, self.rank, self.world_size = list(shards), rank, world_size
         self.seed, self.shuffle_buffer = seed, shuffle_buffer
         self.skip_by_worker: list[int] = []  # samples each worker drops: set by the data module on resume
+        self.worker_offset = 0  # DataLoader worker i plays stream (i + offset) % num_workers: set on resume
 
     def shards_for(self, epoch: int, worker: int, num_workers: int) -> list[str]:
         order = list(self.shards)
@@ -79,20 +80,27 @@ class TrainStream(IterableDataset):
                 "again with a smaller --sequences_per_shard so that there are more shards")
         return mine
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        # The stream is a pure function of (seed, rank, worker): resuming regenerates it and drops
-        # the samples already consumed, so the next sequence is exactly the one an uninterrupted run
-        # would see (no replay, no gap). Dropping costs reading those samples once.
+    def _role(self) -> tuple[int, int]:
+        """(stream index, number of streams) of this worker. A DataLoader takes batches from its workers
+        in turn starting at worker 0, so a loader resumed after n batches starts its worker 0 on stream
+        n % num_workers to keep the uninterrupted order."""
         info = get_worker_info()
-        stream = self._samples()
-        for _ in range(self.skip_by_worker[info.id if info else 0] if self.skip_by_worker else 0):
+        if info is None:
+            return 0, 1
+        return (info.id + self.worker_offset) % info.num_workers, info.num_workers
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        # The stream is a pure function of (seed, rank, stream index): resuming regenerates it and
+        # drops the samples already consumed, so the next sequence is exactly the one an uninterrupted
+        # run would see (no replay, no gap). Dropping costs reading those samples once.
+        worker, num_workers = self._role()
+        stream = self._samples(worker, num_workers)
+        for _ in range(self.skip_by_worker[worker] if self.skip_by_worker else 0):
             next(stream)
         for sample in stream:
             yield to_example(sample)
 
-    def _samples(self) -> Iterator[dict[str, Any]]:
-        info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+    def _samples(self, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
         rng = random.Random(hash((self.seed, self.rank, worker)) & 0xFFFFFFFF)
         buffer: list[dict[str, Any]] = []
         epoch = 0
@@ -255,6 +263,7 @@ class LoryDataModule(L.LightningDataModule):
         # Resuming: each worker drops what it produced for the batches already trained on.
         stream.skip_by_worker = [samples_consumed_by_worker(self._resume_batches, w, self.num_workers, self.batch_size)
                                  for w in range(max(self.num_workers, 1))]
+        stream.worker_offset = self._resume_batches % max(self.num_workers, 1)
         return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers)
 
     def state_dict(self) -> dict[str, int]:
