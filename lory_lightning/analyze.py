@@ -38,7 +38,7 @@ def analyze(ckpt_path: str, data: str | None = None, output: str | None = None, 
     moe = model.moe_layers()
     if not moe:
         raise ValueError(f"{ckpt_path}: a dense model has no routing to analyze")
-    acc = SpecializationAccumulator(len(moe), len(domains), cfg.num_experts, cfg.segment_len)
+    acc = SpecializationAccumulator(len(moe), len(domains), cfg.num_experts, moe[0].routing_len)
     ppl = DomainPerplexity(len(domains))
     urls = [str(data_dir / s["name"]) for s in manifest["splits"]["val"]["shards"]]
     for i, batch in enumerate(DataLoader(ValStream(urls, 0, 1), batch_size=batch_size)):

@@ -87,10 +87,11 @@ class LoryLM(L.LightningModule):
             optim = OptimConfig(**optim)
         if not 0.0 <= dense_warmup < 1.0:
             raise ValueError(f"model.dense_warmup is a share of max_steps in [0, 1), got {dense_warmup}")
-        if dense_warmup and not model.is_moe:
-            raise ValueError("model.dense_warmup needs model.ffn: lory (a dense model has nothing to upcycle)")
+        if dense_warmup and model.ffn not in ("lory", "lory_prefix"):
+            raise ValueError(f"model.dense_warmup needs model.ffn: lory or lory_prefix, got {model.ffn!r} (the "
+                             "baselines start from a dense model with model.init_from instead)")
         if (load_balance_coef or z_loss_coef) and not model.is_moe:
-            raise ValueError("router losses (load_balance_coef, z_loss_coef) need model.ffn: lory")
+            raise ValueError("router losses (load_balance_coef, z_loss_coef) need routed experts, not ffn: dense")
         # Plain data only, so checkpoints load with weights_only=True.
         if nonfinite not in ("stop", "skip"):
             raise ValueError(f"model.nonfinite must be 'stop' or 'skip', got {nonfinite!r}")

@@ -31,7 +31,8 @@ class RoutingMonitor(Callback):
     (divided by log E: 1 is uniform), ``routing/layer{i}/expert{e}`` (mean weight), ``routing/layer{i}/max_share``,
     and at the end of every window of ``utilization_window`` steps ``routing/utilization`` (experts
     activated at least once in the window, weight > 2/E, summed over layers: the paper's Fig. 9) with
-    ``routing/utilization_frac`` (over layers x E). Statistics are of this process's batches.
+    ``routing/utilization_frac`` (over layers x E). Statistics are of this process's batches. For
+    token-level baselines a routing row is a token and its weights are the gates it was applied with.
 
     Args:
         every_n_steps: Steps between logs of entropy and shares (the utilization mask is updated every
@@ -99,7 +100,7 @@ class DomainSpecialization(Callback):
         self._acc = None
         if moe and domains:
             self._acc = SpecializationAccumulator(len(moe), len(domains), moe[0].num_experts,
-                                                  moe[0].segment_len, pl_module.device)
+                                                  moe[0].routing_len, pl_module.device)
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:

@@ -30,7 +30,8 @@ class SpecializationAccumulator:
         n_layers: Lory layers of the model.
         num_domains: Domains of the data (ids 0..D-1).
         num_experts: E.
-        segment_len: T, to attribute each segment's routing to the tokens it was applied to.
+        segment_len: Tokens per routing row (T for segment routing, 1 for token routing), to attribute
+            each row's routing to the tokens it was applied to.
     """
 
     def __init__(self, n_layers: int, num_domains: int, num_experts: int, segment_len: int,

@@ -6,7 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-FFN_KINDS = ("lory", "dense")
+FFN_KINDS = ("lory", "dense", "expert_choice", "segment_expert_choice", "topk", "lory_prefix")
+ROUTED = ("lory", "expert_choice", "segment_expert_choice", "topk", "lory_prefix")
 
 
 @dataclass
@@ -20,7 +21,9 @@ class ModelConfig:
         n_head: Attention heads; ``dim`` must divide evenly among them.
         dim: Model width d.
         hidden_dim: Width f of each SwiGLU FFN (every expert has this width).
-        ffn: ``"lory"`` (segment-routed merged experts) or ``"dense"`` (the parameter-matched baseline).
+        ffn: ``"lory"`` (segment-routed merged experts), ``"dense"`` (the parameter-matched baseline),
+            or a baseline of the paper: ``"expert_choice"`` (token level), ``"segment_expert_choice"``,
+            ``"topk"`` (token top-k), ``"lory_prefix"`` (one merge per sequence). See model/baselines.py.
         num_experts: Experts E per Lory layer. Ignored for ``ffn="dense"``.
         segment_len: Segment length T for causal segment routing (paper: 256 at L = 4096).
         rope_base: RoPE frequency base.
@@ -30,6 +33,8 @@ class ModelConfig:
         router_init_std: Std of the router init. Must be > 0: after upcycling all experts are
             equal and a zero router has an exactly zero gradient forever (LORY.md section 1).
         tie_embeddings: Share the token embedding with the LM head.
+        top_k: Experts per token for ``ffn: topk``.
+        capacity_factor: Expert Choice capacity (1: the FLOPs of a dense FFN, as Lory).
     """
 
     vocab_size: int = 8192
@@ -38,7 +43,7 @@ class ModelConfig:
     n_head: int = 4
     dim: int = 256
     hidden_dim: int = 512
-    ffn: Literal["lory", "dense"] = "lory"
+    ffn: Literal["lory", "dense", "expert_choice", "segment_expert_choice", "topk", "lory_prefix"] = "lory"
     num_experts: int = 8
     segment_len: int = 128
     rope_base: float = 10000.0
@@ -46,6 +51,8 @@ class ModelConfig:
     init_std: float = 0.02
     router_init_std: float = 0.02
     tie_embeddings: bool = False
+    top_k: int = 2
+    capacity_factor: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "seq_len", "n_layer", "n_head", "dim", "hidden_dim",
@@ -74,6 +81,10 @@ class ModelConfig:
             raise ValueError(
                 f"model.router_init_std must be > 0, got {self.router_init_std}: with all experts "
                 "equal (after upcycling) a zero router never receives a gradient")
+        if self.ffn == "topk" and not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"model.top_k must be in [1, num_experts={self.num_experts}], got {self.top_k}")
+        if self.capacity_factor <= 0:
+            raise ValueError(f"model.capacity_factor must be > 0, got {self.capacity_factor}")
         if self.rope_base <= 1:
             raise ValueError(f"model.rope_base must be > 1, got {self.rope_base}")
 
@@ -88,7 +99,8 @@ class ModelConfig:
 
     @property
     def is_moe(self) -> bool:
-        return self.ffn == "lory"
+        """Routed experts (Lory or a baseline), as opposed to the dense FFN."""
+        return self.ffn in ROUTED
 
     def replace(self, **changes: Any) -> "ModelConfig":
         """A validated copy with some fields changed (e.g. ``ffn="dense"`` for the dense twin)."""
@@ -127,6 +139,26 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
         "active": n_layer * per_layer_active + embedding + final_norm,
         "active_non_embedding": n_layer * per_layer_active + final_norm,
     }
+
+
+def ffn_flops_per_token(cfg: ModelConfig) -> float:
+    """Training-forward FLOPs of one token's FFN (2 per multiply-add), router and merges included.
+
+    Lory: the merged SwiGLU (6df) plus its share of one merge per segment (6Edf / T) and of the
+    segment router (2dE / T). Expert Choice at capacity c: c experts' SwiGLU per token on average
+    plus a token router. Token top-k: k experts plus the router. Dense: 6df.
+    """
+    d, f, E, T = cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.segment_len
+    ffn = 6 * d * f
+    if cfg.ffn == "dense":
+        return float(ffn)
+    if cfg.ffn in ("lory", "lory_prefix"):  # lory_prefix as implemented merges per segment too
+        return ffn + 6 * E * d * f / T + 2 * d * E / T
+    if cfg.ffn == "expert_choice":
+        return cfg.capacity_factor * ffn + 2 * d * E
+    if cfg.ffn == "segment_expert_choice":
+        return cfg.capacity_factor * ffn + 2 * d * E / T
+    return cfg.top_k * ffn + 2 * d * E  # topk
 
 
 def _paper(n_layer: int, dim: int, n_head: int, hidden_dim: int, experts: int) -> dict[str, Any]:

@@ -134,30 +134,24 @@ class SwiGLU(nn.Module):
         return self(x)
 
 
-class LoryMoE(nn.Module):
-    """E SwiGLU experts merged per segment by causal segment routing (LORY.md section 1).
+class RoutedExperts(nn.Module):
+    """E SwiGLU experts and a linear router: the parameters every routed FFN here shares.
 
-    Args:
-        dim: Model width d.
-        hidden_dim: Width f of every expert.
-        num_experts: E.
-        segment_len: T; training inputs must have L a multiple of T.
+    ``routing_len`` is the number of tokens one routing decision covers (T for segment routing, 1 for
+    token routing); monitoring callbacks use it to attribute routing weights to tokens.
     """
 
-    def __init__(self, dim: int, hidden_dim: int, num_experts: int, segment_len: int) -> None:
+    def __init__(self, dim: int, hidden_dim: int, num_experts: int, routing_len: int) -> None:
         super().__init__()
-        if num_experts < 1 or segment_len < 1:
-            raise ValueError(f"num_experts ({num_experts}) and segment_len ({segment_len}) must be >= 1")
+        if num_experts < 1 or routing_len < 1:
+            raise ValueError(f"num_experts ({num_experts}) and segment_len ({routing_len}) must be >= 1")
         self.dim, self.hidden_dim = dim, hidden_dim
-        self.num_experts, self.segment_len = num_experts, segment_len
+        self.num_experts, self.routing_len = num_experts, routing_len
         self.router = nn.Linear(dim, num_experts, bias=False)  # weight (E, d)
         self.w_gate = nn.Parameter(torch.empty(num_experts, dim, hidden_dim))  # (E, d, f)
         self.w_up = nn.Parameter(torch.empty(num_experts, dim, hidden_dim))  # (E, d, f)
         self.w_down = nn.Parameter(torch.empty(num_experts, hidden_dim, dim))  # (E, f, d)
-        # Dense warmup (LORY.md section 3): while set, every segment uses expert 0 alone, which is
-        # exactly a dense SwiGLU; upcycle_from_first_expert() ends it. A buffer, so checkpoints keep it.
-        self.register_buffer("dense_phase", torch.tensor(False))
-        self.is_dense = False  # host-side mirror: reading the buffer every forward would sync a GPU
+        self.is_dense = False  # only Lory layers have a dense phase
         self.reset_parameters()
 
     def reset_parameters(self, std: float = 0.02, out_std: float | None = None,
@@ -170,13 +164,35 @@ class LoryMoE(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, hidden_dim={self.hidden_dim}, num_experts={self.num_experts}, "
-                f"segment_len={self.segment_len}")
+                f"routing_len={self.routing_len}")
 
     def router_logits(self, h: Tensor) -> Tensor:
         """(..., d) -> (..., E), in at least fp32 whatever the autocast dtype: the softmax decides merges."""
         dtype = torch.promote_types(h.dtype, torch.float32)
         with torch.autocast(h.device.type, enabled=False):
             return F.linear(h.to(dtype), self.router.weight.to(dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_with_routing(x)[0]
+
+
+class LoryMoE(RoutedExperts):
+    """E SwiGLU experts merged per segment by causal segment routing (LORY.md section 1).
+
+    Args:
+        dim: Model width d.
+        hidden_dim: Width f of every expert.
+        num_experts: E.
+        segment_len: T; training inputs must have L a multiple of T.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, num_experts: int, segment_len: int) -> None:
+        super().__init__(dim, hidden_dim, num_experts, segment_len)
+        self.segment_len = segment_len
+        # Dense warmup (LORY.md section 3): while set, every segment uses expert 0 alone, which is
+        # exactly a dense SwiGLU; upcycle_from_first_expert() ends it. A buffer, so checkpoints keep it.
+        self.register_buffer("dense_phase", torch.tensor(False))
+        self.is_dense = False  # host-side mirror: reading the buffer every forward would sync a GPU
 
     def route(self, x: Tensor) -> Routing:
         """Causal segment routing of x (B, L, d): logits and applied weights, each (B, N, E)."""
@@ -238,9 +254,6 @@ class LoryMoE(nn.Module):
                    w_down.view(B * N, -1, d))  # (B*N, T, d)
         y = y.view(B, N * T, d)
         return (y[:, :L] if pad else y), routing  # (B, L, d)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_with_routing(x)[0]
 
     # ------------------------------------------------------------------ incremental decoding
 

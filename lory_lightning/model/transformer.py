@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .moe import ROUTING_MODES, LoryMoE, MergedFFNCache, Routing, RoutingMode, SwiGLU
+from .moe import ROUTING_MODES, LoryMoE, MergedFFNCache, RoutedExperts, Routing, RoutingMode, SwiGLU
 
 
 class ModelOutput(NamedTuple):
@@ -105,6 +105,17 @@ def build_ffn(cfg: ModelConfig) -> nn.Module:
         return LoryMoE(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.segment_len)
     if cfg.ffn == "dense":
         return SwiGLU(cfg.dim, cfg.hidden_dim)
+    from . import baselines
+
+    if cfg.ffn == "lory_prefix":
+        return baselines.LoryPrefixMoE(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.segment_len)
+    if cfg.ffn == "expert_choice":
+        return baselines.ExpertChoiceMoE(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.capacity_factor)
+    if cfg.ffn == "segment_expert_choice":
+        return baselines.SegmentExpertChoiceMoE(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.segment_len,
+                                                cfg.capacity_factor)
+    if cfg.ffn == "topk":
+        return baselines.TopKMoE(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.top_k)
     raise ValueError(f"unknown ffn {cfg.ffn!r}")
 
 
@@ -157,7 +168,7 @@ class LoryTransformer(nn.Module):
         for block in self.blocks:
             nn.init.normal_(block.attn.qkv.weight, std=std)
             nn.init.normal_(block.attn.proj.weight, std=out_std)
-            if isinstance(block.ffn, LoryMoE):
+            if isinstance(block.ffn, RoutedExperts):
                 block.ffn.reset_parameters(std, out_std, cfg.router_init_std)
             else:
                 block.ffn.reset_parameters(std, out_std)
@@ -165,8 +176,9 @@ class LoryTransformer(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def moe_layers(self) -> list[LoryMoE]:
-        return [b.ffn for b in self.blocks if isinstance(b.ffn, LoryMoE)]
+    def moe_layers(self) -> list[RoutedExperts]:
+        """The routed FFNs (Lory or a baseline), in layer order; empty for a dense model."""
+        return [b.ffn for b in self.blocks if isinstance(b.ffn, RoutedExperts)]
 
     def _rope(self, start: int, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
         return rope_cos_sin(torch.arange(start, start + length, device=device),

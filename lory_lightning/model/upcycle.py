@@ -26,7 +26,7 @@ def upcycle_state_dict(dense_state: dict[str, Tensor], cfg: ModelConfig,
     Everything else is copied unchanged.
     """
     if not cfg.is_moe:
-        raise ValueError(f"upcycling targets a Lory config (ffn='lory'), got ffn={cfg.ffn!r}")
+        raise ValueError(f"upcycling targets a routed config (ffn='lory' or a baseline), got ffn={cfg.ffn!r}")
     out: dict[str, Tensor] = {}
     routers: list[str] = []
     for key, value in dense_state.items():
@@ -40,7 +40,8 @@ def upcycle_state_dict(dense_state: dict[str, Tensor], cfg: ModelConfig,
     if not routers:
         raise ValueError("no dense FFN weights (*.ffn.w_gate) found: is this a dense model's state dict?")
     for key in routers:
-        out[key.replace("router.weight", "dense_phase")] = torch.tensor(False)
+        if cfg.ffn in ("lory", "lory_prefix"):  # only Lory layers carry the dense-phase flag
+            out[key.replace("router.weight", "dense_phase")] = torch.tensor(False)
         like = out[key.replace("router.weight", "w_gate")]  # (E, d, f)
         out[key] = torch.randn(cfg.num_experts, cfg.dim, generator=generator, dtype=torch.float32
                                ).mul_(cfg.router_init_std).to(device=like.device, dtype=like.dtype)

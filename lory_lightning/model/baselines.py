@@ -1,0 +1,226 @@
+"""The paper's comparison points (LORY.md section 5), each a routed FFN with Lory's parameters.
+
+Shape legend: B batch, L positions, N segments, T segment length, E experts, C capacity (rows an
+expert takes), k experts per token, d width, f FFN width.
+
+- ``ExpertChoiceMoE`` (token level; Zhou et al. 2022): every expert picks its top-C tokens of the
+  sequence, C = L * capacity_factor / E, so the FFN costs what a dense FFN costs at capacity 1, the
+  same as Lory. **Look-ahead:** a token's expert depends on the scores of every token of the
+  sequence, later ones included, so training is not causal; at inference each token goes to its
+  top-k experts (k = capacity factor), as the paper did.
+- ``SegmentExpertChoiceMoE``: every expert picks its top-C segments (routed on each segment's own
+  mean), C = N * capacity_factor / E, and runs all their tokens. Also non-causal in training; at
+  inference each segment goes to its top-k experts routed on the previous segment, as in Lory.
+- ``TopKMoE``: token top-k (Mixtral-style renormalized gates), computed grouped by expert after a
+  sort of the token-expert pairs: the Python loop runs over experts, never over tokens.
+- ``LoryPrefixMoE``: one merge per sequence from the first segment, applied to every segment: the
+  paper's weaker ablation of causal segment routing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .moe import LoryMoE, RoutedExperts, Routing, RoutingMode, causal_shift, segment_means, swiglu
+
+
+def grouped_topk_ffn(experts: RoutedExperts, x: Tensor, idx: Tensor, gates: Tensor) -> Tensor:
+    """sum_j gates[t, j] * FFN_{idx[t, j]}(x[t]) for tokens x (S, d), idx and gates (S, k) -> (S, d).
+
+    The S*k (token, expert) pairs are sorted by expert, so each expert runs once on a contiguous
+    block of its tokens.
+    """
+    S, k = idx.shape
+    flat_expert = idx.reshape(-1)  # (S*k,)
+    order = torch.argsort(flat_expert, stable=True)
+    token = torch.arange(S, device=x.device).repeat_interleave(k)[order]  # (S*k,) token of each sorted pair
+    counts = torch.bincount(flat_expert, minlength=experts.num_experts).tolist()
+    x_sorted = x[token]  # (S*k, d)
+    outs = []
+    for e, chunk in enumerate(torch.split(x_sorted, counts)):
+        if chunk.shape[0]:
+            outs.append(swiglu(chunk, experts.w_gate[e], experts.w_up[e], experts.w_down[e]))  # (n_e, d)
+    y_sorted = torch.cat(outs) * gates.reshape(-1)[order, None].to(x.dtype)  # (S*k, d)
+    return torch.zeros_like(x).index_add_(0, token, y_sorted)  # (S, d)
+
+
+def dense_gates(idx: Tensor, gates: Tensor, num_experts: int) -> Tensor:
+    """The applied routing as a dense (..., E) tensor: gates scattered at their experts."""
+    return torch.zeros(*idx.shape[:-1], num_experts, dtype=gates.dtype, device=gates.device).scatter(-1, idx, gates)
+
+
+class _Stateless:
+    """Token-level routing needs no decoding state: prefill and decode are the inference forward."""
+
+    def prefill(self, x: Tensor, mode: RoutingMode) -> tuple[Tensor, None]:
+        return self.forward_with_routing(x)[0], None
+
+    def decode(self, x: Tensor, cache: None, pos: int) -> Tensor:
+        return self.forward_with_routing(x)[0]
+
+
+class TopKMoE(_Stateless, RoutedExperts):
+    """Token top-k routing: each token runs its k best experts, gates renormalized over the k.
+
+    Args:
+        dim, hidden_dim, num_experts: as for LoryMoE.
+        top_k: Experts per token.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, num_experts: int, top_k: int) -> None:
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"model.top_k must be in [1, num_experts={num_experts}], got {top_k}")
+        super().__init__(dim, hidden_dim, num_experts, routing_len=1)
+        self.top_k = top_k
+
+    def forward_with_routing(self, x: Tensor) -> tuple[Tensor, Routing]:
+        B, L, d = x.shape
+        logits = self.router_logits(x)  # (B, L, E)
+        top_logits, idx = logits.topk(self.top_k, dim=-1)  # (B, L, k)
+        gates = top_logits.softmax(dim=-1)  # (B, L, k)
+        y = grouped_topk_ffn(self, x.reshape(B * L, d), idx.reshape(B * L, -1), gates.reshape(B * L, -1))
+        return y.view(B, L, d), Routing(logits=logits, weights=dense_gates(idx, gates, self.num_experts))
+
+
+class ExpertChoiceMoE(_Stateless, RoutedExperts):
+    """Token-level Expert Choice with capacity factor c (see the module docstring for its look-ahead).
+
+    Args:
+        dim, hidden_dim, num_experts: as for LoryMoE.
+        capacity_factor: c; each expert takes C = max(1, L * c / E) tokens of each sequence.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, num_experts: int, capacity_factor: float = 1.0) -> None:
+        if capacity_factor <= 0:
+            raise ValueError(f"model.capacity_factor must be > 0, got {capacity_factor}")
+        super().__init__(dim, hidden_dim, num_experts, routing_len=1)
+        self.capacity_factor = capacity_factor
+        self.inference_k = max(1, min(num_experts, round(capacity_factor)))
+
+    def forward_with_routing(self, x: Tensor) -> tuple[Tensor, Routing]:
+        B, L, d = x.shape
+        logits = self.router_logits(x)  # (B, L, E)
+        scores = logits.softmax(dim=-1)  # (B, L, E)
+        if not self.training:  # causal at inference: each token to its top-k experts, gates = scores
+            gates, idx = scores.topk(self.inference_k, dim=-1)  # (B, L, k)
+            y = grouped_topk_ffn(self, x.reshape(B * L, d), idx.reshape(B * L, -1), gates.reshape(B * L, -1))
+            return y.view(B, L, d), Routing(logits, dense_gates(idx, gates, self.num_experts))
+        E = self.num_experts
+        C = max(1, min(L, int(L * self.capacity_factor / E)))
+        top_s, top_i = scores.transpose(1, 2).topk(C, dim=-1)  # (B, E, C): each expert's tokens
+        rows = (top_i + torch.arange(B, device=x.device)[:, None, None] * L).transpose(0, 1).reshape(E, B * C)
+        x_sel = x.reshape(B * L, d)[rows]  # (E, B*C, d)
+        y_sel = swiglu(x_sel, self.w_gate, self.w_up, self.w_down)  # (E, B*C, d): one bmm per matrix
+        y_sel = y_sel * top_s.transpose(0, 1).reshape(E, B * C, 1).to(x.dtype)
+        y = torch.zeros(B * L, d, dtype=x.dtype, device=x.device).index_add_(0, rows.reshape(-1), y_sel.reshape(-1, d))
+        weights = torch.zeros_like(scores).scatter(1, top_i.transpose(1, 2), top_s.transpose(1, 2))  # (B, L, E)
+        return y.view(B, L, d), Routing(logits, weights)
+
+
+@dataclass
+class SegmentChoiceCache:
+    """Decoding state of segment Expert Choice: current segment's experts and the running input sum."""
+
+    mode: RoutingMode
+    idx: Tensor  # (B, k)
+    gates: Tensor  # (B, k)
+    segment_sum: Tensor | None = None  # (B, d), segment mode only
+
+
+class SegmentExpertChoiceMoE(RoutedExperts):
+    """Segment-level Expert Choice: each expert picks whole segments (see the module docstring).
+
+    Args:
+        dim, hidden_dim, num_experts, segment_len: as for LoryMoE.
+        capacity_factor: c; each expert takes C = max(1, N * c / E) segments of each sequence.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, num_experts: int, segment_len: int,
+                 capacity_factor: float = 1.0) -> None:
+        if capacity_factor <= 0:
+            raise ValueError(f"model.capacity_factor must be > 0, got {capacity_factor}")
+        super().__init__(dim, hidden_dim, num_experts, routing_len=segment_len)
+        self.segment_len, self.capacity_factor = segment_len, capacity_factor
+        self.inference_k = max(1, min(num_experts, round(capacity_factor)))
+
+    def _apply_topk(self, xs: Tensor, idx: Tensor, gates: Tensor) -> Tensor:
+        """xs (R, T, d) rows each run by their k experts idx (R, k) with gates (R, k) -> (R, T, d)."""
+        y = torch.zeros_like(xs)
+        for j in range(idx.shape[1]):  # k is small (the capacity factor)
+            e = idx[:, j]
+            y = y + gates[:, j, None, None].to(xs.dtype) * swiglu(xs, self.w_gate[e], self.w_up[e], self.w_down[e])
+        return y
+
+    def forward_with_routing(self, x: Tensor) -> tuple[Tensor, Routing]:
+        B, L, d = x.shape
+        T, E = self.segment_len, self.num_experts
+        N = math.ceil(L / T)
+        pad = N * T - L
+        xs = (F.pad(x, (0, 0, 0, pad)) if pad else x).reshape(B, N, T, d)
+        logits = self.router_logits(segment_means(x, T))  # (B, N, E)
+        scores = logits.softmax(dim=-1)  # (B, N, E)
+        if not self.training:  # causal beyond the first segment: route on the previous one, top-k
+            gates, idx = causal_shift(scores).topk(self.inference_k, dim=-1)  # (B, N, k)
+            y = self._apply_topk(xs.reshape(B * N, T, d), idx.reshape(B * N, -1), gates.reshape(B * N, -1))
+            weights = dense_gates(idx, gates, E)
+        else:
+            C = max(1, min(N, int(N * self.capacity_factor / E)))
+            top_s, top_i = scores.transpose(1, 2).topk(C, dim=-1)  # (B, E, C): each expert's segments
+            rows = (top_i + torch.arange(B, device=x.device)[:, None, None] * N).transpose(0, 1).reshape(E, B * C)
+            x_sel = xs.reshape(B * N, T, d)[rows].reshape(E, B * C * T, d)  # (E, B*C*T, d)
+            y_sel = swiglu(x_sel, self.w_gate, self.w_up, self.w_down).reshape(E, B * C, T, d)
+            y_sel = y_sel * top_s.transpose(0, 1).reshape(E, B * C, 1, 1).to(x.dtype)
+            y = torch.zeros(B * N, T, d, dtype=x.dtype, device=x.device).index_add_(
+                0, rows.reshape(-1), y_sel.reshape(E * B * C, T, d))
+            weights = torch.zeros_like(scores).scatter(1, top_i.transpose(1, 2), top_s.transpose(1, 2))
+        y = y.reshape(B, N * T, d)
+        return (y[:, :L] if pad else y), Routing(logits, weights)
+
+    def prefill(self, x: Tensor, mode: RoutingMode) -> tuple[Tensor, SegmentChoiceCache]:
+        """prompt: the prompt's top-k experts (routed on its mean) serve it and every new token;
+        segment: the inference forward, then a new choice at every segment boundary."""
+        if mode == "prompt":
+            gates, idx = self.router_logits(x.mean(dim=1)).softmax(dim=-1).topk(self.inference_k, dim=-1)
+            return self._apply_topk(x, idx, gates), SegmentChoiceCache(mode, idx, gates)
+        y, routing = self.forward_with_routing(x)
+        P, T = x.shape[1], self.segment_len
+        gates, idx = routing.weights[:, -1].topk(self.inference_k, dim=-1)  # (B, k)
+        return y, SegmentChoiceCache(mode, idx, gates, x[:, (P - 1) // T * T:].sum(dim=1))
+
+    def decode(self, x: Tensor, cache: SegmentChoiceCache, pos: int) -> Tensor:
+        if cache.mode == "prompt":
+            return self._apply_topk(x, cache.idx, cache.gates)
+        if pos % self.segment_len == 0:  # a segment completed: route the next one on its mean
+            scores = self.router_logits(cache.segment_sum / self.segment_len).softmax(dim=-1)  # (B, E)
+            cache.gates, cache.idx = scores.topk(self.inference_k, dim=-1)
+            cache.segment_sum = torch.zeros_like(cache.segment_sum)
+        cache.segment_sum = cache.segment_sum + x[:, 0]
+        return self._apply_topk(x, cache.idx, cache.gates)  # (B, 1, d)
+
+
+class LoryPrefixMoE(LoryMoE):
+    """Lory with one merge per sequence: every segment uses the first segment's routing.
+
+    The first segment routes on itself with the gradient cut, exactly as in Lory; later segments use
+    the same weights with the gradient flowing, so the router learns from them.
+    """
+
+    def route(self, x: Tensor) -> Routing:
+        logits = self.router_logits(segment_means(x, self.segment_len))  # (B, N, E)
+        probs = logits.softmax(dim=-1)
+        if self.is_dense:
+            return Routing(logits=logits, weights=self._first_expert_only(probs))
+        first = probs[:, :1]  # (B, 1, E)
+        weights = torch.cat([first.detach(), first.expand(-1, probs.shape[1] - 1, -1)], dim=1)  # (B, N, E)
+        return Routing(logits=logits, weights=weights)
+
+    def decode(self, x: Tensor, cache, pos: int) -> Tensor:  # noqa: ANN001
+        # The prefix's merged FFN serves the whole sequence: no re-merge at segment boundaries.
+        if cache.mode == "segment":
+            cache.segment_sum = cache.segment_sum + x[:, 0]
+        return swiglu(x, cache.w_gate, cache.w_up, cache.w_down)

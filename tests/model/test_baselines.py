@@ -1,0 +1,147 @@
+"""The paper's baselines: shapes, gradients, degenerate cases, causality where causal, FLOP parity."""
+
+import pytest
+import torch
+
+from lory_lightning.model import LoryTransformer, ModelConfig, upcycle_state_dict
+from lory_lightning.model.baselines import (ExpertChoiceMoE, LoryPrefixMoE, SegmentExpertChoiceMoE, TopKMoE,
+                                            grouped_topk_ffn)
+from lory_lightning.model.config import ffn_flops_per_token
+from lory_lightning.model.moe import LoryMoE, swiglu
+
+D, FF, E, T = 16, 24, 4, 8
+KINDS = ["expert_choice", "segment_expert_choice", "topk", "lory_prefix"]
+
+
+def layer(kind, **kw):
+    made = {"expert_choice": lambda: ExpertChoiceMoE(D, FF, E, **kw),
+            "segment_expert_choice": lambda: SegmentExpertChoiceMoE(D, FF, E, T, **kw),
+            "topk": lambda: TopKMoE(D, FF, E, kw.get("top_k", 2)),
+            "lory_prefix": lambda: LoryPrefixMoE(D, FF, E, T)}[kind]().double()
+    made.reset_parameters(std=0.3, router_std=0.5)
+    return made
+
+
+def expert(m, e, x):
+    return swiglu(x, m.w_gate[e], m.w_up[e], m.w_down[e])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_shapes_and_gradients(kind):
+    m = layer(kind)
+    x = torch.randn(2, 4 * T, D, dtype=torch.float64, requires_grad=True)
+    y, routing = m.forward_with_routing(x)
+    assert y.shape == x.shape
+    rows = 4 * T if kind in ("expert_choice", "topk") else 4
+    assert routing.weights.shape == (2, rows, E) and routing.logits.shape == (2, rows, E)
+    y.pow(2).sum().backward()
+    assert x.grad.abs().max() > 0 and m.router.weight.grad.abs().max() > 0 and m.w_up.grad.abs().max() > 0
+
+
+def test_topk_with_all_experts_and_uniform_router_is_the_mean_of_experts():
+    m = layer("topk", top_k=E)
+    with torch.no_grad():
+        m.router.weight.zero_()
+    x = torch.randn(2, 10, D, dtype=torch.float64)
+    expected = sum(expert(m, e, x) for e in range(E)) / E
+    torch.testing.assert_close(m(x), expected, rtol=0, atol=1e-12)
+
+
+def test_grouped_topk_equals_a_per_token_loop():
+    m = layer("topk")
+    x = torch.randn(13, D, dtype=torch.float64)
+    idx = torch.randint(0, E, (13, 2))
+    gates = torch.rand(13, 2, dtype=torch.float64)
+    ref = torch.stack([sum(gates[t, j] * expert(m, idx[t, j], x[t]) for j in range(2)) for t in range(13)])
+    torch.testing.assert_close(grouped_topk_ffn(m, x, idx, gates), ref, rtol=0, atol=1e-12)
+
+
+def test_expert_choice_training_matches_a_slow_loop_and_each_expert_takes_capacity_tokens():
+    m = layer("expert_choice").train()
+    x = torch.randn(2, 16, D, dtype=torch.float64)
+    y, routing = m.forward_with_routing(x)
+    C = 16 // E
+    assert ((routing.weights > 0).sum(dim=1) == C).all()  # (B, E): exactly C tokens per expert
+    scores = torch.softmax(x @ m.router.weight.T, dim=-1)
+    ref = torch.zeros_like(x)
+    for b in range(2):
+        for e in range(E):
+            for t in scores[b, :, e].topk(C).indices:
+                ref[b, t] += scores[b, t, e] * expert(m, e, x[b, t])
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-12)
+
+
+def test_segment_expert_choice_training_matches_a_slow_loop():
+    m = layer("segment_expert_choice").train()
+    x = torch.randn(2, 8 * T, D, dtype=torch.float64)
+    y, routing = m.forward_with_routing(x)
+    C = 8 // E
+    scores = torch.softmax(x.view(2, 8, T, D).mean(2) @ m.router.weight.T, dim=-1)  # (B, N, E)
+    ref = torch.zeros_like(x)
+    for b in range(2):
+        for e in range(E):
+            for n in scores[b, :, e].topk(C).indices:
+                seg = slice(n * T, (n + 1) * T)
+                ref[b, seg] += scores[b, n, e] * expert(m, e, x[b, seg])
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-12)
+    assert ((routing.weights > 0).sum(dim=1) == C).all()
+
+
+def test_lory_prefix_equals_lory_with_two_segments_and_uses_the_first_segment_everywhere():
+    prefix = layer("lory_prefix")
+    lory = LoryMoE(D, FF, E, T).double()
+    lory.load_state_dict(prefix.state_dict())
+    x = torch.randn(2, 2 * T, D, dtype=torch.float64)
+    torch.testing.assert_close(prefix(x), lory(x), rtol=0, atol=1e-13)  # N = 2: the same routing
+    w = prefix.route(torch.randn(2, 5 * T, D, dtype=torch.float64)).weights
+    assert torch.equal(w, w[:, :1].expand_as(w))
+
+
+@pytest.mark.parametrize("kind", ["expert_choice", "segment_expert_choice", "topk", "lory_prefix"])
+def test_causal_at_inference_beyond_the_first_segment(kind):
+    m = layer(kind).eval()
+    x = torch.randn(2, 4 * T, D, dtype=torch.float64)
+    for q in (T, 2 * T + 3):
+        x2 = x.clone()
+        x2[:, q] += 1.0
+        torch.testing.assert_close(m(x)[:, :q], m(x2)[:, :q], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_decoding_equals_the_inference_forward(kind):
+    cfg = ModelConfig(ffn=kind, vocab_size=97, seq_len=32, segment_len=8, n_layer=2, n_head=2, dim=16,
+                      hidden_dim=24, num_experts=4, router_init_std=0.5)
+    model = LoryTransformer(cfg).double().eval()
+    seq = torch.randint(0, 97, (2, 30))
+    cache = model.new_cache(2, 30, "segment")
+    out = [model.step(seq[:, :12], cache)] + [model.step(seq[:, t:t + 1], cache) for t in range(12, 30)]
+    torch.testing.assert_close(torch.cat(out, 1), model(seq).logits, rtol=0, atol=1e-10)
+
+
+def test_flop_count_puts_expert_choice_and_lory_at_equal_cost():
+    base = dict(vocab_size=32000, seq_len=4096, segment_len=256, n_layer=24, dim=1024, n_head=16, hidden_dim=2816,
+                num_experts=8)
+    lory = ffn_flops_per_token(ModelConfig(ffn="lory", **base))
+    ec = ffn_flops_per_token(ModelConfig(ffn="expert_choice", **base))
+    dense = ffn_flops_per_token(ModelConfig(ffn="dense", **base))
+    assert lory / dense == pytest.approx(1 + 8 / 256, rel=1e-3)  # the E/T merge overhead of LORY.md
+    assert ec / lory == pytest.approx(1.0, abs=8 / 256)  # equal up to Lory's merge overhead
+    assert ffn_flops_per_token(ModelConfig(ffn="topk", **base)) / dense == pytest.approx(2.0, rel=1e-2)
+
+
+@pytest.mark.parametrize("kind", ["topk", "lory_prefix"])
+def test_upcycled_dense_checkpoint_gives_the_dense_function(kind):
+    cfg = ModelConfig(ffn="dense", vocab_size=97, seq_len=32, segment_len=8, n_layer=2, n_head=2, dim=16,
+                      hidden_dim=24, num_experts=4)
+    dense = LoryTransformer(cfg).double()
+    routed = LoryTransformer(cfg.replace(ffn=kind)).double()
+    routed.load_state_dict(upcycle_state_dict(dense.state_dict(), routed.config))
+    idx = torch.randint(0, 97, (2, 32))
+    torch.testing.assert_close(routed(idx).logits, dense(idx).logits, rtol=0, atol=1e-10)
+
+
+def test_baseline_settings_are_validated():
+    with pytest.raises(ValueError, match="top_k must be in"):
+        ModelConfig(ffn="topk", top_k=9, num_experts=8)
+    with pytest.raises(ValueError, match="capacity_factor must be > 0"):
+        ModelConfig(ffn="expert_choice", capacity_factor=0)
