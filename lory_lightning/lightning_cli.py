@@ -92,4 +92,12 @@ def run_lightning_cli(argv: list[str]) -> int:
     except (OSError, ValueError, NonFiniteError) as err:  # FileNotFound/FileExists are OSErrors
         print(f"lory {argv[0]}: error: {err}", file=sys.stderr)
         return 1
+    finally:
+        # Close the process group before the interpreter exits: a gloo group torn down by the
+        # interpreter at exit aborts the process now and then ("terminate called without an active
+        # exception", exit -6) after a run that succeeded.
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     return 0

@@ -51,6 +51,8 @@ def main() -> None:
     trainer.fit(model, datamodule=FixedData())
     if trainer.global_rank == 0:
         torch.save({k: v.detach().clone() for k, v in model.model.state_dict().items()}, out)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # a gloo group left to interpreter exit can abort
 
 
 if __name__ == "__main__":
