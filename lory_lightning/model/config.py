@@ -35,6 +35,8 @@ class ModelConfig:
         tie_embeddings: Share the token embedding with the LM head.
         top_k: Experts per token for ``ffn: topk``.
         capacity_factor: Expert Choice capacity (1: the FLOPs of a dense FFN, as Lory).
+        recompute_merge: Lory layers recompute merged weights in backward (saved activations of a
+            dense FFN); ``false`` keeps them through autograd (the plain path, for comparison).
     """
 
     vocab_size: int = 8192
@@ -53,6 +55,7 @@ class ModelConfig:
     tie_embeddings: bool = False
     top_k: int = 2
     capacity_factor: float = 1.0
+    recompute_merge: bool = True
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "seq_len", "n_layer", "n_head", "dim", "hidden_dim",

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .merged_swiglu import merged_swiglu
+
 RoutingMode = Literal["prompt", "segment"]
 ROUTING_MODES = ("prompt", "segment")
 
@@ -184,11 +186,16 @@ class LoryMoE(RoutedExperts):
         hidden_dim: Width f of every expert.
         num_experts: E.
         segment_len: T; training inputs must have L a multiple of T.
+        recompute_merge: In training, recompute the merged weights in backward (memory of a dense
+            FFN) instead of letting autograd keep them (``False``: the plain path, for comparison).
     """
 
-    def __init__(self, dim: int, hidden_dim: int, num_experts: int, segment_len: int) -> None:
+    def __init__(self, dim: int, hidden_dim: int, num_experts: int, segment_len: int,
+                 recompute_merge: bool = True) -> None:
         super().__init__(dim, hidden_dim, num_experts, segment_len)
         self.segment_len = segment_len
+        # True: merged weights are recomputed in backward instead of kept (the plain path keeps them).
+        self.recompute_merge = recompute_merge
         # Dense warmup (LORY.md section 3): while set, every segment uses expert 0 alone, which is
         # exactly a dense SwiGLU; upcycle_from_first_expert() ends it. A buffer, so checkpoints keep it.
         self.register_buffer("dense_phase", torch.tensor(False))
@@ -247,11 +254,15 @@ class LoryMoE(RoutedExperts):
             raise ValueError(f"sequence length {L} is not a multiple of segment_len {T} in training")
         routing = self.route(x)
         N = routing.weights.shape[1]
-        w_gate, w_up, w_down = self.merged(routing.weights)  # (B, N, d, f), (B, N, d, f), (B, N, f, d)
         pad = N * T - L
         xs = (F.pad(x, (0, 0, 0, pad)) if pad else x).reshape(B * N, T, d)  # (B*N, T, d)
-        y = swiglu(xs, w_gate.view(B * N, d, -1), w_up.view(B * N, d, -1),
-                   w_down.view(B * N, -1, d))  # (B*N, T, d)
+        if self.recompute_merge and torch.is_grad_enabled():
+            # Saves what a dense SwiGLU saves; the merge runs again in backward (model/merged_swiglu.py).
+            y = merged_swiglu(xs, routing.weights.reshape(B * N, -1), self.w_gate, self.w_up, self.w_down)
+        else:
+            w_gate, w_up, w_down = self.merged(routing.weights)  # (B, N, d, f), (B, N, d, f), (B, N, f, d)
+            y = swiglu(xs, w_gate.view(B * N, d, -1), w_up.view(B * N, d, -1),
+                       w_down.view(B * N, -1, d))  # (B*N, T, d)
         y = y.view(B, N * T, d)
         return (y[:, :L] if pad else y), routing  # (B, L, d)
 

@@ -102,13 +102,13 @@ class CausalSelfAttention(nn.Module):
 def build_ffn(cfg: ModelConfig) -> nn.Module:
     """The FFN of one block, chosen by ``cfg.ffn``."""
     if cfg.ffn == "lory":
-        return LoryMoE(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.segment_len)
+        return LoryMoE(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.segment_len, cfg.recompute_merge)
     if cfg.ffn == "dense":
         return SwiGLU(cfg.dim, cfg.hidden_dim)
     from . import baselines
 
     if cfg.ffn == "lory_prefix":
-        return baselines.LoryPrefixMoE(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.segment_len)
+        return baselines.LoryPrefixMoE(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.segment_len, cfg.recompute_merge)
     if cfg.ffn == "expert_choice":
         return baselines.ExpertChoiceMoE(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.capacity_factor)
     if cfg.ffn == "segment_expert_choice":
