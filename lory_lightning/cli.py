@@ -104,9 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "Expert Choice, at one token budget and seed on the same corpus; write a report with "
                     "per-domain perplexity, curves, specialization, commands, wall time and which claims held.")
     rep.add_argument("--output", default="runs/replicate", help="folder for the runs, their YAMLs and data")
-    rep.add_argument("--steps", type=int, default=600, help="training steps per run (600: about 90 min on 2 cores)")
+    rep.add_argument("--steps", type=int, default=500, help="training steps per run (500: about 80 min on 2 cores)")
     rep.add_argument("--report", default="REPLICATION.md")
     rep.add_argument("--inputs", nargs="+", default=[], metavar="PATH", help="documents (default: the sample corpus)")
+    rep.add_argument("--log", metavar="MD", help="a markdown log of what was tried before, copied into the report "
+                                                 "(this repository's: docs/replication-log.md)")
     return parser
 
 
@@ -170,7 +172,7 @@ def _analyze(args: argparse.Namespace) -> int:
 def _replicate(args: argparse.Namespace) -> int:
     from .replicate import replicate
 
-    result = replicate(args.output, args.steps, args.report, args.inputs)
+    result = replicate(args.output, args.steps, args.report, args.inputs, log=args.log)
     for claim, held, evidence in result["claims"]:
         print(f"{'held' if held else 'did not hold'}: {claim} ({evidence})")
     print(f"report: {args.report} ({result['wall_s'] / 60:.1f} min)")

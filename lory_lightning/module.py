@@ -74,12 +74,16 @@ class LoryLM(L.LightningModule):
         nonfinite: What a non-finite loss or gradient norm does: ``stop`` the run with a message,
             or ``skip`` the optimizer step (counted as ``train/skipped_steps``). Decided on a flag
             reduced over all ranks, so every rank does the same.
+        upcycle_moments: At the end of the dense warmup every expert inherits the dense FFN's Adam
+            moments, ``scaled`` to the 1/E share of the gradient each expert then gets, or ``copied``
+            unscaled (which damps expert updates for ~100 steps; see REPLICATION.md).
     """
 
     def __init__(self, model: ModelConfig = ModelConfig(), optim: OptimConfig = OptimConfig(),
                  dense_warmup: float = 0.0, init_from: str | None = None,
                  load_balance_coef: float = 0.0, z_loss_coef: float = 0.0,
-                 nonfinite: Literal["stop", "skip"] = "stop") -> None:
+                 nonfinite: Literal["stop", "skip"] = "stop",
+                 upcycle_moments: Literal["scaled", "copied"] = "scaled") -> None:
         super().__init__()
         if isinstance(model, dict):
             model = ModelConfig(**model)
@@ -95,11 +99,13 @@ class LoryLM(L.LightningModule):
         # Plain data only, so checkpoints load with weights_only=True.
         if nonfinite not in ("stop", "skip"):
             raise ValueError(f"model.nonfinite must be 'stop' or 'skip', got {nonfinite!r}")
+        if upcycle_moments not in ("scaled", "copied"):
+            raise ValueError(f"model.upcycle_moments must be 'scaled' or 'copied', got {upcycle_moments!r}")
         self.save_hyperparameters({"model": dataclasses.asdict(model), "optim": dataclasses.asdict(optim),
                                    "dense_warmup": dense_warmup, "init_from": init_from,
                                    "load_balance_coef": load_balance_coef, "z_loss_coef": z_loss_coef,
-                                   "nonfinite": nonfinite})
-        self.nonfinite = nonfinite
+                                   "nonfinite": nonfinite, "upcycle_moments": upcycle_moments})
+        self.nonfinite, self.upcycle_moments = nonfinite, upcycle_moments
         self.skipped_steps = 0
         self._last_loss: torch.Tensor | None = None
         self.config, self.optim = model, optim
@@ -181,7 +187,8 @@ class LoryLM(L.LightningModule):
             layer.upcycle_from_first_expert(self.config.router_init_std, gen)
         for opt in self.trainer.optimizers:
             upcycle_optimizer_state(opt, [w for l in layers for w in (l.w_gate, l.w_up, l.w_down)],
-                                    [l.router.weight for l in layers])
+                                    [l.router.weight for l in layers],
+                                    grad_ratio=1.0 / self.config.num_experts if self.upcycle_moments == "scaled" else 1.0)
         rank_zero_info(f"step {self.global_step}: dense warmup over, upcycled into "
                        f"{self.config.num_experts} experts per layer")
 

@@ -4,7 +4,9 @@ Trains, at one token budget and seed on the same corpus: dense and Lory 8E with 
 the same two with random order, and token- and segment-level Expert Choice; then writes a markdown
 report with per-domain perplexity, loss curves, utilization, specialization, the exact commands, the
 wall time, and which claims held. Every run is an ordinary `lory fit` whose YAML is written next to
-the report, so each can be rerun or inspected alone.
+the report, so each can be rerun or inspected alone. ``log`` names a markdown file of what was tried
+before this run (each probe with its change and numbers); it goes into the report verbatim, so the
+report carries its own investigation history.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ def run_config(base: dict[str, Any], name: str, ffn: str, order: str, out: Path,
                data: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
     """The YAML of one run: lory-tiny with the ffn, order, budget and folders of this study."""
     cfg = json.loads(json.dumps(base))  # deep copy
+    # The whole held-out split at every validation (lory-tiny reads 10 batches): the claims compare
+    # runs a few percent apart, so the table should not rest on a fifth of the split.
     cfg["trainer"].update(max_steps=steps, val_check_interval=max(1, steps // 4), enable_progress_bar=False,
-                          log_every_n_steps=max(1, min(10, steps // 4)))
+                          log_every_n_steps=max(1, min(10, steps // 4)), limit_val_batches=1.0)
     for logger in cfg["trainer"]["logger"]:
         logger["init_args"].update(save_dir=str(out / "runs"), name=name, version=0)
     cfg["trainer"]["callbacks"] = [
@@ -112,9 +116,12 @@ def plot_curves(res: dict[str, dict[str, Any]], path: Path, key: str, ylabel: st
 
 
 def replicate(out: str, steps: int, report: str, inputs: list[str] | None = None, seq_len: int = 512,
-              model: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> dict[str, Any]:
+              model: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
+              log: str | None = None) -> dict[str, Any]:
     from .cli import main as lory
 
+    if log and not Path(log).is_file():  # fail before an hour of training, not after
+        raise FileNotFoundError(f"--log {log}: no such file (a markdown log of what was tried, put in the report)")
     out_dir = Path(out)
     (out_dir / "configs").mkdir(parents=True, exist_ok=True)
     base = yaml.safe_load((CONFIGS / "lory-tiny.yaml").read_text())
@@ -137,13 +144,31 @@ def replicate(out: str, steps: int, report: str, inputs: list[str] | None = None
     for name in RUNS:
         results[name] = collect(out_dir / "runs" / name / "version_0", domains)
     held = claims(results, domains)
-    write_report(Path(report), out_dir, results, domains, held, commands, walls, total, steps)
+    setup = describe(yaml.safe_load((out_dir / "configs" / "lory-similarity.yaml").read_text()), out_dir)
+    write_report(Path(report), out_dir, results, domains, held, commands, walls, total, steps, setup,
+                 Path(log).read_text() if log else None)
     return {"results": results, "claims": held, "wall_s": total}
+
+
+def describe(cfg: dict[str, Any], out_dir: Path) -> str:
+    """One paragraph of what every run shares: model, budget, schedule, data, seed."""
+    m, t, d, o = cfg["model"]["model"], cfg["trainer"], cfg["data"], cfg["model"]["optim"]
+    manifest = json.loads((out_dir / "data-similarity" / "manifest.json").read_text())
+    steps, batch, seq = t["max_steps"], d["batch_size"], m["seq_len"]
+    train_tokens = manifest["splits"]["train"]["sequences"] * seq
+    val = manifest["splits"]["val"]
+    return (f"Every run: {m['n_layer']} layers, d {m['dim']}, FFN {m['hidden_dim']}, Lory with {m['num_experts']} "
+            f"experts and segments of {m['segment_len']} in sequences of {seq}; {steps} steps of {batch} sequences "
+            f"= {steps * batch * seq / 1e6:.2f}M tokens ({steps * batch * seq / train_tokens:.2f} passes over "
+            f"{train_tokens / 1e6:.2f}M training tokens); AdamW lr {o['lr']}, cosine with {o['warmup_fraction']:.0%} "
+            f"warmup; Lory: {cfg['model']['dense_warmup']:.0%} dense warmup, then upcycling; seed "
+            f"{cfg['seed_everything']}. Validation: all {val['sequences']} held-out sequences "
+            f"({val['sequences'] * seq / 1e3:.0f}k tokens), the same for every run.")
 
 
 def write_report(path: Path, out_dir: Path, res: dict[str, dict[str, Any]], domains: list[str],
                  held: list[tuple[str, bool, str]], commands: list[str], walls: dict[str, float], total: float,
-                 steps: int) -> None:
+                 steps: int, setup: str = "", log: str | None = None) -> None:
     figs = path.parent / (path.stem.lower() + "-figures")
     figs.mkdir(parents=True, exist_ok=True)
     loss = plot_curves(res, figs / "loss.png", "loss", "train loss")
@@ -151,7 +176,7 @@ def write_report(path: Path, out_dir: Path, res: dict[str, dict[str, Any]], doma
                        "experts activated per 10 steps (summed over layers)")
     lines = [f"# Replication at small scale ({steps} steps per run, {total / 60:.1f} min wall on this machine)", "",
              "Generated by `lory replicate`; every number below comes from the runs it made.", "",
-             "## Claims", ""]
+             setup, "", "## Claims", ""]
     lines += [f"- **{'held' if ok else 'did not hold'}**: {claim} ({evidence})" for claim, ok, evidence in held]
     lines += ["", "## Validation perplexity per domain", "",
               "| run | " + " | ".join(domains) + " | all | wall |", "|---|" + "---:|" * (len(domains) + 2)]
@@ -169,4 +194,6 @@ def write_report(path: Path, out_dir: Path, res: dict[str, dict[str, Any]], doma
         lines += ["## Specialization (Lory, similarity order, last validation)", "",
                   f"![specialization]({target.relative_to(path.parent)})", ""]
     lines += ["## Commands", "", "```"] + commands + ["```", ""]
+    if log:
+        lines += ["## Investigation log", "", log.strip(), ""]
     path.write_text("\n".join(lines))

@@ -78,3 +78,24 @@ def test_a_checkpoint_taken_during_dense_warmup_restores_the_phase():
     assert fresh.in_dense_phase()
     idx = torch.randint(0, 64, (2, 32))
     torch.testing.assert_close(fresh.model(idx).logits, warm.model(idx).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode, ratio", [("scaled", 1 / CFG.num_experts), ("copied", 1.0)])
+def test_upcycle_now_gives_every_expert_the_dense_moments_at_the_chosen_scale(mode, ratio):
+    from types import SimpleNamespace
+
+    lm = LoryLM(model=CFG, dense_warmup=0.5, upcycle_moments=mode)
+    opt = torch.optim.AdamW(lm.parameters(), lr=1e-3)
+    lm.model(torch.randint(0, 64, (2, 32))).logits.square().mean().backward()
+    opt.step()
+    layer = lm.model.moe_layers()[0]
+    dense_sq = opt.state[layer.w_down]["exp_avg_sq"][0].clone()
+    dense_avg = opt.state[layer.w_down]["exp_avg"][0].clone()
+    lm._trainer = SimpleNamespace(optimizers=[opt], global_step=4)  # all upcycle_now reads from the trainer
+    lm.upcycle_now()
+    assert not lm.in_dense_phase() and layer.router.weight not in opt.state
+    for e in range(CFG.num_experts):
+        torch.testing.assert_close(opt.state[layer.w_down]["exp_avg"][e], dense_avg * ratio, rtol=1e-6, atol=0)
+        torch.testing.assert_close(opt.state[layer.w_down]["exp_avg_sq"][e], dense_sq * ratio ** 2, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="upcycle_moments must be 'scaled' or 'copied'"):
+        LoryLM(model=CFG, dense_warmup=0.5, upcycle_moments="reset")

@@ -2,6 +2,8 @@
 
 import csv
 
+import pytest
+
 from conftest import make_corpus
 from lory_lightning.replicate import RUNS, replicate
 
@@ -9,7 +11,9 @@ from lory_lightning.replicate import RUNS, replicate
 def test_replicate_smoke(tmp_path):
     inputs = [str(p) for p in make_corpus(tmp_path / "in", docs_per_domain=40)]
     report = tmp_path / "REPLICATION.md"
-    result = replicate(str(tmp_path / "study"), steps=4, report=str(report), inputs=inputs, seq_len=32,
+    log = tmp_path / "log.md"
+    log.write_text("| probe | change | val ppl |\n|---|---|---:|\n| p1 | lr 1e-3 | 123.4 |\n")
+    result = replicate(str(tmp_path / "study"), steps=4, report=str(report), inputs=inputs, seq_len=32, log=str(log),
                        model=dict(segment_len=8, n_layer=2, n_head=2, dim=32, hidden_dim=48, num_experts=4),
                        data=dict(vocab_size=300, batch_size=4, prepare_args={"val_fraction": 0.1,
                                                                              "sequences_per_shard": 8}))
@@ -25,3 +29,12 @@ def test_replicate_smoke(tmp_path):
     verdicts = [line for line in text.splitlines() if line.startswith("- **")]
     assert len(verdicts) == 3 and all(v.startswith(("- **held**", "- **did not hold**")) for v in verdicts)
     assert (tmp_path / "replication-figures" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Every run: 2 layers, d 32, FFN 48, Lory with 4 experts and segments of 8 in sequences of 32; " \
+           "4 steps of 4 sequences" in text
+    assert "## Investigation log" in text and "| p1 | lr 1e-3 | 123.4 |" in text
+
+
+def test_replicate_refuses_a_missing_log_before_training(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--log .*nope.md"):
+        replicate(str(tmp_path / "study"), steps=4, report=str(tmp_path / "R.md"), log=str(tmp_path / "nope.md"))
+    assert not (tmp_path / "study").exists()
