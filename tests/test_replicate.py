@@ -38,3 +38,28 @@ def test_replicate_refuses_a_missing_log_before_training(tmp_path):
     with pytest.raises(FileNotFoundError, match="--log .*nope.md"):
         replicate(str(tmp_path / "study"), steps=4, report=str(tmp_path / "R.md"), log=str(tmp_path / "nope.md"))
     assert not (tmp_path / "study").exists()
+
+
+def _result(ppl, mi=None):
+    domains = ["a", "b"]
+    return {"ppl": dict(zip(domains, ppl)) | {"all": sum(ppl) / 2}, "mi": mi}
+
+
+def test_claims_are_judged_from_the_numbers_they_print():
+    from lory_lightning.replicate import claims
+
+    res = {"dense-similarity": _result([110.0, 220.0]), "lory-similarity": _result([100.0, 200.0], [0.1, 0.2, 0.3, 0.5]),
+           "dense-random": _result([105.0, 210.0]), "lory-random": _result([100.0, 200.0]),
+           "expert-choice": _result([98.0, 196.0]), "segment-expert-choice": _result([120.0, 240.0])}
+    held = claims(res, ["a", "b"])
+    assert [ok for _, ok, _ in held] == [True, True, True, True]
+    assert "+10.0% (similarity) against +5.0% (random)" in held[1][2]
+    assert "per layer 0.100 / 0.200 / 0.300 / 0.500 nats: layer 0 0.100, upper half mean 0.400" in held[2][2]
+    assert "token EC overall ppl 147.00 against Lory 150.00 (-2.0%, token EC better)" in held[3][2]
+
+    # Lory loses one domain; random order gains more; the lowest layer specializes most; token EC far better
+    res["lory-similarity"] = _result([100.0, 221.0], [0.5, 0.1, 0.1, 0.1])
+    res["expert-choice"] = _result([90.0, 150.0])
+    held = claims(res, ["a", "b"])
+    assert [ok for _, ok, _ in held] == [False, False, False, False]
+    assert held[0][2] == "not better on: b"
