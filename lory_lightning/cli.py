@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "Expert Choice, at one token budget and seed on the same corpus; write a report with "
                     "per-domain perplexity, curves, specialization, commands, wall time and which claims held.")
     rep.add_argument("--output", default="runs/replicate", help="folder for the runs, their YAMLs and data")
-    rep.add_argument("--steps", type=int, default=500, help="training steps per run (500: about 80 min on 2 cores)")
+    rep.add_argument("--steps", type=int, default=500,
+                     help="training steps per run (500: 72-73 min for all six runs on 2 cores)")
     rep.add_argument("--report", default="REPLICATION.md")
     rep.add_argument("--inputs", nargs="+", default=[], metavar="PATH", help="documents (default: the sample corpus)")
     rep.add_argument("--log", metavar="MD", help="a markdown log of what was tried before, copied into the report "
