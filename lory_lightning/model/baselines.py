@@ -40,7 +40,9 @@ def grouped_topk_ffn(experts: RoutedExperts, x: Tensor, idx: Tensor, gates: Tens
     order = torch.argsort(flat_expert, stable=True)
     token = torch.arange(S, device=x.device).repeat_interleave(k)[order]  # (S*k,) token of each sorted pair
     counts = torch.bincount(flat_expert, minlength=experts.num_experts).tolist()
-    x_sorted = x[token]  # (S*k, d)
+    # index_select, not x[token]: a token taken by several experts gets its gradient summed, and the
+    # backward of advanced indexing sums in a thread-dependent order on CPU (runs not reproducible)
+    x_sorted = x.index_select(0, token)  # (S*k, d)
     outs = []
     for e, chunk in enumerate(torch.split(x_sorted, counts)):
         if chunk.shape[0]:
@@ -114,7 +116,8 @@ class ExpertChoiceMoE(_Stateless, RoutedExperts):
         C = max(1, min(L, int(L * self.capacity_factor / E)))
         top_s, top_i = scores.transpose(1, 2).topk(C, dim=-1)  # (B, E, C): each expert's tokens
         rows = (top_i + torch.arange(B, device=x.device)[:, None, None] * L).transpose(0, 1).reshape(E, B * C)
-        x_sel = x.reshape(B * L, d)[rows]  # (E, B*C, d)
+        # index_select for a reproducible backward (see grouped_topk_ffn)
+        x_sel = x.reshape(B * L, d).index_select(0, rows.reshape(-1)).view(E, B * C, d)  # (E, B*C, d)
         y_sel = swiglu(x_sel, self.w_gate, self.w_up, self.w_down)  # (E, B*C, d): one bmm per matrix
         y_sel = y_sel * top_s.transpose(0, 1).reshape(E, B * C, 1).to(x.dtype)
         y = torch.zeros(B * L, d, dtype=x.dtype, device=x.device).index_add_(0, rows.reshape(-1), y_sel.reshape(-1, d))
@@ -172,7 +175,7 @@ class SegmentExpertChoiceMoE(RoutedExperts):
             C = max(1, min(N, int(N * self.capacity_factor / E)))
             top_s, top_i = scores.transpose(1, 2).topk(C, dim=-1)  # (B, E, C): each expert's segments
             rows = (top_i + torch.arange(B, device=x.device)[:, None, None] * N).transpose(0, 1).reshape(E, B * C)
-            x_sel = xs.reshape(B * N, T, d)[rows].reshape(E, B * C * T, d)  # (E, B*C*T, d)
+            x_sel = xs.reshape(B * N, T, d).index_select(0, rows.reshape(-1)).reshape(E, B * C * T, d)  # (E, B*C*T, d)
             y_sel = swiglu(x_sel, self.w_gate, self.w_up, self.w_down).reshape(E, B * C, T, d)
             y_sel = y_sel * top_s.transpose(0, 1).reshape(E, B * C, 1, 1).to(x.dtype)
             y = torch.zeros(B * N, T, d, dtype=x.dtype, device=x.device).index_add_(

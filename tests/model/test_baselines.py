@@ -145,3 +145,27 @@ def test_baseline_settings_are_validated():
         ModelConfig(ffn="topk", top_k=9, num_experts=8)
     with pytest.raises(ValueError, match="capacity_factor must be > 0"):
         ModelConfig(ffn="expert_choice", capacity_factor=0)
+
+
+
+@pytest.mark.parametrize("kind", ["expert_choice", "segment_expert_choice"])
+def test_backward_is_bitwise_reproducible_on_two_threads(kind):
+    # a token (segment) taken by several experts gets its gradient summed; gathering with x[rows] summed it
+    # in a thread-dependent order, so the replication study's Expert Choice runs did not repeat exactly.
+    # At these sizes that gather gave a different gradient in 5/5 (token) and 10/10 (segment) repeats.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        m, shape = {"expert_choice": (ExpertChoiceMoE(64, 96, 8), (8, 256, 64)),
+                    "segment_expert_choice": (SegmentExpertChoiceMoE(128, 96, 8, 16), (8, 512, 128))}[kind]
+        x = torch.randn(*shape)
+        grads = []
+        for _ in range(6):
+            xx = x.clone().requires_grad_()
+            y, _ = m.forward_with_routing(xx)
+            y.square().sum().backward()
+            grads.append(xx.grad)
+        assert all(torch.equal(g, grads[0]) for g in grads[1:])
+    finally:
+        torch.set_num_threads(threads)
