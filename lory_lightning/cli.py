@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "per-domain perplexity, curves, specialization, commands, wall time and which claims held.")
     rep.add_argument("--output", default="runs/replicate", help="folder for the runs, their YAMLs and data")
     rep.add_argument("--steps", type=int, default=500,
-                     help="training steps per run (500: 72-73 min for all six runs on 2 cores)")
+                     help="training steps per run (500: 70-73 min for all six runs on 2 cores)")
     rep.add_argument("--report", default="REPLICATION.md")
     rep.add_argument("--inputs", nargs="+", default=[], metavar="PATH", help="documents (default: the sample corpus)")
     rep.add_argument("--log", metavar="MD", help="a markdown log of what was tried before, copied into the report "
