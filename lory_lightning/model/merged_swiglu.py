@@ -51,14 +51,17 @@ class MergedSwiGLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        if torch.is_grad_enabled():  # create_graph=True: a second derivative would be silently wrong
+            raise RuntimeError("the recomputing Lory layer has no double backward (create_graph=True): "
+                               "set model.recompute_merge: false to differentiate twice")
         x, wts, gu, w_gate, w_up, w_down = ctx.saved_tensors
         dtype = x.dtype
         f = w_gate.shape[2]
         with torch.autocast(x.device.type, enabled=False):
             gy = gy.to(dtype)
             E = w_gate.shape[0]
-            w_gu = torch.cat([w_gate, w_up], dim=2).to(dtype)  # (E, d, 2f)
-            w_d = w_down.to(dtype)
+            w_gu_full = torch.cat([w_gate, w_up], dim=2)  # (E, d, 2f) in the parameters' dtype
+            w_gu, w_d = w_gu_full.to(dtype), w_down.to(dtype)
             m_gu, m_down = _merge(wts, w_gu), _merge(wts, w_d)  # recomputed: (R, d, 2f), (R, f, d)
             g, u = gu[..., :f], gu[..., f:]
             sig = torch.sigmoid(g)
@@ -68,15 +71,34 @@ class MergedSwiGLU(torch.autograd.Function):
             d_gu = torch.cat([gh * u * (sig * (1 + g * (1 - sig))), gh * s], dim=2)  # (R, T, 2f): silu' and mul
             gm_gu = x.transpose(1, 2) @ d_gu  # (R, d, 2f)
             gx = d_gu @ m_gu.transpose(1, 2)  # (R, T, d)
-            g_wts = torch.zeros_like(wts)
+            g_wts = torch.zeros(wts.shape, dtype=w_gate.dtype, device=wts.device)  # (R, E)
             grads = []
-            for gm, w in ((gm_gu, w_gu), (gm_down, w_d)):
+            for gm, w, w_full in ((gm_gu, w_gu, w_gu_full), (gm_down, w_d, w_down)):
                 flat = gm.reshape(gm.shape[0], -1)  # (R, a*b)
                 grads.append((wts.transpose(0, 1) @ flat).view_as(w))  # (E, a, b)
-                g_wts = g_wts + flat @ w.reshape(E, -1).transpose(0, 1)  # (R, E)
+                g_wts = g_wts + routing_grad(flat, w_full, dtype)  # (R, E)
         g_gate, g_up = grads[0][..., :f], grads[0][..., f:]
         return (gx.to(ctx.input_dtypes[0]), g_wts.to(ctx.input_dtypes[1]),
                 g_gate.to(w_gate.dtype), g_up.to(w_up.dtype), grads[1].to(w_down.dtype))
+
+
+def routing_grad(flat: Tensor, w: Tensor, dtype: torch.dtype) -> Tensor:
+    """Gradient of the routing weights: flat (R, a*b) merged-matrix gradients, w (E, a, b) experts -> (R, E).
+
+    In the parameters' precision it is ``flat @ w^T``. In a lower compute dtype (bf16 autocast)
+    the experts must not be cast as they are: right after upcycling they differ by 1e-4 to 1e-3
+    relative, below bf16's resolution, so the cast experts are equal and the router would learn
+    from rounding noise exactly when routing is decided. Instead each expert is written as
+    expert 0 plus its difference, the difference is formed in full precision (bf16 keeps its
+    relative precision, however small it is), and expert 0's share is one full-precision dot
+    product per row: the same bf16 matmul as before plus 1/E of it in fp32.
+    """
+    E = w.shape[0]
+    if dtype == w.dtype:
+        return flat @ w.reshape(E, -1).transpose(0, 1)  # (R, E)
+    base = w[:1].reshape(1, -1)  # (1, a*b) expert 0, full precision
+    diff = (w.reshape(E, -1) - base).to(dtype)  # (E, a*b): the differences, exactly as small as they are
+    return (flat @ diff.transpose(0, 1)).to(w.dtype) + flat.to(w.dtype) @ base.transpose(0, 1)  # (R, E)
 
 
 def merged_swiglu(xs: Tensor, weights: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:

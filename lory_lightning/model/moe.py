@@ -73,7 +73,11 @@ def merge_experts(weights: Tensor, expert_weight: Tensor) -> Tensor:
     """
     E = expert_weight.shape[0]
     lead = weights.shape[:-1]
-    flat = weights.reshape(-1, E).to(expert_weight.dtype) @ expert_weight.reshape(E, -1)  # (rows, a*b)
+    # In the experts' own precision even under autocast: right after upcycling experts differ by
+    # 1e-4 relative, which a bf16 cast erases, and the routing gradient (d merged / d weights = the
+    # experts) would be rounding noise. The merged matrix is cast when the FFN applies it.
+    with torch.autocast(weights.device.type, enabled=False):
+        flat = weights.reshape(-1, E).to(expert_weight.dtype) @ expert_weight.reshape(E, -1)  # (rows, a*b)
     return flat.view(*lead, *expert_weight.shape[1:])  # (..., a, b)
 
 

@@ -63,3 +63,63 @@ def test_bf16_autocast_runs_and_gradients_come_back_in_parameter_dtype():
     y_lean.float().sum().backward()
     assert lean.w_gate.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
     assert torch.isfinite(lean.w_gate.grad).all() and lean.router.weight.grad.abs().max() > 0
+
+
+def _upcycled(recompute, spread, seed=0):
+    """A layer right after upcycling: experts equal to one FFN up to a relative spread."""
+    g = torch.Generator().manual_seed(seed)
+    layer = LoryMoE(64, 96, 8, 16, recompute_merge=recompute)
+    with torch.no_grad():
+        for w in (layer.w_gate, layer.w_up, layer.w_down):
+            base = torch.randn(w.shape[1:], generator=g) * 0.05
+            w.copy_(base * (1 + spread * torch.randn(w.shape, generator=g)))
+    return layer
+
+
+def _weights_grad(layer, x, gy, weights, autocast):
+    weights = weights.clone().requires_grad_(True)
+    B, L, d = x.shape
+    xs = x.reshape(B * L // 16, 16, d)
+    from lory_lightning.model.merged_swiglu import merged_swiglu
+    from lory_lightning.model.moe import swiglu
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        if layer.recompute_merge:
+            y = merged_swiglu(xs, weights, layer.w_gate, layer.w_up, layer.w_down)
+        else:
+            y = swiglu(xs, *layer.merged(weights))
+    (grad,) = torch.autograd.grad((y.float() * gy.reshape_as(y)).sum(), [weights])
+    return grad
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("recompute", [True, False], ids=["lean", "plain"])
+def test_bf16_routing_gradient_keeps_the_expert_differences_right_after_upcycling(recompute):
+    # Experts differ by 1e-4 (relative) right after upcycling: cast to bf16 (8 bits of mantissa) they
+    # are equal, and a routing gradient computed from the cast weights is rounding noise.
+    layer = _upcycled(recompute, spread=1e-4)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 64, 64, generator=g)
+    gy = torch.randn(4, 64, 64, generator=g)
+    weights = torch.softmax(torch.randn(16, 8, generator=g), dim=-1)
+    ref = _weights_grad(layer, x, gy, weights, autocast=False)
+    got = _weights_grad(layer, x, gy, weights, autocast=True)
+    # Only the part of the gradient that differs between experts reaches the router through the
+    # softmax; compare that part (row means removed) as well as the whole.
+    centred = lambda t: (t - t.mean(dim=-1, keepdim=True)).flatten()  # noqa: E731
+    assert torch.nn.functional.cosine_similarity(centred(ref), centred(got), dim=0) >= 0.99
+    assert torch.nn.functional.cosine_similarity(ref.flatten(), got.flatten(), dim=0) >= 0.99
+
+
+def test_merged_swiglu_refuses_double_backward():
+    _, lean = pair()
+    x = torch.randn(2, 16, 16, dtype=torch.float64, requires_grad=True)
+    y = lean(x)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(y.sum(), [x], create_graph=True)
+    plain, _ = pair()  # the plain path is differentiable twice
+    y = plain(x)
+    (gx,) = torch.autograd.grad(y.sum(), [x], create_graph=True)
+    assert gx.requires_grad
