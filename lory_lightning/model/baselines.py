@@ -8,8 +8,10 @@ expert takes), k experts per token, d width, f FFN width.
   same as Lory. **Look-ahead:** a token's expert depends on the scores of every token of the
   sequence, later ones included, so training is not causal; at inference each token goes to its
   top-k experts (k = capacity factor), as the paper did.
-- ``SegmentExpertChoiceMoE``: every expert picks its top-C segments (routed on each segment's own
-  mean), C = N * capacity_factor / E, and runs all their tokens. Also non-causal in training; at
+- ``SegmentExpertChoiceMoE``: every expert picks its top-C segments of the batch (routed on each
+  segment's own mean), C = B * N * capacity_factor / E, and runs all their tokens: at capacity 1
+  the compute of a dense FFN, as token Expert Choice. Non-causal in training (a segment's expert
+  depends on its own later tokens and on the other segments' scores, across the batch); at
   inference each segment goes to its top-k experts routed on the previous segment, as in Lory.
 - ``TopKMoE``: token top-k (Mixtral-style renormalized gates), computed grouped by expert after a
   sort of the token-expert pairs: the Python loop runs over experts, never over tokens.
@@ -140,7 +142,7 @@ class SegmentExpertChoiceMoE(RoutedExperts):
 
     Args:
         dim, hidden_dim, num_experts, segment_len: as for LoryMoE.
-        capacity_factor: c; each expert takes C = max(1, N * c / E) segments of each sequence.
+        capacity_factor: c; each expert takes C = max(1, B * N * c / E) of the batch's B * N segments.
     """
 
     def __init__(self, dim: int, hidden_dim: int, num_experts: int, segment_len: int,
@@ -150,6 +152,10 @@ class SegmentExpertChoiceMoE(RoutedExperts):
         super().__init__(dim, hidden_dim, num_experts, routing_len=segment_len)
         self.segment_len, self.capacity_factor = segment_len, capacity_factor
         self.inference_k = max(1, min(num_experts, round(capacity_factor)))
+
+    def capacity(self, rows: int) -> int:
+        """Segments C each expert takes in training among ``rows`` (the batch's B*N) segments."""
+        return max(1, min(rows, int(rows * self.capacity_factor / self.num_experts)))
 
     def _apply_topk(self, xs: Tensor, idx: Tensor, gates: Tensor) -> Tensor:
         """xs (R, T, d) rows each run by their k experts idx (R, k) with gates (R, k) -> (R, T, d)."""
@@ -172,15 +178,19 @@ class SegmentExpertChoiceMoE(RoutedExperts):
             y = self._apply_topk(xs.reshape(B * N, T, d), idx.reshape(B * N, -1), gates.reshape(B * N, -1))
             weights = dense_gates(idx, gates, E)
         else:
-            C = max(1, min(N, int(N * self.capacity_factor / E)))
-            top_s, top_i = scores.transpose(1, 2).topk(C, dim=-1)  # (B, E, C): each expert's segments
-            rows = (top_i + torch.arange(B, device=x.device)[:, None, None] * N).transpose(0, 1).reshape(E, B * C)
-            x_sel = xs.reshape(B * N, T, d).index_select(0, rows.reshape(-1)).reshape(E, B * C * T, d)  # (E, B*C*T, d)
-            y_sel = swiglu(x_sel, self.w_gate, self.w_up, self.w_down).reshape(E, B * C, T, d)
-            y_sel = y_sel * top_s.transpose(0, 1).reshape(E, B * C, 1, 1).to(x.dtype)
-            y = torch.zeros(B * N, T, d, dtype=x.dtype, device=x.device).index_add_(
-                0, rows.reshape(-1), y_sel.reshape(E * B * C, T, d))
-            weights = torch.zeros_like(scores).scatter(1, top_i.transpose(1, 2), top_s.transpose(1, 2))
+            # The experts choose among the batch's R = B*N segments, C = R * c / E each, so E*C
+            # segment-expert pairs run: c times a dense FFN's compute, as ffn_flops_per_token counts.
+            # (Per sequence, C = max(1, N*c/E) was 1 at N < E: E pairs for N segments.)
+            R = B * N
+            C = self.capacity(R)
+            top_s, top_i = scores.reshape(R, E).transpose(0, 1).topk(C, dim=-1)  # (E, C): each expert's segments
+            rows = top_i.reshape(-1)  # (E*C,)
+            x_sel = xs.reshape(R, T, d).index_select(0, rows).reshape(E, C * T, d)  # (E, C*T, d)
+            y_sel = swiglu(x_sel, self.w_gate, self.w_up, self.w_down).reshape(E, C, T, d)
+            y_sel = y_sel * top_s.reshape(E, C, 1, 1).to(x.dtype)
+            y = torch.zeros(R, T, d, dtype=x.dtype, device=x.device).index_add_(0, rows, y_sel.reshape(E * C, T, d))
+            weights = torch.zeros(R, E, dtype=scores.dtype, device=scores.device).scatter(
+                0, top_i.transpose(0, 1), top_s.transpose(0, 1)).view(B, N, E)  # (B, N, E)
         y = y.reshape(B, N * T, d)
         return (y[:, :L] if pad else y), Routing(logits, weights)
 
@@ -223,7 +233,13 @@ class LoryPrefixMoE(LoryMoE):
         return Routing(logits=logits, weights=weights)
 
     def decode(self, x: Tensor, cache, pos: int) -> Tensor:  # noqa: ANN001
-        # The prefix's merged FFN serves the whole sequence: no re-merge at segment boundaries.
-        if cache.mode == "segment":
-            cache.segment_sum = cache.segment_sum + x[:, 0]
+        # The first segment's merged FFN serves the whole sequence: no re-merge at later boundaries.
+        # A prompt shorter than one segment routed segment 0 on what it had; when segment 0
+        # completes, the rest of the sequence routes on its full mean, as the full forward does.
+        if cache.mode == "segment" and pos <= self.segment_len:
+            if pos == self.segment_len:
+                probs = self._inference_probs(cache.segment_sum / self.segment_len)  # (B, E)
+                cache.w_gate, cache.w_up, cache.w_down = self.merged(probs)
+            else:
+                cache.segment_sum = cache.segment_sum + x[:, 0]  # (B, d)
         return swiglu(x, cache.w_gate, cache.w_up, cache.w_down)

@@ -78,6 +78,12 @@ class ModelConfig:
                 f"model.seq_len {self.seq_len} is not a multiple of model.segment_len "
                 f"{self.segment_len}: causal segment routing cuts every training sequence into "
                 f"whole segments (try segment_len {_largest_divisor_at_most(self.seq_len, self.segment_len)})")
+        if self.ffn in ("lory", "lory_prefix") and self.num_segments < 2:
+            raise ValueError(
+                f"model.seq_len {self.seq_len} holds one segment of model.segment_len {self.segment_len}: "
+                "the first segment routes on itself with its gradient cut, so with one segment the "
+                "router never receives a gradient. Choose segment_len at most seq_len / 2 (the paper: "
+                "16 segments of 256 in 4096)")
         if self.init_std <= 0:
             raise ValueError(f"model.init_std must be > 0, got {self.init_std}")
         if self.router_init_std <= 0:

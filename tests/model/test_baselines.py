@@ -75,16 +75,33 @@ def test_segment_expert_choice_training_matches_a_slow_loop():
     m = layer("segment_expert_choice").train()
     x = torch.randn(2, 8 * T, D, dtype=torch.float64)
     y, routing = m.forward_with_routing(x)
-    C = 8 // E
-    scores = torch.softmax(x.view(2, 8, T, D).mean(2) @ m.router.weight.T, dim=-1)  # (B, N, E)
-    ref = torch.zeros_like(x)
-    for b in range(2):
-        for e in range(E):
-            for n in scores[b, :, e].topk(C).indices:
-                seg = slice(n * T, (n + 1) * T)
-                ref[b, seg] += scores[b, n, e] * expert(m, e, x[b, seg])
-    torch.testing.assert_close(y, ref, rtol=0, atol=1e-12)
-    assert ((routing.weights > 0).sum(dim=1) == C).all()
+    C = 2 * 8 // E  # the experts choose among the batch's 16 segments
+    scores = torch.softmax(x.view(2, 8, T, D).mean(2) @ m.router.weight.T, dim=-1).reshape(16, E)  # (B*N, E)
+    ref = torch.zeros_like(x).view(16, T, D)
+    for e in range(E):
+        for r in scores[:, e].topk(C).indices:
+            ref[r] += scores[r, e] * expert(m, e, x.view(16, T, D)[r])
+    torch.testing.assert_close(y, ref.view_as(x), rtol=0, atol=1e-12)
+    assert ((routing.weights.reshape(16, E) > 0).sum(dim=0) == C).all()  # C segments per expert
+
+
+@pytest.mark.parametrize("B, N, experts", [(8, 4, 8), (2, 6, 4), (3, 5, 4)])
+def test_segment_expert_choice_runs_the_flops_it_counts(B, N, experts):
+    # The replication shape (8 sequences of 4 segments, 8 experts) chose 1 segment per expert per
+    # sequence: 8 pairs for 4 segments, twice a dense FFN. Choosing among the batch's segments
+    # runs B*N*c/E per expert: c times the dense FFN, as ffn_flops_per_token says.
+    m = SegmentExpertChoiceMoE(D, FF, experts, T).double().train()
+    _, routing = m.forward_with_routing(torch.randn(B, N * T, D, dtype=torch.float64))
+    pairs = int((routing.weights > 0).sum())
+    cfg = ModelConfig(ffn="segment_expert_choice", vocab_size=97, seq_len=N * T, segment_len=T, dim=D, n_head=2,
+                      hidden_dim=FF, num_experts=experts)
+    ffn_share = (ffn_flops_per_token(cfg) - 2 * D * experts / T) / ffn_flops_per_token(cfg.replace(ffn="dense"))
+    assert pairs == experts * (B * N // experts) and pairs / (B * N) <= ffn_share == 1.0
+    # A segment no expert chose gets no FFN output: with E*C = B*N pairs, every segment served twice
+    # leaves another unserved. Counted here so a change in the rule shows up.
+    served = (routing.weights > 0).any(dim=-1)  # (B, N)
+    chosen = torch.unique(torch.nonzero(routing.weights.reshape(B * N, experts))[:, 0])
+    assert int((~served).sum()) == B * N - len(chosen)
 
 
 def test_lory_prefix_equals_lory_with_two_segments_and_uses_the_first_segment_everywhere():
@@ -169,3 +186,17 @@ def test_backward_is_bitwise_reproducible_on_two_threads(kind):
         assert all(torch.equal(g, grads[0]) for g in grads[1:])
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("kind", ["lory"] + KINDS)
+@pytest.mark.parametrize("prompt_len", [1, 5, T - 1])
+def test_a_prompt_shorter_than_a_segment_decodes_as_the_full_forward_from_segment_one(kind, prompt_len):
+    # Inside segment 0 a short prompt routes on what it has; once segment 0 completes, every kind
+    # must route the later positions exactly as the full (inference) forward does.
+    m = LoryMoE(D, FF, E, T).double() if kind == "lory" else layer(kind)
+    m.reset_parameters(std=0.3, router_std=0.5)
+    m.eval()
+    x = torch.randn(2, 4 * T - 2, D, dtype=torch.float64)
+    y0, cache = m.prefill(x[:, :prompt_len], "segment")
+    y = torch.cat([y0] + [m.decode(x[:, t:t + 1], cache, t) for t in range(prompt_len, x.shape[1])], dim=1)
+    torch.testing.assert_close(y[:, T:], m(x)[:, T:], rtol=0, atol=1e-12)

@@ -8,6 +8,14 @@ def test_segment_length_must_divide_sequence_length():
         ModelConfig(seq_len=500, segment_len=128)
 
 
+@pytest.mark.parametrize("ffn", ["lory", "lory_prefix"])
+def test_one_segment_per_sequence_is_refused_for_segment_routing(ffn):
+    # One segment routes on itself with the gradient cut: the router would never learn.
+    with pytest.raises(ValueError, match="router never receives a gradient"):
+        ModelConfig(seq_len=128, segment_len=128, ffn=ffn)
+    ModelConfig(seq_len=128, segment_len=128, ffn="dense")  # no router: fine
+
+
 @pytest.mark.parametrize("changes, message", [
     (dict(dim=250, n_head=4), "dim 250 is not a multiple of n_head 4"),
     (dict(ffn="moe"), "model.ffn must be one of"),
