@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -10,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from .callbacks.specialization import SpecializationAccumulator, write_report
 from .data.datamodule import ValStream
-from .data.prepare import MANIFEST
+from .data.manifest import load_manifest
 from .metrics import DomainPerplexity
 from .model import LoryTransformer, ModelConfig
 from .checkpoint_io import load_checkpoint
@@ -28,9 +27,7 @@ def analyze(ckpt_path: str, data: str | None = None, output: str | None = None, 
     model.load_state_dict(model_state(ckpt))
     model.eval()
     data_dir = Path(data or ckpt.get("datamodule_hyper_parameters", {}).get("data_dir") or "")
-    if not (data_dir / MANIFEST).is_file():
-        raise FileNotFoundError(f"{data_dir / MANIFEST}: no prepared data; pass --data a folder written by `lory prepare`")
-    manifest = json.loads((data_dir / MANIFEST).read_text())
+    manifest = load_manifest(data_dir)
     if manifest["seq_len"] % cfg.segment_len or manifest["vocab_size"] > cfg.vocab_size:
         raise ValueError(f"{data_dir}: sequences of {manifest['seq_len']} tokens / vocab {manifest['vocab_size']} "
                          f"do not fit the model (segment_len {cfg.segment_len}, vocab_size {cfg.vocab_size})")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from .errors import with_path
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
@@ -21,11 +24,17 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         raise checkpoint_error(path, err) from err
 
 
-UNREADABLE = (pickle.UnpicklingError, RuntimeError, EOFError)
+# What torch.load raises on a damaged file: an empty one gives IndexError, random bytes an
+# UnpicklingError ("invalid load key"), a truncated zip a RuntimeError or EOFError.
+UNREADABLE = (pickle.UnpicklingError, RuntimeError, EOFError, IndexError, ValueError)
 
 
 def checkpoint_error(path: str | Path, err: BaseException) -> ValueError:
     """The one-line reason a checkpoint file could not be loaded."""
+    # torch.save writes a zip archive: anything else is damaged, whatever unpickling then says.
+    if not _is_zip(path):
+        return ValueError(f"{path}: not a readable checkpoint (truncated or corrupt: torch.save writes a "
+                          "zip archive and this file is none)")
     if isinstance(err, pickle.UnpicklingError):
         return ValueError(f"{path}: refused to load: it holds objects other than tensors and plain data "
                           f"({str(err).splitlines()[0]})")
@@ -43,6 +52,8 @@ def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # a full disk names no file: name the checkpoint
+        raise with_path(err, path) from err
     finally:
         tmp.unlink(missing_ok=True)
     fd = os.open(path.parent, os.O_RDONLY)
@@ -50,6 +61,13 @@ def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
         os.fsync(fd)  # the rename itself is durable only once the folder is
     finally:
         os.close(fd)
+
+
+def _is_zip(path: str | Path) -> bool:
+    try:
+        return zipfile.is_zipfile(path)
+    except OSError:
+        return False
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

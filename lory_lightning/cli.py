@@ -10,6 +10,7 @@ import typing
 from collections.abc import Sequence
 
 from . import __version__
+from .errors import one_line
 
 
 def _field_help(cls: type) -> dict[str, str]:
@@ -194,6 +195,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"lory {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:  # bad input, paths, permissions, a full disk: one line
+        print(f"lory {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 1

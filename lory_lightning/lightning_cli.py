@@ -12,6 +12,7 @@ from lightning.pytorch.trainer import Trainer
 
 from .checkpoint_io import UNREADABLE, SafeCheckpointIO, checkpoint_error
 from .data.datamodule import LoryDataModule
+from .errors import one_line
 from .module import LoryLM, NonFiniteError
 from .summary import perplexity_table
 
@@ -90,7 +91,7 @@ def run_lightning_cli(argv: list[str]) -> int:
                 parser_kwargs={"parser_mode": "omegaconf"},
                 save_config_kwargs={"overwrite": True})
     except (OSError, ValueError, NonFiniteError) as err:  # FileNotFound/FileExists are OSErrors
-        print(f"lory {argv[0]}: error: {err}", file=sys.stderr)
+        print(f"lory {argv[0]}: error: {one_line(err)}", file=sys.stderr)
         return 1
     finally:
         # Close the process group before the interpreter exits: a gloo group torn down by the

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .prepare import MANIFEST, TOKENIZER, PrepareConfig, prepare
+from .manifest import MANIFEST, TOKENIZER, load_manifest
+from .prepare import PrepareConfig, prepare
 from .shards import verify_shards
 from .sources import input_files
 
@@ -188,7 +189,7 @@ class LoryDataModule(L.LightningDataModule):
         # Runs on one process per node. A prepared folder is used as it is (setup checks that it
         # agrees with this config); only a folder without a manifest is (re)built.
         if not (self.data_dir / MANIFEST).is_file():
-            prepare(self.prepare_config, quiet=False)
+            prepare(self.prepare_config, quiet=False, wait=True)  # nodes sharing a folder wait for each other
 
     def _check_agrees(self, manifest: dict[str, Any]) -> None:
         """The settings this module states must be the ones the folder was prepared with."""
@@ -208,11 +209,7 @@ class LoryDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.manifest is not None:
             return
-        path = self.data_dir / MANIFEST
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no prepared data; run `lory prepare --output {self.data_dir}` "
-                                    "or let the data module prepare it (prepare_data)")
-        manifest = json.loads(path.read_text())
+        manifest = load_manifest(self.data_dir)
         if manifest["seq_len"] != self.prepare_config.seq_len:
             raise ValueError(f"{self.data_dir} holds sequences of {manifest['seq_len']} tokens, the model "
                              f"trains on {self.prepare_config.seq_len}: prepare a folder for this length")

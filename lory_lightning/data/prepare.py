@@ -4,14 +4,21 @@ Steps (LORY.md section 4): read and validate -> train (or load) the tokenizer ->
 drop near-duplicates -> greedy path (or random order) -> pack -> shuffle whole sequences -> shards ->
 tokenizer.json -> manifest.json, written last. Every file is written under a temporary name and
 renamed when complete, so a killed run leaves nothing that looks finished; running it again
-rebuilds, and a folder whose manifest matches the config is left as it is.
+rebuilds, and a folder whose manifest matches the config and whose shards verify is left as it is.
+
+The output folder is prepare's own: it refuses a non-empty folder it did not write (no manifest,
+no ``.lory-prepare`` mark), deletes only the files it writes, and holds a lock on the folder while
+it works, so two runs never write into one folder at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -23,18 +30,21 @@ from typing import Literal
 
 import numpy as np
 
+from ..errors import with_path
 from .embed import sentence_transformer_embed, tfidf_svd_embed
+from .manifest import MANIFEST, SHARD_NAME, SPLITS, TOKENIZER, ManifestError, load_manifest
 from .ordering import KnnParams, greedy_path, knn, near_duplicates, random_order
 from .packing import documents_in, num_sequences, pack_stream, sequence_slice
-from .shards import TMP_SUFFIX, Sample, atomic_write_bytes, sha256_file, write_shards
+from .shards import TMP_SUFFIX, Sample, atomic_write_bytes, npy_bytes, sha256_file, verify_shards, write_shards
 from .sources import Document, ReadPolicy, SkipLog, input_files, read_documents
-from .stats import unigram_ppl
+from .stats import unigram_counts, unigram_ppl
 from .tokenizer import eod_id, load_tokenizer, train_tokenizer
 
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_data"
-MANIFEST = "manifest.json"
-TOKENIZER = "tokenizer.json"
 FORMAT_VERSION = 1
+OWNER_MARK = ".lory-prepare"  # marks a folder as prepare's own; also the lock file
+UNIGRAM = "unigram.npy"  # training-token counts, for the unigram baseline on any validated tokens
+WORK_DIR = "_work" + TMP_SUFFIX
 
 
 def sample_inputs(split: str) -> list[str]:
@@ -128,6 +138,8 @@ def _fingerprint(cfg: PrepareConfig, train_files: list[Path], val_files: list[Pa
              "val": [{"name": p.name, "sha256": sha256_file(p)} for p in val_files]}
     if cfg.tokenizer:
         files["tokenizer"] = [{"name": Path(cfg.tokenizer).name, "sha256": sha256_file(Path(cfg.tokenizer))}]
+        # The given tokenizer's size is the truth; --vocab_size is not used and must not be recorded.
+        settings["vocab_size"] = load_tokenizer(cfg.tokenizer).get_vocab_size()
     return {"format_version": FORMAT_VERSION, "config": settings, "inputs": files}
 
 
@@ -149,42 +161,105 @@ class _Log:
             print(f"[prepare] {name:9s} {self.stages[name]:6.2f}s  {message}", file=sys.stderr, flush=True)
 
 
-def prepare(cfg: PrepareConfig, quiet: bool = False, overwrite: bool = False) -> dict:
-    """Run the pipeline; returns the manifest. A folder already prepared with this config is kept."""
+def prepare(cfg: PrepareConfig, quiet: bool = False, overwrite: bool = False, wait: bool = False) -> dict:
+    """Run the pipeline; returns the manifest. A folder already prepared with this config is kept.
+
+    overwrite: rebuild even a folder that is up to date or was prepared with another config.
+    wait: if another process is preparing the folder, wait for it (the data module, where every
+        node may prepare one shared folder) instead of stopping with a message (the CLI).
+    """
     out = Path(cfg.output)
     train_inputs, val_inputs = cfg.resolved_inputs()
     train_files, val_files = input_files(train_inputs), (input_files(val_inputs) if val_inputs else [])
     fingerprint = _fingerprint(cfg, train_files, val_files)
-    manifest_path = out / MANIFEST
-    if manifest_path.is_file():
-        existing = json.loads(manifest_path.read_text())
-        if {k: existing.get(k) for k in fingerprint} == fingerprint:
-            if not quiet:
-                print(f"[prepare] {out} is up to date (manifest matches config and inputs)", file=sys.stderr)
-            return existing
-        if not overwrite:
-            raise FileExistsError(f"{out} holds data prepared with another config or other inputs; "
-                                  "choose another --output or pass --overwrite")
-    if out.exists():
+    with _locked_output(out, wait):
+        if (out / MANIFEST).is_file() and not overwrite:
+            existing = _up_to_date(out, fingerprint, quiet)
+            if existing is not None:
+                return existing
         _clean(out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = _Log(quiet)
-    work = out / ("_work" + TMP_SUFFIX)
-    work.mkdir(exist_ok=True)
+        log = _Log(quiet)
+        work = out / WORK_DIR
+        work.mkdir(exist_ok=True)
+        try:
+            return _run(cfg, fingerprint, train_files, val_files, out, work, log)
+        except OSError as err:  # a full disk names no file: name the folder being written
+            raise with_path(err, out) from err
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _up_to_date(out: Path, fingerprint: dict, quiet: bool) -> dict | None:
+    """The existing manifest if it matches the config and inputs and every shard verifies; None to rebuild."""
     try:
-        manifest = _run(cfg, fingerprint, train_files, val_files, out, work, log)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return manifest
+        existing = load_manifest(out)
+    except ManifestError as err:
+        print(f"[prepare] {err}: rebuilding", file=sys.stderr)
+        return None
+    if {k: existing.get(k) for k in fingerprint} != fingerprint:
+        raise FileExistsError(f"{out} holds data prepared with another config or other inputs; "
+                              "choose another --output or pass --overwrite")
+    problems = [p for split in SPLITS for p in verify_shards(out, existing["splits"][split]["shards"])]
+    if problems:
+        print(f"[prepare] {len(problems)} shard(s) fail verification ({problems[0].message}"
+              f"{', ...' if len(problems) > 1 else ''}): rebuilding {out}", file=sys.stderr)
+        return None
+    if not quiet:
+        print(f"[prepare] {out} is up to date (manifest matches config and inputs, every shard verifies)",
+              file=sys.stderr)
+    return existing
+
+
+class _locked_output:
+    """Make ``out`` prepare's own folder and hold an exclusive lock on it (context manager).
+
+    A non-empty folder without a manifest or the owner mark holds someone else's files: refused,
+    nothing deleted. The lock (flock on the owner mark) is released by the kernel if the process
+    dies, so a killed run never leaves the folder locked.
+    """
+
+    def __init__(self, out: Path, wait: bool) -> None:
+        self.out, self.wait, self.fd = out, wait, -1
+
+    def __enter__(self) -> "_locked_output":
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "--output is a file, not a folder: choose a folder path",
+                                     str(out))
+        mark = out / OWNER_MARK
+        if out.is_dir() and not mark.exists() and not (out / MANIFEST).exists() and any(out.iterdir()):
+            raise FileExistsError(f"{out} is not empty and was not written by `lory prepare` (no {MANIFEST}, "
+                                  f"no {OWNER_MARK}): choose a new or empty --output; nothing was deleted")
+        out.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(mark, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(self.fd)
+            raise FileExistsError(f"{out} is being prepared by another process: wait for it to finish, "
+                                  "or choose another --output") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def _is_own(name: str) -> bool:
+    """A file name `lory prepare` writes (finished, or under its temporary name)."""
+    base = name.removesuffix(TMP_SUFFIX)
+    return base in (MANIFEST, TOKENIZER, UNIGRAM) or bool(SHARD_NAME.match(base))
 
 
 def _clean(out: Path) -> None:
-    """Remove what an earlier (possibly killed) run left: the manifest first, so nothing looks finished."""
-    for name in (MANIFEST, TOKENIZER):
-        (out / name).unlink(missing_ok=True)
-    for p in out.iterdir():
-        if p.name.endswith(".tar") or p.name.endswith(TMP_SUFFIX):
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    """Remove what an earlier (possibly killed) run wrote, and nothing else: the manifest first, so
+    nothing looks finished; then prepare's own names (shards, tokenizer, their temporaries)."""
+    (out / MANIFEST).unlink(missing_ok=True)
+    for p in sorted(out.iterdir()):
+        if p.is_file() and _is_own(p.name):
+            p.unlink()
+        elif p.is_dir() and p.name == WORK_DIR:
+            shutil.rmtree(p)
 
 
 def _run(cfg: PrepareConfig, fingerprint: dict, train_files: list[Path], val_files: list[Path],
@@ -294,6 +369,7 @@ def _run(cfg: PrepareConfig, fingerprint: dict, train_files: list[Path], val_fil
     val_groups = [val_ids[doc_domain_a[val_ids] == d] for d in range(len(domains))]
     val_order = np.concatenate(val_groups) if val_groups else val_ids
 
+    _check_splits_fill_a_sequence(cfg, lengths, train_order, [g for g in val_groups if len(g)], bool(val_files))
     pack = dict(offsets=offsets, lengths=lengths, doc_domain=doc_domain_a, tokens=tokens, eod=eod,
                 token_dtype=token_dtype, cfg=cfg, work=work, out=out)
     splits = {"train": _pack_and_write("train", [train_order], shuffle=True, **pack),
@@ -301,14 +377,16 @@ def _run(cfg: PrepareConfig, fingerprint: dict, train_files: list[Path], val_fil
     log.stage("pack+shard", f"train {splits['train']['sequences']} sequences in {len(splits['train']['shards'])} "
                             f"shards, val {splits['val']['sequences']} in {len(splits['val']['shards'])}")
 
-    unigram = unigram_ppl(tokens, offsets, lengths, train_order, val_order, doc_domain_a, vocab, eod)
+    counts = unigram_counts(tokens, offsets, lengths, train_order, vocab, eod)
+    unigram = unigram_ppl(counts, tokens, offsets, lengths, val_order, doc_domain_a, eod)
+    atomic_write_bytes(out / UNIGRAM, npy_bytes(counts))
     atomic_write_bytes(out / TOKENIZER, tok.to_str().encode("utf-8"))
-    counts: dict[str, dict] = {d: {"train_documents": 0, "val_documents": 0, "train_tokens": 0, "val_tokens": 0}
+    by_domain: dict[str, dict] = {d: {"train_documents": 0, "val_documents": 0, "train_tokens": 0, "val_tokens": 0}
                                for d in domains}
     for ids, split in ((train_order, "train"), (val_order, "val")):
         for d, n in zip(doc_domain_a[ids], lengths[ids]):
-            counts[domains[d]][f"{split}_documents"] += 1
-            counts[domains[d]][f"{split}_tokens"] += int(n) + 1
+            by_domain[domains[d]][f"{split}_documents"] += 1
+            by_domain[domains[d]][f"{split}_tokens"] += int(n) + 1
     manifest = {
         **fingerprint,
         "domains": domains,
@@ -316,19 +394,35 @@ def _run(cfg: PrepareConfig, fingerprint: dict, train_files: list[Path], val_fil
         "eod_id": eod,
         "seq_len": cfg.seq_len,
         "token_dtype": np.dtype(token_dtype).name,
-        "counts_by_domain": counts,
+        "counts_by_domain": by_domain,
         "skipped": skips.as_dict(),
         "ordering": {"order": cfg.order, "embedder": cfg.embedder, "embed_dim": int(embeddings.shape[1]),
                      "knn": dataclasses.asdict(params), "annoy_build_threads": 1,
                      "dedup_threshold": cfg.dedup_threshold, "near_duplicates_dropped": int(drop.sum()),
                      "path_same_domain_fraction": round(neighbour_same_domain, 6)},
         "splits": splits,
-        "baselines": {"unigram_val_ppl": {domains[d]: round(p, 3) for d, p in unigram.items()}},
+        "baselines": {"unigram_val_ppl": {domains[d]: round(p, 3) for d, p in unigram.items()},
+                      "unigram_counts": {"name": UNIGRAM, "sha256": sha256_file(out / UNIGRAM)}},
     }
     atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     log.stage("manifest", f"{out / MANIFEST}")
     manifest["timings_s"] = dict(log.stages)  # returned for reports; kept out of the file (determinism)
     return manifest
+
+
+def _check_splits_fill_a_sequence(cfg: PrepareConfig, lengths: np.ndarray, train_order: np.ndarray,
+                                  val_groups: list[np.ndarray], has_val_files: bool) -> None:
+    """Refuse, before writing, a split that would hold no full sequence (fit and validate need both)."""
+    train_tokens = int(lengths[train_order].sum()) + len(train_order)
+    if num_sequences(train_tokens, cfg.seq_len)[0] == 0:
+        raise ValueError(f"the training documents hold {train_tokens} tokens, not one sequence of "
+                         f"--seq_len {cfg.seq_len} + 1: give more documents or a smaller --seq_len")
+    val = sum(num_sequences(int(lengths[g].sum()) + len(g), cfg.seq_len)[0] for g in val_groups)
+    if val == 0:
+        where = "the --val_inputs" if has_val_files else f"--val_fraction {cfg.val_fraction} of the documents"
+        raise ValueError(f"{where} hold(s) no full validation sequence of --seq_len {cfg.seq_len} + 1 tokens "
+                         "(validation and the per-domain table need one): give more held-out text "
+                         "(--val_inputs, a larger --val_fraction) or a smaller --seq_len")
 
 
 def _pack_and_write(split: str, groups: list[np.ndarray], offsets: np.ndarray, lengths: np.ndarray,

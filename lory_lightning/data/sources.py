@@ -6,6 +6,9 @@ Policy (stated here, in `lory prepare --help` and in the README, and counted in 
 - a document that is empty (only whitespace), shorter than ``min_chars`` or longer than
   ``max_chars`` is skipped;
 - the second and later copies of an exactly equal text are skipped;
+- a truncated or corrupt compressed file (``.jsonl.gz``) keeps the lines read before the damage;
+  the rest of the file is lost, counted once as ``unreadable_rest_of_file`` at the line where
+  reading stopped, and the other files are still read;
 - ``strict=True`` turns the first of any of these into an error instead.
 A record without the domain field takes the file's name as its domain (``wiki.jsonl.gz`` -> ``wiki``);
 a .txt file takes the name of the folder it is in.
@@ -16,13 +19,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 SKIP_REASONS = ("bad_utf8", "malformed_json", "not_an_object", "missing_text", "bad_domain", "empty",
-                "too_short", "too_long", "exact_duplicate", "near_duplicate")
+                "too_short", "too_long", "exact_duplicate", "near_duplicate", "unreadable_rest_of_file")
 
 
 class DataError(ValueError):
@@ -118,35 +122,54 @@ def _raw_records(path: Path, policy: ReadPolicy, skips: SkipLog) -> Iterator[tup
         return
     default_domain = path.name.removesuffix(".gz").removesuffix(".jsonl")
     opener = gzip.open if kind == "jsonl.gz" else open
-    with opener(path, "rb") as raw:
-        for lineno, line in enumerate(raw, start=1):
-            where = f"{path}:{lineno}"
-            if not line.strip():
-                continue  # blank lines separate nothing in jsonl; not a document
-            try:
-                decoded = line.decode("utf-8")
-            except UnicodeDecodeError as err:
-                _skip(policy, skips, "bad_utf8", where, None, f"byte {err.start} of the line")
-                continue
-            try:
-                record = json.loads(decoded)
-            except json.JSONDecodeError as err:
-                _skip(policy, skips, "malformed_json", where, None, err.msg)
-                continue
-            if not isinstance(record, dict):
-                _skip(policy, skips, "not_an_object", where, None, type(record).__name__)
-                continue
-            text = record.get(policy.text_field)
-            domain = record.get(policy.domain_field, default_domain)
-            if not isinstance(domain, str) or not domain.strip():
-                _skip(policy, skips, "bad_domain", where, None,
-                      f"field {policy.domain_field!r} must be a non-empty string, got {domain!r}")
-                continue
-            if not isinstance(text, str):
-                _skip(policy, skips, "missing_text", where, domain,
-                      f"no string field {policy.text_field!r} (keys: {', '.join(sorted(record)[:8])})")
-                continue
-            yield text, domain, where
+    read = 0  # lines read so far: where reading stopped if the file turns out damaged
+
+    def lines(raw) -> Iterator[tuple[int, bytes]]:  # noqa: ANN001 (a binary file)
+        nonlocal read
+        for read, line in enumerate(raw, start=1):  # noqa: B007 (read is the count kept outside)
+            yield read, line
+
+    try:
+        with opener(path, "rb") as raw:
+            yield from _records(path, lines(raw), policy, skips, default_domain)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        # Truncated (EOFError) or corrupt (zlib.error, BadGzipFile) compressed data: the lines read
+        # before it stay, the rest of the file is lost and counted once, where reading stopped.
+        _skip(policy, skips, "unreadable_rest_of_file", f"{path}:{read + 1}", None,
+              f"{type(err).__name__}: {err} (after {read} lines; the rest of this file is lost)")
+
+
+def _records(path: Path, lines: Iterator[tuple[int, bytes]], policy: ReadPolicy, skips: SkipLog,
+             default_domain: str) -> Iterator[tuple[str, str, str]]:
+    """(text, domain, where) of the well-formed jsonl records among numbered lines; malformed ones are logged."""
+    for lineno, line in lines:
+        where = f"{path}:{lineno}"
+        if not line.strip():
+            continue  # blank lines separate nothing in jsonl; not a document
+        try:
+            decoded = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            _skip(policy, skips, "bad_utf8", where, None, f"byte {err.start} of the line")
+            continue
+        try:
+            record = json.loads(decoded)
+        except json.JSONDecodeError as err:
+            _skip(policy, skips, "malformed_json", where, None, err.msg)
+            continue
+        if not isinstance(record, dict):
+            _skip(policy, skips, "not_an_object", where, None, type(record).__name__)
+            continue
+        text = record.get(policy.text_field)
+        domain = record.get(policy.domain_field, default_domain)
+        if not isinstance(domain, str) or not domain.strip():
+            _skip(policy, skips, "bad_domain", where, None,
+                  f"field {policy.domain_field!r} must be a non-empty string, got {domain!r}")
+            continue
+        if not isinstance(text, str):
+            _skip(policy, skips, "missing_text", where, domain,
+                  f"no string field {policy.text_field!r} (keys: {', '.join(sorted(record)[:8])})")
+            continue
+        yield text, domain, where
 
 
 def _skip(policy: ReadPolicy, skips: SkipLog, reason: str, where: str, domain: str | None, detail: str) -> None:

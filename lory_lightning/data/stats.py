@@ -5,19 +5,34 @@ from __future__ import annotations
 import numpy as np
 
 
-def unigram_ppl(tokens: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, train_ids: np.ndarray,
-                eval_ids: np.ndarray, doc_domain: np.ndarray, vocab_size: int, eod_id: int) -> dict[int, float]:
-    """Perplexity per domain of the evaluation documents under the training unigram distribution.
+def unigram_counts(tokens: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, train_ids: np.ndarray,
+                   vocab_size: int, eod_id: int) -> np.ndarray:
+    """Add-one token counts (vocab_size,) of the training documents, each with its end-of-document token.
 
-    Each document counts with its end-of-document token, as packed. Add-one smoothing over the
-    vocabulary keeps unseen tokens finite. A model that only learned token frequencies scores this;
-    a language model must go well below it.
+    Saved by `lory prepare` as unigram.npy, so the unigram baseline can be scored on exactly the
+    tokens a validation covers (see ``unigram_log_probs``).
     """
-    counts = np.ones(vocab_size, dtype=np.float64)  # add-one
+    counts = np.ones(vocab_size, dtype=np.int64)  # add-one: unseen tokens stay finite
     for d in train_ids:
         counts += np.bincount(tokens[offsets[d]:offsets[d] + lengths[d]], minlength=vocab_size)[:vocab_size]
     counts[eod_id] += len(train_ids)
-    logp = np.log(counts / counts.sum())
+    return counts
+
+
+def unigram_log_probs(counts: np.ndarray) -> np.ndarray:
+    """log p(token) under the training unigram distribution: (V,) float64."""
+    counts = np.asarray(counts, dtype=np.float64)
+    return np.log(counts / counts.sum())
+
+
+def unigram_ppl(counts: np.ndarray, tokens: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
+                eval_ids: np.ndarray, doc_domain: np.ndarray, eod_id: int) -> dict[int, float]:
+    """Perplexity per domain of the evaluation documents under the training unigram distribution.
+
+    Each document counts with its end-of-document token, as packed. A model that only learned
+    token frequencies scores this; a language model must go well below it.
+    """
+    logp = unigram_log_probs(counts)
     nll: dict[int, float] = {}
     n: dict[int, int] = {}
     for d in eval_ids:

@@ -34,12 +34,14 @@ def test_documents_in_a_sequence():
 
 
 def test_unigram_baseline_matches_a_hand_count():
-    from lory_lightning.data.stats import unigram_ppl
+    from lory_lightning.data.stats import unigram_counts, unigram_ppl
 
     tokens = np.array([1, 1, 2, 1, 3], dtype=np.uint16)  # train doc [1, 1, 2]; eval doc [1, 3]
     offsets, lengths = np.array([0, 3]), np.array([3, 2])
-    ppl = unigram_ppl(tokens, offsets, lengths, np.array([0]), np.array([1]), np.array([0, 1]), 4, 0)
+    got_counts = unigram_counts(tokens, offsets, lengths, np.array([0]), 4, 0)
+    ppl = unigram_ppl(got_counts, tokens, offsets, lengths, np.array([1]), np.array([0, 1]), 0)
     counts = np.array([1 + 1, 1 + 2, 1 + 1, 1 + 0])  # add-one, eod counted once for the train doc
+    assert got_counts.tolist() == counts.tolist()
     p = counts / counts.sum()
     expected = np.exp(-(np.log(p[1]) + np.log(p[3]) + np.log(p[0])) / 3)
     assert ppl == {1: pytest.approx(expected)}

@@ -32,7 +32,7 @@ def test_outputs_are_consistent(tmp_path):
     assert on_disk["splits"] == manifest["splits"]
     assert manifest["domains"] == ["cooking", "space", "law"]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["manifest.json", "tokenizer.json"] + [s["name"] for sp in ("train", "val") for s in manifest["splits"][sp]["shards"]])
+        [".lory-prepare", "manifest.json", "tokenizer.json", "unigram.npy"] + [s["name"] for sp in ("train", "val") for s in manifest["splits"][sp]["shards"]])
     assert list(verify_shards(out, manifest["splits"]["train"]["shards"])) == []
     train = read_split(out, manifest, "train")
     assert len(train) == manifest["splits"]["train"]["sequences"] > 10

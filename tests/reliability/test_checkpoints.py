@@ -49,3 +49,30 @@ def test_resume_refuses_truncated_and_pickled_checkpoints(small_data, tmp_path, 
     assert main(["fit", "--config", str(cfg), "--ckpt_path", str(evil)]) == 1
     captured = capsys.readouterr()
     assert "refused to load" in captured.err and "ran" not in captured.out
+
+
+@pytest.mark.parametrize("content", [b"", bytes(range(256)) * 40], ids=["empty", "random-bytes"])
+def test_an_empty_or_random_file_is_a_corrupt_checkpoint_in_one_line(tmp_path, capsys, content):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(content)
+    assert main(["generate", "--ckpt_path", str(bad), "--prompt", "x"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"lory generate: error: {bad}: not a readable checkpoint")
+    assert "truncated or corrupt" in err[0] and "other than tensors" not in err[0]
+
+
+def test_a_full_disk_during_a_checkpoint_save_names_the_file(tmp_path, monkeypatch):
+    import errno
+
+    def full(obj, f, *args, **kwargs):
+        f.write(b"PK")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    path = tmp_path / "last.ckpt"
+    with pytest.raises(OSError) as err:
+        save_atomically({"w": 1}, path)
+    from lory_lightning.errors import one_line
+
+    assert one_line(err.value) == f"{path}: No space left on device"
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,75 @@
+"""manifest.json: the record `lory prepare` writes last, read back and checked against its schema.
+
+A prepared folder is input from elsewhere (copied, edited by hand, half-deleted): every reader goes
+through ``load_manifest``, which names the file and the key that is wrong and says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.json"
+SPLITS = ("train", "val")
+SHARD_NAME = re.compile(r"^(train|val)-\d{5}\.tar$")
+
+# key -> type of every top-level entry the readers rely on
+_TOP = {"format_version": int, "config": dict, "domains": list, "vocab_size": int, "eod_id": int,
+        "seq_len": int, "token_dtype": str, "splits": dict}
+_SHARD = {"name": str, "sha256": str, "sequences": int, "bytes": int}
+
+
+class ManifestError(ValueError):
+    """A manifest that is not what `lory prepare` writes."""
+
+
+def load_manifest(folder: str | Path) -> dict[str, Any]:
+    """The manifest of a prepared folder, checked against its schema; a ManifestError names file and key."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no prepared data; run `lory prepare --output {folder}`")
+    try:
+        manifest = json.loads(path.read_text("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ManifestError(f"{path}: not valid JSON ({err}); the file is truncated or damaged: "
+                            f"rerun `lory prepare --output {folder} --overwrite`") from err
+    check_manifest(manifest, path)
+    return manifest
+
+
+def check_manifest(manifest: Any, path: Path | str = MANIFEST) -> None:
+    """Raise ManifestError unless ``manifest`` has every key, type and count `lory prepare` writes."""
+    fix = f"the manifest was edited or damaged: rerun `lory prepare --output {Path(path).parent} --overwrite`"
+
+    def need(value: Any, key: str, kind: type) -> Any:
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            got = "missing" if value is None else f"a {type(value).__name__}, not a {kind.__name__}"
+            raise ManifestError(f"{path}: key '{key}' is {got}; {fix}")
+        return value
+
+    need(manifest, "(top level)", dict)
+    for key, kind in _TOP.items():
+        need(manifest.get(key), key, kind)
+    for i, name in enumerate(manifest["domains"]):
+        need(name, f"domains[{i}]", str)
+    if not manifest["domains"]:
+        raise ManifestError(f"{path}: key 'domains' is empty; {fix}")
+    for split in SPLITS:
+        entry = need(manifest["splits"].get(split), f"splits.{split}", dict)
+        total = need(entry.get("sequences"), f"splits.{split}.sequences", int)
+        shards = need(entry.get("shards"), f"splits.{split}.shards", list)
+        for i, shard in enumerate(shards):
+            need(shard, f"splits.{split}.shards[{i}]", dict)
+            for key, kind in _SHARD.items():
+                need(shard.get(key), f"splits.{split}.shards[{i}].{key}", kind)
+            expected = f"{split}-{i:05d}.tar"
+            if shard["name"] != expected:
+                raise ManifestError(f"{path}: key 'splits.{split}.shards[{i}].name' is {shard['name']!r}, "
+                                    f"expected {expected!r} (an entry removed or reordered?); {fix}")
+        listed = sum(s["sequences"] for s in shards)
+        if listed != total:
+            raise ManifestError(f"{path}: key 'splits.{split}.shards' lists {listed} sequences, "
+                                f"'splits.{split}.sequences' says {total} (a shard entry removed?); {fix}")

@@ -1,0 +1,213 @@
+"""`lory prepare` never deletes what it did not write, locks its folder, repairs damage, and says why in one line."""
+
+import gzip
+import json
+import shutil
+
+import pytest
+
+from conftest import make_corpus
+from lory_lightning.cli import main
+from lory_lightning.data import prepare as prepare_mod
+from lory_lightning.data.manifest import ManifestError, load_manifest
+from lory_lightning.data.prepare import PrepareConfig, prepare
+from lory_lightning.data.shards import verify_shards
+
+SMALL = dict(seq_len=64, vocab_size=400, sequences_per_shard=4, val_fraction=0.1)
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    return [str(p) for p in make_corpus(tmp_path / "in")]
+
+
+def run(args, capsys):
+    """`lory prepare ARGS`: (exit status, the last line of stderr)."""
+    code = main(["prepare", "--quiet", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, (err[-1] if err else "")
+
+
+def test_a_folder_prepare_did_not_write_is_refused_and_left_alone(tmp_path, inputs, capsys):
+    out = tmp_path / "mine"
+    (out / "photos.tar").mkdir(parents=True)
+    (out / "photos.tar" / "cat.jpg").write_bytes(b"jpg")
+    (out / "backup.tar").write_bytes(b"precious")
+    (out / "notes.tmp").write_text("draft")
+    code, err = run(["--output", str(out), "--inputs", *inputs, "--seq_len", "64", "--vocab_size", "400"], capsys)
+    assert code == 1 and err.startswith("lory prepare: error:") and "not written by `lory prepare`" in err
+    assert sorted(p.name for p in out.rglob("*")) == ["backup.tar", "cat.jpg", "notes.tmp", "photos.tar"]
+    # --overwrite does not make a stranger's folder prepare's own either
+    assert run(["--output", str(out), "--inputs", *inputs, "--overwrite"], capsys)[0] == 1
+    assert (out / "backup.tar").read_bytes() == b"precious"
+
+
+def test_rebuilding_deletes_only_the_files_prepare_writes(tmp_path, inputs):
+    out = tmp_path / "o"
+    prepare(PrepareConfig(output=str(out), inputs=inputs, **SMALL), quiet=True)
+    (out / "backup.tar").write_bytes(b"precious")  # a user's files put into prepare's folder later
+    (out / "photos.tar").mkdir()
+    (out / "photos.tar" / "cat.jpg").write_bytes(b"jpg")
+    prepare(PrepareConfig(output=str(out), inputs=inputs, **{**SMALL, "seq_len": 32}), quiet=True, overwrite=True)
+    assert (out / "backup.tar").read_bytes() == b"precious" and (out / "photos.tar" / "cat.jpg").exists()
+    assert load_manifest(out)["seq_len"] == 32
+
+
+def test_the_data_module_refuses_a_strangers_folder_too(tmp_path, inputs):
+    from lory_lightning.data.datamodule import LoryDataModule
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "backup.tar").write_bytes(b"precious")
+    dm = LoryDataModule(data_dir=str(out), inputs=inputs, seq_len=64, vocab_size=400)
+    with pytest.raises(FileExistsError, match="not written by `lory prepare`"):
+        dm.prepare_data()
+    assert (out / "backup.tar").read_bytes() == b"precious"
+
+
+def test_a_second_prepare_on_a_locked_folder_exits_with_one_line(tmp_path, inputs, capsys):
+    out = tmp_path / "o"
+    cfg = PrepareConfig(output=str(out), inputs=inputs, **SMALL)
+    # The first run holds the lock while the second starts: the second stops, the first completes.
+    real_run = prepare_mod._run
+    results = {}
+
+    def first_run(*args, **kwargs):
+        results["second"] = run(["--output", str(out), "--inputs", *inputs, "--seq_len", "32", "--vocab_size",
+                                 "400", "--overwrite"], capsys)
+        return real_run(*args, **kwargs)
+
+    prepare_mod._run = first_run
+    try:
+        manifest = prepare(cfg, quiet=True)
+    finally:
+        prepare_mod._run = real_run
+    code, err = results["second"]
+    assert code == 1 and "being prepared by another process" in err
+    assert manifest["seq_len"] == 64
+    assert all(not list(verify_shards(out, manifest["splits"][s]["shards"])) for s in ("train", "val"))
+
+
+def test_up_to_date_verifies_the_shards_and_a_rerun_repairs_them(tmp_path, inputs, capsys):
+    out = tmp_path / "o"
+    cfg = PrepareConfig(output=str(out), inputs=inputs, **SMALL)
+    manifest = prepare(cfg, quiet=True)
+    good = (out / "train-00001.tar").read_bytes()
+    (out / "train-00001.tar").write_bytes(good[:100] + bytes([good[100] ^ 0xFF]) + good[101:])  # one flipped byte
+    (out / "val-00000.tar").unlink()
+    capsys.readouterr()
+    again = prepare(cfg, quiet=True)
+    assert "2 shard(s) fail verification" in capsys.readouterr().err
+    assert (out / "train-00001.tar").read_bytes() == good
+    assert again["splits"] == manifest["splits"]
+    # --overwrite rebuilds even an intact folder
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    prepare(cfg, quiet=True, overwrite=True)
+    assert (out / "manifest.json").stat().st_mtime_ns != stamp
+
+
+def test_output_that_is_a_file_or_not_writable_is_one_line(tmp_path, inputs, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    code, err = run(["--output", str(a_file), "--inputs", *inputs], capsys)
+    assert code == 1 and err == f"lory prepare: error: {a_file}: --output is a file, not a folder: choose a folder path"
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        code, err = run(["--output", str(locked / "sub"), "--inputs", *inputs], capsys)
+    finally:
+        locked.chmod(0o700)
+    import os
+    if os.geteuid() == 0:  # root writes anywhere: exercise the same path with a full disk instead
+        return
+    assert code == 1 and str(locked / "sub") in err and "Permission denied" in err
+
+
+def test_a_full_disk_while_writing_shards_names_the_folder(tmp_path, inputs, capsys, monkeypatch):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prepare_mod, "write_shards", full)
+    out = tmp_path / "o"
+    code, err = run(["--output", str(out), "--inputs", *inputs, "--seq_len", "64", "--vocab_size", "400"], capsys)
+    assert code == 1 and err == f"lory prepare: error: {out}: No space left on device"
+    assert not (out / "manifest.json").exists()
+
+
+def test_a_truncated_gzip_keeps_what_was_read_and_counts_the_loss(tmp_path, capsys):
+    paths = make_corpus(tmp_path / "in")
+    gz = tmp_path / "in" / "law.jsonl.gz"
+    data = gzip.compress(paths[2].read_bytes())
+    gz.write_bytes(data[: len(data) // 2])  # cut in the middle of the compressed stream
+    paths[2].unlink()
+    inputs = [str(p) for p in (paths[0], paths[1], gz)]
+    out = tmp_path / "o"
+    code, _ = run(["--output", str(out), "--inputs", *inputs, "--seq_len", "64", "--vocab_size", "400"], capsys)
+    assert code == 0
+    manifest = load_manifest(out)
+    skipped = manifest["skipped"]
+    assert skipped["by_reason"].get("unreadable_rest_of_file") == 1
+    line = next(e for e in skipped["first"] if "unreadable_rest_of_file" in e)
+    assert line.startswith(f"{gz}:") and "EOFError" in line and "lines" in line
+    law = manifest["counts_by_domain"]["law"]
+    assert 0 < law["train_documents"] + law["val_documents"] < 40  # what was read before the cut stays
+    code, err = run(["--output", str(tmp_path / "s"), "--inputs", *inputs, "--strict"], capsys)
+    assert code == 1 and f"{gz}:" in err and "unreadable_rest_of_file" in err
+    gz.write_bytes(b"\x1f\x8b" + b"garbage" * 10)  # not a gzip stream at all
+    code, _ = run(["--output", str(tmp_path / "g"), "--inputs", *inputs, "--seq_len", "64", "--vocab_size", "400"],
+                  capsys)
+    assert code == 0 and load_manifest(tmp_path / "g")["skipped"]["by_reason"]["unreadable_rest_of_file"] == 1
+
+
+def test_no_validation_text_and_too_little_text_are_refused_in_one_line(tmp_path, inputs, capsys):
+    code, err = run(["--output", str(tmp_path / "a"), "--inputs", *inputs, "--val_fraction", "0",
+                     "--seq_len", "64", "--vocab_size", "400"], capsys)
+    assert code == 1 and "--val_fraction 0.0 of the documents hold(s) no full validation sequence" in err
+    assert not (tmp_path / "a" / "manifest.json").exists()
+    short = tmp_path / "short.jsonl"
+    short.write_text(json.dumps({"text": "just a few words of text here"}) + "\n")
+    code, err = run(["--output", str(tmp_path / "b"), "--inputs", str(short), "--seq_len", "64",
+                     "--vocab_size", "300"], capsys)
+    assert code == 1 and "not one sequence of --seq_len 64" in err
+
+
+def test_a_given_tokenizer_records_its_own_size(tmp_path, inputs):
+    first = prepare(PrepareConfig(output=str(tmp_path / "a"), inputs=inputs, **SMALL), quiet=True)
+    second = prepare(PrepareConfig(output=str(tmp_path / "b"), inputs=inputs, tokenizer=str(tmp_path / "a" / "tokenizer.json"),
+                                   **{**SMALL, "vocab_size": 8192}), quiet=True)
+    assert second["config"]["vocab_size"] == second["vocab_size"] == first["vocab_size"] <= 400
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda m: m.pop("splits"), "key 'splits' is missing"),
+    (lambda m: m["splits"]["train"]["shards"].pop(1), "splits.train.shards[1].name' is 'train-00002.tar'"),
+    (lambda m: m["splits"]["train"]["shards"].pop(), "a shard entry removed?"),
+    (lambda m: m["splits"]["val"]["shards"][0].pop("sha256"), "splits.val.shards[0].sha256' is missing"),
+    (lambda m: m.update(seq_len="64"), "key 'seq_len' is a str, not a int"),
+])
+def test_a_hand_edited_manifest_names_the_file_and_the_key(tmp_path, inputs, damage, message):
+    out = tmp_path / "o"
+    prepare(PrepareConfig(output=str(out), inputs=inputs, **SMALL), quiet=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    damage(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError) as err:
+        load_manifest(out)
+    assert str(err.value).startswith(f"{out / 'manifest.json'}: key '") and message in str(err.value)
+    assert "rerun `lory prepare" in str(err.value)
+
+
+def test_a_truncated_manifest_names_the_file(tmp_path, inputs, capsys):
+    out = tmp_path / "o"
+    prepare(PrepareConfig(output=str(out), inputs=inputs, **SMALL), quiet=True)
+    text = (out / "manifest.json").read_text()
+    (out / "manifest.json").write_text(text[: len(text) // 2])
+    with pytest.raises(ManifestError, match=r"manifest.json: not valid JSON .*truncated or damaged"):
+        load_manifest(out)
+    shutil.copy(out / "manifest.json", tmp_path / "m.json")
+    # prepare itself rebuilds a damaged manifest's folder (its own) rather than stopping
+    assert prepare(PrepareConfig(output=str(out), inputs=inputs, **SMALL), quiet=True)["seq_len"] == 64
+    assert "not valid JSON" in capsys.readouterr().err
