@@ -49,7 +49,7 @@ def analyze(ckpt_path: str, data: str | None = None, output: str | None = None, 
     out_dir = Path(output) if output else Path(ckpt_path).parent / f"analysis-{Path(ckpt_path).stem}"
     written = write_report(acc, domains, out_dir, "specialization")
     result = ppl.compute()
-    metrics = {f"val/{d}/ppl": float(p) for d, p in zip(domains, result["per_domain"])}
+    metrics = {f"val/{d}/ppl": float(p) for d, p in zip(domains, result["per_domain"].reshape(-1))}
     metrics["val/ppl"] = float(result["all"])
     print(perplexity_table(domains, metrics, manifest.get("baselines", {}).get("unigram_val_ppl")))
     print("\nlayer  I(domain; expert) nats")

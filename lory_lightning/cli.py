@@ -8,6 +8,7 @@ import re
 import sys
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
 from .errors import one_line
@@ -43,7 +44,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         else:
             base = args[0] if args else hint
             kwargs.update(type=base, default=default, required=required)
-        if default not in (None, [], False):
+        if default is not None and default is not False and default != []:  # 0 is a default worth showing
             kwargs["help"] += f" (default: {default})"
         parser.add_argument(f"--{f.name}", **kwargs)
 
@@ -72,10 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn raw documents into similarity-batched WebDataset shards (LORY.md section 4). "
                     "With no --inputs, the shipped sample corpus.",
         epilog=policy_doc.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    prep.add_argument("--config", metavar="YAML", help="settings from a YAML file of the keys below (without "
+                      "dashes); flags given on the command line win")
+    prep.add_argument("--print_config", action="store_true", help="print the resolved settings as YAML and exit")
     add_dataclass_arguments(prep, PrepareConfig)
     prep.add_argument("--overwrite", action="store_true",
-                      help="replace an output folder prepared with another config")
+                      help="rebuild: a folder prepared with another config, or one that is up to date")
     prep.add_argument("--quiet", action="store_true", help="print only the summary")
+    parser.set_defaults(prepare_parser=prep)
     for name, text in LIGHTNING_COMMANDS.items():
         commands.add_parser(name, help=text, add_help=False)  # listed here, parsed by LightningCLI
     gen = commands.add_parser("generate", help="continue a prompt with a trained checkpoint",
@@ -114,11 +119,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def prepare_config_file(path: str) -> dict:
+    """The settings of a `lory prepare --config` YAML: PrepareConfig's keys, plus overwrite and quiet."""
+    from omegaconf import OmegaConf
+
+    from .data.prepare import PrepareConfig
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such config file")
+    values = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a prepare config is a mapping of settings, got {type(values).__name__}")
+    known = [f.name for f in dataclasses.fields(PrepareConfig)] + ["overwrite", "quiet"]
+    for key in values:
+        if key not in known:
+            raise ValueError(f"{path}: unknown key {key!r}; the keys are {', '.join(known)}")
+    return values
+
+
 def _prepare(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
     from .data.prepare import PrepareConfig, prepare
 
     fields = {f.name for f in dataclasses.fields(PrepareConfig)}
     cfg = PrepareConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    if args.print_config:
+        print(OmegaConf.to_yaml({**dataclasses.asdict(cfg), "overwrite": args.overwrite}), end="")
+        return 0
     manifest = prepare(cfg, quiet=args.quiet, overwrite=args.overwrite)
     splits = manifest["splits"]
     print(f"{cfg.output}: {splits['train']['sequences']} train / {splits['val']['sequences']} val sequences "
@@ -194,6 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if args.command == "prepare" and args.config:
+            # settings from the file become defaults, so flags given on the command line win
+            args.prepare_parser.set_defaults(**prepare_config_file(args.config))
+            args = parser.parse_args(argv)
         return COMMANDS[args.command](args)
     except (ValueError, OSError) as err:  # bad input, paths, permissions, a full disk: one line
         print(f"lory {args.command}: error: {one_line(err)}", file=sys.stderr)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import sys
 from pathlib import Path
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.trainer import Trainer
 
-from .checkpoint_io import UNREADABLE, SafeCheckpointIO, checkpoint_error
+from .checkpoint_io import UNREADABLE, SafeCheckpointIO, checkpoint_error, load_checkpoint
 from .data.datamodule import LoryDataModule
 from .errors import one_line
 from .module import LoryLM, NonFiniteError
@@ -18,14 +20,22 @@ from .summary import perplexity_table
 
 
 class LoryCLI(LightningCLI):
+    """LightningCLI with the model and data module swappable by ``class_path`` (subclasses of LoryLM
+    and LoryDataModule), values that must agree linked, and ``--ckpt_path last`` resuming the latest
+    run of the config in that run's own folder."""
+
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse parser)
         # Typed once: the tokenizer's size comes from the data, the sequence length from the model.
-        parser.link_arguments("data.vocab_size", "model.model.vocab_size")
-        parser.link_arguments("model.model.seq_len", "data.seq_len")
+        parser.link_arguments("data.init_args.vocab_size", "model.init_args.model.vocab_size")
+        parser.link_arguments("model.init_args.model.seq_len", "data.init_args.seq_len")
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads --ckpt_path itself (weights_only) to take the model's hyperparameters from
         # it; a truncated or pickled file must end in the same one-line reason as everywhere else.
+        config = self.config.get(self.config.get("subcommand") or "", None)
+        self._resume: tuple[Path, int] | None = None
+        if config is not None and config.get("ckpt_path") == "last":
+            config.ckpt_path, self._resume = resolve_last(config.trainer)
         try:
             super()._parse_ckpt_path()
         except UNREADABLE as err:
@@ -49,17 +59,22 @@ class LoryCLI(LightningCLI):
             trainer.callbacks.append(ModelCheckpoint(save_last=True))
         elif trainer.checkpoint_callback is not None and trainer.checkpoint_callback.save_last is None:
             trainer.checkpoint_callback.save_last = True
+        if self._resume is not None:
+            continue_csv_logs(trainer, self._resume[1])
         return trainer
 
 
     def after_fit(self) -> None:
-        self._report(f"validation after step {self.trainer.global_step}")
+        ckpt = self.trainer.checkpoint_callback
+        self._report(f"validation after step {self.trainer.global_step}",
+                     ckpt.last_model_path or ckpt.best_model_path if ckpt is not None else None)
 
     def after_validate(self) -> None:
+        # The footer names the checkpoint validated, not what a restored ModelCheckpoint remembers.
         ckpt = self.config.get("validate", {}).get("ckpt_path")
-        self._report(f"validation of {ckpt}" if ckpt else "validation")
+        self._report(f"validation of {ckpt}" if ckpt else "validation", ckpt)
 
-    def _report(self, title: str) -> None:
+    def _report(self, title: str, checkpoint: str | None) -> None:
         """Print the per-domain perplexity table and where the run's files are (rank zero only)."""
         trainer = self.trainer
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank must take part
@@ -73,13 +88,94 @@ class LoryCLI(LightningCLI):
         else:
             unigram = manifest.get("baselines", {}).get("unigram_val_ppl")
             print(f"\n{title}:\n" + perplexity_table(domains, metrics, unigram))
-        ckpt = trainer.checkpoint_callback
-        if ckpt is not None and (ckpt.last_model_path or ckpt.best_model_path):
-            print(f"checkpoint: {ckpt.last_model_path or ckpt.best_model_path}")
+        if checkpoint:
+            print(f"checkpoint: {checkpoint}")
         if log_dir:
             print(f"config:     {Path(log_dir) / 'config.yaml'}")
         for logger in trainer.loggers:
             print(f"logs:       {logger.log_dir} ({type(logger).__name__})")
+
+
+def _logger_dirs(trainer_config) -> list:  # noqa: ANN001 (jsonargparse Namespace)
+    """The init_args of every configured logger that writes to ``save_dir/name/version_N``."""
+    loggers = trainer_config.get("logger")
+    loggers = loggers if isinstance(loggers, list) else [loggers]
+    return [lg.init_args for lg in loggers
+            if hasattr(lg, "init_args") and lg.init_args.get("save_dir") and lg.init_args.get("name")]
+
+
+def resolve_last(trainer_config) -> tuple[str, tuple[Path, int] | None]:  # noqa: ANN001
+    """``--ckpt_path last``: the last.ckpt of the latest run of this config, and (run folder, step).
+
+    Lightning alone looks for last.ckpt in the new run's folder, finds none, warns and trains from
+    step 0. Here the latest ``save_dir/name/version_N`` with a ``checkpoints/last.ckpt`` is found and
+    every logger of that save_dir and name is pinned to version N, so the run continues in its own
+    folder and its curves are not split. Nothing to resume is an error.
+    """
+    loggers = _logger_dirs(trainer_config)
+    if not loggers:
+        if trainer_config.get("logger") is False:
+            root = Path(trainer_config.get("default_root_dir") or ".")
+            last = root / "checkpoints" / "last.ckpt"
+            if last.is_file():
+                return str(last), None
+            raise FileNotFoundError(f"--ckpt_path last: nothing to resume: no {last}; start without --ckpt_path")
+        raise ValueError("--ckpt_path last needs trainer.logger entries with save_dir and name (as the shipped "
+                         "configs have) to find the run; give --ckpt_path PATH/last.ckpt instead")
+    first = loggers[0]
+    runs = Path(first.save_dir) / first.name
+    found = []
+    for folder in runs.glob("version_*"):
+        number = folder.name.removeprefix("version_")
+        if number.isdigit() and (folder / "checkpoints" / "last.ckpt").is_file():
+            found.append((int(number), folder))
+    if not found:
+        raise FileNotFoundError(f"--ckpt_path last: nothing to resume: no {runs}/version_*/checkpoints/last.ckpt; "
+                                "start without --ckpt_path")
+    version, folder = max(found)
+    for args in loggers:
+        if args.save_dir == first.save_dir and args.name == first.name:
+            args.version = version
+    last = folder / "checkpoints" / "last.ckpt"
+    step = int(load_checkpoint(last).get("global_step", 0))
+    return str(last), (folder, step)
+
+
+def continue_csv_logs(trainer: Trainer, step: int) -> None:
+    """Keep a resumed run's metrics.csv (Lightning's CSVLogger deletes it): rows before ``step`` stay,
+    later rows (logged after the checkpoint by the run that died) are dropped, new rows append."""
+    for logger in trainer.loggers:
+        if not isinstance(logger, CSVLogger):
+            continue
+        path = Path(logger.log_dir) / "metrics.csv"
+        rows, header = [], []
+        if path.is_file():
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                header = sorted(reader.fieldnames or [])
+                rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) < step]
+        writer = logger.experiment  # created now: it deletes metrics.csv
+        if header:
+            with open(path, "w", newline="") as f:
+                out = csv.DictWriter(f, fieldnames=header)
+                out.writeheader()
+                out.writerows(rows)
+            writer.metrics_keys = header  # new keys extend the header, old rows are kept
+
+
+OPTIMIZER_KEYS = ("model.optim.lr, model.optim.betas, model.optim.weight_decay, model.optim.eps, "
+                  "model.optim.warmup_fraction, model.optim.min_lr_ratio")
+
+
+def refuse_optimizer_flags(argv: list[str]) -> None:
+    """LightningCLI's --optimizer / --lr_scheduler would drop the no-decay parameter group and step
+    the schedule once per (endless) epoch: refused with the keys that configure AdamW and its
+    per-step cosine schedule instead."""
+    for arg in argv:
+        flag = arg.split("=", 1)[0]
+        if flag.startswith(("--optimizer", "--lr_scheduler")):
+            raise ValueError(f"{flag} is not supported: LoryLM builds AdamW (no weight decay on norms) with a "
+                             f"per-step cosine schedule; set {OPTIMIZER_KEYS} instead")
 
 
 def run_lightning_cli(argv: list[str]) -> int:
@@ -87,9 +183,10 @@ def run_lightning_cli(argv: list[str]) -> int:
     try:
         # Lightning warns when args repeat sys.argv: pass them only when called from Python.
         args = None if argv == sys.argv[1:] else argv
-        LoryCLI(LoryLM, LoryDataModule, args=args, seed_everything_default=0,
-                parser_kwargs={"parser_mode": "omegaconf"},
-                save_config_kwargs={"overwrite": True})
+        refuse_optimizer_flags(argv)
+        LoryCLI(LoryLM, LoryDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
+                seed_everything_default=0, parser_kwargs={"parser_mode": "omegaconf"},
+                save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
     except (OSError, ValueError, NonFiniteError) as err:  # FileNotFound/FileExists are OSErrors
         print(f"lory {argv[0]}: error: {one_line(err)}", file=sys.stderr)
         return 1

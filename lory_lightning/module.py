@@ -211,6 +211,8 @@ class LoryLM(L.LightningModule):
             self.log("train/z_loss", z)
         self._last_loss = loss.detach()
         self.log("train/loss", lm_loss, prog_bar=True)
+        # The rate this step's optimizer update uses: the scheduler moves it after the update.
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         self.tokens_seen += batch["targets"].numel() * self.trainer.world_size
         # Routing goes out with the step's outputs: monitoring callbacks read it in on_train_batch_end.
         return {"loss": loss, "routing": tuple(None if r is None else r._replace(
@@ -242,7 +244,6 @@ class LoryLM(L.LightningModule):
             tokens = batch["targets"].numel() * self.trainer.world_size
             self.log("train/tokens_per_s", tokens / max(seconds, 1e-9), prog_bar=True)
         self.log("train/tokens", float(self.tokens_seen))
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
 
     # ------------------------------------------------------------------ evaluation
 
@@ -258,7 +259,8 @@ class LoryLM(L.LightningModule):
         if self.val_ppl is None:
             return
         result = self.val_ppl.compute()
-        for name, ppl, count in zip(self.domains, result["per_domain"], result["count"]):
+        # reshape: torchmetrics returns a one-domain result as a 0-d tensor
+        for name, ppl, count in zip(self.domains, result["per_domain"].reshape(-1), result["count"].reshape(-1)):
             if count > 0:
                 self.log(f"val/{name}/ppl", ppl.float(), sync_dist=False)
         self.log("val/ppl", result["all"].float(), prog_bar=True, sync_dist=False)
@@ -290,4 +292,7 @@ class LoryLM(L.LightningModule):
         if "rng" in checkpoint:
             set_rng_state(checkpoint["rng"])
         self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
-        self.domains = list(checkpoint.get("domains", []))
+        # The data's own domain names win (setup() reads them from its manifest): a checkpoint
+        # validated on another corpus must report that corpus's domains, not map them by index.
+        if not self.domains:
+            self.domains = list(checkpoint.get("domains", []))

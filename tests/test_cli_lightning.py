@@ -43,7 +43,7 @@ def test_fit_validate_generate(small_data, tmp_path, capsys, caplog):
     assert (run / "config.yaml").is_file()  # the resolved config of every run
     saved = yaml.safe_load((run / "config.yaml").read_text())
     # linked values are written once, at their source; the module received them
-    assert saved["data"]["vocab_size"] == 300 and saved["model"]["model"]["seq_len"] == 32
+    assert saved["data"]["init_args"]["vocab_size"] == 300 and saved["model"]["init_args"]["model"]["seq_len"] == 32
     hparams = yaml.safe_load((run / "hparams.yaml").read_text())
     assert hparams["model"]["vocab_size"] == 300
     rows = metrics(run)
@@ -117,9 +117,10 @@ def test_every_run_config_parses(config, capsys):
         main(["fit", "--config", str(config), "--print_config"])
     assert err.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    model = printed["model"]["model"]
+    model = printed["model"]["init_args"]["model"]
     assert model["seq_len"] % model["segment_len"] == 0 and model["seq_len"] // model["segment_len"] >= 4
-    assert "seq_len" not in printed["data"] and printed["data"]["vocab_size"] > 0  # linked, typed once
+    data = printed["data"]["init_args"]
+    assert "seq_len" not in data and data["vocab_size"] > 0  # linked, typed once
     assert printed["trainer"]["max_steps"] > 0
 
 
@@ -130,7 +131,7 @@ def test_every_callback_set_composes_with_the_main_job(callbacks, capsys):
               "--print_config"])
     assert err.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["trainer"]["callbacks"] and printed["model"]["model"]["ffn"] == "lory"
+    assert printed["trainer"]["callbacks"] and printed["model"]["init_args"]["model"]["ffn"] == "lory"
 
 
 def test_omegaconf_interpolation_inside_a_yaml(tmp_path, capsys):

@@ -73,7 +73,10 @@ class PrepareConfig:
         embedder: ``tfidf-svd`` (offline default) or ``sentence-transformers`` (``embed_model``).
         embed_model: sentence-transformers model name or local path.
         embed_dim: Dimension of tfidf-svd embeddings.
-        knn_k, knn_trees, knn_search_k: Annoy neighbours per document, trees, search_k (-1: Annoy default).
+        knn_k: Neighbours found per document: the graph the greedy path walks and the candidates
+            for near-duplicates.
+        knn_trees: Annoy trees: more trees find truer neighbours (recall) and build slower.
+        knn_search_k: Annoy nodes inspected per query; -1 is Annoy's default, trees x k.
         dedup_threshold: Drop the later of two documents with cosine above this (1.0 keeps all).
         min_chars, max_chars: Documents outside [min_chars, max_chars] are skipped and counted.
         text_field, domain_field: jsonl field names.

@@ -32,6 +32,7 @@ def test_uneven_shards_across_ranks_do_not_hang(small_data, tmp_path):
     shutil.copytree(small_data, data)
     manifest = json.loads((data / "manifest.json").read_text())
     manifest["splits"]["train"]["shards"] = manifest["splits"]["train"]["shards"][:3]  # rank 0: 2, rank 1: 1
+    manifest["splits"]["train"]["sequences"] = sum(s["sequences"] for s in manifest["splits"]["train"]["shards"])
     (data / "manifest.json").write_text(json.dumps(manifest))
     cfg = small_config(tmp_path, data)
     spec = yaml.safe_load(cfg.read_text())

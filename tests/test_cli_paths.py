@@ -1,0 +1,147 @@
+"""Every path the README and a user take through `lory fit | validate | prepare` works as documented."""
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lory_lightning.cli import main
+from lory_lightning.data.prepare import PrepareConfig, prepare
+from lory_lightning.optim import lr_multiplier
+from test_cli_lightning import ROOT, metrics, small_config
+
+SIZE = ["--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "2", "--data.batch_size", "2",
+        "--model.model.n_layer", "1", "--model.model.dim", "32", "--model.model.n_head", "2",
+        "--model.model.hidden_dim", "32", "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1"]
+
+
+def test_the_readme_resume_command_continues_the_latest_run_in_its_own_folder(tmp_path, monkeypatch, capsys):
+    # The README's commands, as written, in a fresh working folder: only sizes shrunk.
+    monkeypatch.chdir(tmp_path)
+    os.symlink(ROOT / "configs", tmp_path / "configs")
+    assert main(["fit", "--config", "configs/lory-tiny.yaml", "--ckpt_path", "last", *SIZE]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing to resume" in err[0] and "runs/lory-tiny/version_*/checkpoints/last.ckpt" in err[0]
+    assert main(["fit", "--config", "configs/lory-tiny.yaml", "--trainer.max_steps", "4", *SIZE]) == 0
+    assert main(["fit", "--config", "configs/lory-tiny.yaml", "--ckpt_path", "last", "--trainer.max_steps", "6",
+                 *SIZE]) == 0
+    out = capsys.readouterr().out
+    assert "runs/lory-tiny/version_0/checkpoints/last.ckpt" in out
+    assert sorted(p.name for p in (tmp_path / "runs" / "lory-tiny").iterdir()) == ["version_0"]  # no new folder
+    rows = metrics(tmp_path / "runs" / "lory-tiny" / "version_0")
+    assert [int(r["step"]) for r in rows if r.get("train/loss")] == [0, 1, 2, 3, 4, 5]  # one unbroken curve
+    assert len([r for r in rows if r.get("val/ppl")]) == 3  # validations at steps 2, 4, 6
+
+
+def test_shipped_callback_sets_compose_with_each_other_and_a_run_configs_own(small_data, tmp_path, capsys):
+    cfg_path = small_config(tmp_path, small_data)
+    cfg = yaml.safe_load(cfg_path.read_text())
+    own = tmp_path / "own"
+    cfg["trainer"]["callbacks"] = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                    "init_args": {"dirpath": str(own), "filename": "own-{step}", "save_top_k": -1}}]
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    sets = ["--config", str(ROOT / "callbacks" / "checkpoints.yaml"),
+            "--config", str(ROOT / "callbacks" / "expert-monitoring.yaml")]
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(cfg_path), *sets, "--print_config"])
+    names = [c["class_path"].rsplit(".", 1)[1] for c in yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"]]
+    assert names == ["ModelCheckpoint", "ModelCheckpoint", "LearningRateMonitor", "RoutingMonitor",
+                     "DomainSpecialization"]
+    assert main(["fit", "--config", str(cfg_path), *sets, "--trainer.max_steps", "10"]) == 0
+    run = tmp_path / "runs" / "lory-tiny" / "version_0"
+    assert [p.name for p in own.glob("own-*.ckpt")]  # the run config's own callback
+    assert list((run / "checkpoints").glob("step*-ppl*.ckpt"))  # checkpoints.yaml: best by val/ppl
+    assert any(k.startswith("lr-AdamW") for k in metrics(run)[0])  # checkpoints.yaml: LearningRateMonitor
+    assert list((run / "specialization").glob("step8.json"))  # expert-monitoring.yaml: DomainSpecialization
+    assert any(r.get("routing/utilization") for r in metrics(run))  # expert-monitoring.yaml: RoutingMonitor
+
+
+def test_the_model_and_the_data_module_swap_by_class_path(small_data, tmp_path):
+    cfg_path = small_config(tmp_path, small_data)
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["model"] = {"class_path": "swap_classes.LabelledLM", "init_args": {**cfg["model"], "label": "abc"}}
+    cfg["data"] = {"class_path": "swap_classes.HalfBatchData", "init_args": cfg["data"]}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    assert main(["fit", "--config", str(cfg_path), "--trainer.max_steps", "4", "--model.dense_warmup", "0.5"]) == 0
+    rows = metrics(tmp_path / "runs" / "lory-tiny" / "version_0")
+    assert [float(r["train/labelled"]) for r in rows if r.get("train/labelled")] == [3.0] * 4
+    assert [float(r["train/tokens"]) for r in rows if r.get("train/tokens")][-1] == 4 * 2 * 32  # batch 4 halved
+
+
+@pytest.mark.parametrize("flag", ["--optimizer=torch.optim.SGD", "--lr_scheduler", "--optimizer.lr=0.1"])
+def test_optimizer_and_scheduler_flags_are_refused_with_the_keys_to_use(small_data, tmp_path, capsys, flag):
+    cfg = small_config(tmp_path, small_data)
+    args = ["fit", "--config", str(cfg), *flag.split()]
+    if flag == "--lr_scheduler":
+        args.append("torch.optim.lr_scheduler.ConstantLR")
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not supported" in err[0] and "model.optim.lr" in err[0]
+
+
+def test_train_lr_is_the_rate_each_step_used(small_data, tmp_path):
+    cfg = small_config(tmp_path, small_data)
+    assert main(["fit", "--config", str(cfg), "--trainer.max_steps", "12", "--model.optim.warmup_fraction",
+                 "0.25"]) == 0
+    rows = metrics(tmp_path / "runs" / "lory-tiny" / "version_0")
+    logged = {int(r["step"]): float(r["train/lr"]) for r in rows if r.get("train/lr")}
+    peak = 3.0e-3  # small_config's lr
+    assert logged == {s: pytest.approx(peak * lr_multiplier(s, 12, 3, 0.1)) for s in range(12)}
+
+
+def test_validate_reports_the_validated_corpus_by_its_own_domain_names(small_data, tmp_path, capsys):
+    cfg = small_config(tmp_path, small_data)
+    assert main(["fit", "--config", str(cfg), "--trainer.max_steps", "4"]) == 0
+    ckpt = tmp_path / "runs" / "lory-tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    # another corpus, other domains, the checkpoint's tokenizer (given with --tokenizer)
+    news = tmp_path / "news"
+    news.mkdir()
+    for name, word in (("politics", "vote senate election"), ("sport", "goal match league")):
+        (news / f"{name}.jsonl").write_text("".join(
+            json.dumps({"text": f"{word} {i} " * 40}) + "\n" for i in range(30)))
+    out = tmp_path / "news-data"
+    assert main(["prepare", "--output", str(out), "--inputs", str(news), "--seq_len", "32", "--tokenizer",
+                 str(small_data / "tokenizer.json"), "--val_fraction", "0.3", "--sequences_per_shard", "4",
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["validate", "--config", str(cfg), "--ckpt_path", str(ckpt), "--data.data_dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    table = printed.split(f"validation of {ckpt}:")[1]
+    names = [line.split()[0] for line in table.strip().splitlines()[1:4]]
+    assert names == ["politics", "sport", "all"]
+    assert all(line.split()[1] != "nan" for line in table.strip().splitlines()[1:4])
+    assert "books" not in table and "cooking" not in table
+    assert f"checkpoint: {ckpt}" in printed  # the footer names the validated checkpoint
+
+
+def test_prepare_help_gives_each_knob_its_own_text_and_shows_zero_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["prepare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    helps = {}
+    for knob in ("knn_k", "knn_trees", "knn_search_k", "seed"):
+        after = text.rsplit(f"--{knob} {knob.upper()}", 1)[1]  # the help entry, not the usage line
+        helps[knob] = after.split(" --", 1)[0]
+    assert len(set(helps.values())) == 4
+    assert "(default: 0)" in helps["seed"] and "(default: -1)" in helps["knn_search_k"]
+    assert "--config" in text and "--print_config" in text
+
+
+def test_prepare_takes_a_config_file_and_prints_the_resolved_one(tmp_path, capsys):
+    from conftest import make_corpus
+
+    inputs = [str(p) for p in make_corpus(tmp_path / "in")]
+    path = tmp_path / "prep.yaml"
+    path.write_text(yaml.safe_dump({"output": str(tmp_path / "o"), "inputs": inputs, "seq_len": 64,
+                                    "vocab_size": 400, "sequences_per_shard": 4}))
+    assert main(["prepare", "--config", str(path), "--seq_len", "32", "--print_config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["seq_len"] == 32 and printed["vocab_size"] == 400 and printed["inputs"] == inputs
+    assert main(["prepare", "--config", str(path), "--quiet"]) == 0
+    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["seq_len"] == 64
+    path.write_text(yaml.safe_dump({"output": "x", "seq_lenn": 3}))
+    assert main(["prepare", "--config", str(path)]) == 1
+    assert f"{path}: unknown key 'seq_lenn'" in capsys.readouterr().err
