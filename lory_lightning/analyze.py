@@ -52,8 +52,8 @@ def analyze(ckpt_path: str, data: str | None = None, output: str | None = None, 
     metrics = {f"val/{d}/ppl": float(p) for d, p in zip(domains, result["per_domain"].reshape(-1))}
     metrics["val/ppl"] = float(result["all"])
     print(perplexity_table(domains, metrics, manifest.get("baselines", {}).get("unigram_val_ppl")))
-    print("\nlayer  I(domain; expert) nats")
-    for layer, mi in enumerate(written["mutual_information"]):
-        print(f"{layer:>5}  {mi:.4f}")
+    print("\nlayer  I(domain; expert) nats  per-expert domain entropy (0: one domain, 1: all alike)")
+    for layer, (mi, ent) in enumerate(zip(written["mutual_information"], written["expert_domain_entropy"])):
+        print(f"{layer:>5}  {mi:>23.4f}  " + " ".join(f"{v:.2f}" for v in ent))
     print(f"\nreport: {written['json']}\nheatmaps: {written['layers']}, {written['all_layers']}")
     return {**written, "metrics": metrics}

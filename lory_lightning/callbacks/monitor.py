@@ -45,23 +45,30 @@ class RoutingMonitor(Callback):
             raise ValueError(f"every_n_steps ({every_n_steps}) and utilization_window ({utilization_window}) must be >= 1")
         self.every_n_steps, self.utilization_window = every_n_steps, utilization_window
         self._active: torch.Tensor | None = None  # (layers, E) bool
-        self._window_steps = 0
+        self._window_start: int | None = None  # optimizer step at which the current window began
+        self._last_step: int | None = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         layers = _lory_routing(outputs)
         if not layers:
             return
+        # Windows and logging count optimizer steps (trainer.global_step), not micro-batches: with
+        # gradient accumulation every micro-batch of a step adds to the step's activations.
+        step = trainer.global_step
+        if self._window_start is None:
+            self._window_start = self._last_step = step - 1 if step > 0 else 0
+        stepped = step != self._last_step
+        self._last_step = step
         step_active = torch.stack([activated(r.weights) for r in layers])  # (layers, E)
         self._active = step_active if self._active is None else self._active | step_active
-        self._window_steps += 1
         metrics: dict[str, float] = {}
-        if self._window_steps == self.utilization_window:
+        if step - self._window_start >= self.utilization_window:
             count = int(self._active.sum())
             metrics["routing/utilization"] = float(count)
             metrics["routing/utilization_frac"] = count / self._active.numel()
-            self._active, self._window_steps = None, 0
-        if trainer.global_step % self.every_n_steps == 0:
+            self._active, self._window_start = None, step
+        if stepped and step % self.every_n_steps == 0:
             for i, r in enumerate(layers):
                 E = r.weights.shape[-1]
                 entropy = float(routing_entropy(r.weights))
@@ -75,7 +82,7 @@ class RoutingMonitor(Callback):
             # Straight to the loggers, at the step's row: self.log would repeat these values on every
             # later step's row until the epoch ends.
             for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step - 1)
+                logger.log_metrics(metrics, step=step - 1)
 
 
 class DomainSpecialization(Callback):
@@ -83,8 +90,10 @@ class DomainSpecialization(Callback):
 
     Writes ``<log_dir>/specialization/step{N}.json``, ``.csv``, ``step{N}-layers.png`` (chosen layers)
     and ``step{N}-all-layers.png``; logs the figures to TensorBoard when a TensorBoardLogger is
-    attached; logs ``specialization/layer{i}/mi`` (mutual information between domain and expert, nats)
-    and ``specialization/mi_mean``, so a curve shows specialization appearing over training.
+    attached; logs ``specialization/layer{i}/mi`` (mutual information between domain and expert, nats),
+    ``specialization/mi_mean``, and per expert ``specialization/layer{i}/expert{e}/domain_entropy``
+    (the entropy of the expert's routing over domains divided by log D: 0 the expert serves one
+    domain, 1 every domain alike), so curves show specialization appearing over training.
 
     Args:
         layers: Layers drawn in the chosen-layers figure (default: first, middle, last).
@@ -115,6 +124,10 @@ class DomainSpecialization(Callback):
         mi = acc.mutual_information()
         for i, value in enumerate(mi):
             pl_module.log(f"specialization/layer{i}/mi", value, sync_dist=False)
+        for i, per_expert in enumerate(acc.expert_domain_entropy()):
+            for e, value in enumerate(per_expert):
+                if not math.isnan(value):
+                    pl_module.log(f"specialization/layer{i}/expert{e}/domain_entropy", value, sync_dist=False)
         pl_module.log("specialization/mi_mean", sum(mi) / len(mi), sync_dist=False)
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank takes part
         if trainer.global_rank != 0 or log_dir is None:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..model.moe import Routing
-from .stats import domain_expert_sums, mutual_information, segment_domain_counts
+from .stats import domain_expert_sums, expert_domain_entropy, mutual_information, segment_domain_counts
 
 
 def default_layers(n_layers: int) -> list[int]:
@@ -63,6 +63,13 @@ class SpecializationAccumulator:
         return [float(mutual_information(mean[i].nan_to_num(0.0), self.tokens)) for i in range(mean.shape[0])]
 
 
+    def expert_domain_entropy(self) -> list[list[float]]:
+        """Per layer and expert, the normalized entropy of the expert's routing over domains
+        (0: serves one domain, 1: all alike; see stats.expert_domain_entropy)."""
+        mean = self.mean_weight()
+        return [expert_domain_entropy(mean[i]).tolist() for i in range(mean.shape[0])]
+
+
 def write_report(acc: SpecializationAccumulator, domains: Sequence[str], out_dir: Path, tag: str,
                  figure_layers: Sequence[int] | None = None) -> dict:
     """Write ``{tag}.json``, ``{tag}.csv`` and two PNGs (chosen layers, all layers); return what was written."""
@@ -79,17 +86,19 @@ def write_report(acc: SpecializationAccumulator, domains: Sequence[str], out_dir
         "mean_weight": mean.tolist(),
         "mutual_information": mi,
         "mutual_information_normalized": [m / bound if bound > 0 else 0.0 for m in mi],
+        "expert_domain_entropy": acc.expert_domain_entropy(),
     }
     json_path = out_dir / f"{tag}.json"
     json_path.write_text(json.dumps(report, indent=1))
     csv_path = out_dir / f"{tag}.csv"
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["layer", "domain", "expert", "mean_weight"])
+        writer.writerow(["layer", "domain", "expert", "mean_weight", "expert_domain_entropy"])
         for layer in range(n_layers):
             for d, name in enumerate(domains):
                 for e in range(E):
-                    writer.writerow([layer, name, e, f"{float(mean[layer, d, e]):.6f}"])
+                    writer.writerow([layer, name, e, f"{float(mean[layer, d, e]):.6f}",
+                                     f"{report['expert_domain_entropy'][layer][e]:.6f}"])
     chosen = list(figure_layers) if figure_layers is not None else default_layers(n_layers)
     figs = {
         "layers": save_figure(specialization_figure(mean.numpy(), domains, chosen, f"routing by domain ({tag})"),
@@ -97,4 +106,5 @@ def write_report(acc: SpecializationAccumulator, domains: Sequence[str], out_dir
         "all_layers": save_figure(specialization_figure(mean.numpy(), domains, list(range(n_layers)),
                                                         f"all layers ({tag})"), out_dir / f"{tag}-all-layers.png"),
     }
-    return {"json": json_path, "csv": csv_path, **figs, "mutual_information": mi}
+    return {"json": json_path, "csv": csv_path, **figs, "mutual_information": mi,
+            "expert_domain_entropy": report["expert_domain_entropy"]}

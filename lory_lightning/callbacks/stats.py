@@ -58,3 +58,20 @@ def mutual_information(mean_weight: Tensor, domain_tokens: Tensor) -> Tensor:
     p_e = (p_d[:, None] * p_e_d).sum(dim=0)  # (E,)
     ratio = (p_e_d.clamp_min(1e-30) / p_e.clamp_min(1e-30)[None, :]).log()
     return (p_d[:, None] * p_e_d * ratio).sum()
+
+
+def expert_domain_entropy(mean_weight: Tensor) -> Tensor:
+    """Per expert, the entropy of its routing over domains, normalized by log D: (D, E) -> (E,).
+
+    mean_weight (D, E) is each domain's mean routing weight. Expert e's distribution over domains
+    is its column normalized to sum to 1, i.e. the share of its weight each domain gives it with
+    every domain weighted alike (domain sizes do not tilt it). 0: the expert serves one domain;
+    1: every domain routes to it alike. NaN for an expert no domain routes to, 0 with one domain.
+    Domains without tokens (NaN rows) are left out.
+    """
+    keep = ~torch.isnan(mean_weight).any(dim=-1)
+    w = mean_weight[keep].double()  # (D', E)
+    D = w.shape[0]
+    p = w / w.sum(dim=0, keepdim=True)  # (D', E): p(domain | expert), columns sum to 1
+    entropy = -(p * p.clamp_min(1e-300).log()).sum(dim=0)  # (E,)
+    return entropy / math.log(D) if D > 1 else torch.zeros_like(entropy)

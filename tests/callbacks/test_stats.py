@@ -57,3 +57,32 @@ def test_accumulator_scores_a_perfectly_specialized_model_maximal():
     assert mean[0, 0].tolist() == [1.0, 0.0, 0.0, 0.0] and mean[1, 1].tolist() == [0.0, 1.0, 0.0, 0.0]
     assert acc.mutual_information() == pytest.approx([math.log(2), math.log(2)])
     assert acc.tokens.tolist() == [8.0, 8.0]
+
+
+def test_expert_domain_entropy_on_crafted_routing():
+    from lory_lightning.callbacks.stats import expert_domain_entropy
+
+    # 3 domains, 4 experts: expert 0 only domain 0; expert 1 every domain alike; expert 2 two domains
+    # alike; expert 3 no domain at all
+    mean = torch.tensor([[0.6, 0.2, 0.2, 0.0], [0.0, 0.2, 0.8, 0.0], [0.0, 0.2, 0.8, 0.0]], dtype=torch.float64)
+    got = expert_domain_entropy(mean)
+    assert got[0].item() == pytest.approx(0.0, abs=1e-12)
+    assert got[1].item() == pytest.approx(1.0)
+    p = torch.tensor([0.2 / 1.8, 0.8 / 1.8, 0.8 / 1.8], dtype=torch.float64)
+    assert got[2].item() == pytest.approx(float(-(p * p.log()).sum() / math.log(3)))
+    assert math.isnan(got[3].item())
+    # a domain without tokens (NaN row) is left out: two domains remain
+    with_empty = torch.cat([mean, torch.full((1, 4), float("nan"), dtype=torch.float64)])
+    assert expert_domain_entropy(with_empty)[1].item() == pytest.approx(1.0)
+    assert expert_domain_entropy(mean[:1])[0].item() == 0.0  # one domain: nothing to spread over
+
+
+def test_accumulator_reports_per_expert_domain_entropy():
+    T, E = 4, 2
+    domains = torch.tensor([[0] * 4, [1] * 4])
+    weights = torch.tensor([[[1.0, 0.0]], [[0.5, 0.5]]])  # domain 0: expert 0; domain 1: both halves
+    acc = SpecializationAccumulator(1, 2, E, T)
+    acc.update([Routing(weights.log(), weights)], domains)
+    # expert 0 gets 1.0 from domain 0 and 0.5 from domain 1: p = (2/3, 1/3); expert 1 only domain 1
+    p = torch.tensor([2 / 3, 1 / 3], dtype=torch.float64)
+    assert acc.expert_domain_entropy()[0] == pytest.approx([float(-(p * p.log()).sum() / math.log(2)), 0.0])
