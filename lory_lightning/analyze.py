@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .callbacks.specialization import SpecializationAccumulator, write_report
-from .data.datamodule import ValStream
+from .data.datamodule import ValStream, folder_unigram_log_probs
 from .data.manifest import load_manifest
 from .metrics import DomainPerplexity
 from .model import LoryTransformer, ModelConfig
@@ -36,21 +36,28 @@ def analyze(ckpt_path: str, data: str | None = None, output: str | None = None, 
     if not moe:
         raise ValueError(f"{ckpt_path}: a dense model has no routing to analyze")
     acc = SpecializationAccumulator(len(moe), len(domains), cfg.num_experts, moe[0].routing_len)
-    ppl = DomainPerplexity(len(domains))
+    ppl, unigram = DomainPerplexity(len(domains)), DomainPerplexity(len(domains))
+    logp = folder_unigram_log_probs(data_dir, manifest)  # the baseline on the same tokens
     urls = [str(data_dir / s["name"]) for s in manifest["splits"]["val"]["shards"]]
     for i, batch in enumerate(DataLoader(ValStream(urls, 0, 1), batch_size=batch_size)):
         if max_batches is not None and i >= max_batches:
             break
         out = model(batch["input_ids"])
-        nll = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), batch["targets"].flatten(),
+        nll = torch.nn.functional.cross_entropy(out.logits.float().flatten(0, 1), batch["targets"].flatten(),
                                                 reduction="none").view_as(batch["targets"])
         ppl.update(nll, batch["domains"])
+        if logp is not None:
+            unigram.update(-logp[batch["targets"]], batch["domains"])
         acc.update(out.routing, batch["domains"])
     out_dir = Path(output) if output else Path(ckpt_path).parent / f"analysis-{Path(ckpt_path).stem}"
     written = write_report(acc, domains, out_dir, "specialization")
     result = ppl.compute()
     metrics = {f"val/{d}/ppl": float(p) for d, p in zip(domains, result["per_domain"].reshape(-1))}
     metrics["val/ppl"] = float(result["all"])
+    if logp is not None:
+        base = unigram.compute()
+        metrics |= {f"val/{d}/unigram_ppl": float(p) for d, p in zip(domains, base["per_domain"].reshape(-1))}
+        metrics["val/unigram_ppl"] = float(base["all"])
     print(perplexity_table(domains, metrics, manifest.get("baselines", {}).get("unigram_val_ppl")))
     print("\nlayer  I(domain; expert) nats  per-expert domain entropy (0: one domain, 1: all alike)")
     for layer, (mi, ent) in enumerate(zip(written["mutual_information"], written["expert_domain_entropy"])):

@@ -118,6 +118,8 @@ class LoryLM(L.LightningModule):
                 layer.set_dense_phase(True)
         self.domains: list[str] = []
         self.val_ppl: DomainPerplexity | None = None
+        self.val_unigram: DomainPerplexity | None = None
+        self.unigram_logp: torch.Tensor | None = None
         self.tokens_seen = 0
         self._step_start: float | None = None
 
@@ -149,6 +151,11 @@ class LoryLM(L.LightningModule):
         self.domains = list(manifest["domains"])
         if self.val_ppl is None or self.val_ppl.num_domains != len(self.domains):
             self.val_ppl = DomainPerplexity(len(self.domains)).to(self.device)
+        # The unigram baseline, scored on exactly the tokens each validation covers (the table's
+        # second column); None for data prepared without unigram.npy.
+        logp = dm.unigram_log_probs() if hasattr(dm, "unigram_log_probs") else None
+        self.unigram_logp = None if logp is None else logp.to(self.device)
+        self.val_unigram = None if logp is None else DomainPerplexity(len(self.domains)).to(self.device)
 
     def configure_optimizers(self) -> dict[str, Any]:
         max_steps = self.trainer.max_steps
@@ -252,7 +259,10 @@ class LoryLM(L.LightningModule):
         if self.val_ppl is None:  # a data module without domains: one domain
             self.domains = ["all"]
             self.val_ppl = DomainPerplexity(1).to(self.device)
-        self.val_ppl.update(nll.detach(), batch["domains"] if len(self.domains) > 1 else torch.zeros_like(batch["domains"]))
+        domains = batch["domains"] if len(self.domains) > 1 else torch.zeros_like(batch["domains"])
+        self.val_ppl.update(nll.detach(), domains)
+        if self.val_unigram is not None:
+            self.val_unigram.update(-self.unigram_logp.to(nll.device)[batch["targets"]], domains)  # (B, L)
         return {"loss": loss, "routing": routing}
 
     def on_validation_epoch_end(self) -> None:
@@ -266,6 +276,13 @@ class LoryLM(L.LightningModule):
         self.log("val/ppl", result["all"].float(), prog_bar=True, sync_dist=False)
         self.log("val/loss", result["all"].float().log(), sync_dist=False)
         self.val_ppl.reset()
+        if self.val_unigram is not None:
+            base = self.val_unigram.compute()
+            for name, ppl, count in zip(self.domains, base["per_domain"].reshape(-1), base["count"].reshape(-1)):
+                if count > 0:
+                    self.log(f"val/{name}/unigram_ppl", ppl.float(), sync_dist=False)
+            self.log("val/unigram_ppl", base["all"].float(), sync_dist=False)
+            self.val_unigram.reset()
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
         return self.validation_step(batch, batch_idx)

@@ -145,3 +145,32 @@ def test_prepare_takes_a_config_file_and_prints_the_resolved_one(tmp_path, capsy
     path.write_text(yaml.safe_dump({"output": "x", "seq_lenn": 3}))
     assert main(["prepare", "--config", str(path)]) == 1
     assert f"{path}: unknown key 'seq_lenn'" in capsys.readouterr().err
+
+
+def test_the_unigram_column_is_scored_on_the_same_tokens_as_the_model(small_data, tmp_path, capsys):
+    import numpy as np
+
+    from lory_lightning.data.datamodule import ValStream
+    from lory_lightning.data.manifest import load_manifest
+
+    cfg = small_config(tmp_path, small_data)
+    assert main(["fit", "--config", str(cfg), "--trainer.max_steps", "2", "--trainer.val_check_interval", "2"]) == 0
+    table = capsys.readouterr().out.split("validation after step 2:")[1]
+    # limit_val_batches 2 x batch 4: the first 8 held-out sequences; score them by hand
+    manifest = load_manifest(small_data)
+    counts = np.load(small_data / "unigram.npy")
+    logp = np.log(counts / counts.sum())
+    urls = [str(small_data / s["name"]) for s in manifest["splits"]["val"]["shards"]]
+    nll, n = {}, {}
+    for i, ex in enumerate(ValStream(urls, 0, 1)):
+        if i == 8:
+            break
+        for t, d in zip(ex["targets"].tolist(), ex["domains"].tolist()):
+            nll[d] = nll.get(d, 0.0) - logp[t]
+            n[d] = n.get(d, 0) + 1
+    for d, name in enumerate(manifest["domains"]):
+        if d in n:
+            row = next(line for line in table.splitlines() if line.startswith(name)).split()
+            assert float(row[2]) == pytest.approx(np.exp(nll[d] / n[d]), rel=1e-4)
+    overall = next(line for line in table.splitlines() if line.startswith("all")).split()
+    assert float(overall[2]) == pytest.approx(np.exp(sum(nll.values()) / sum(n.values())), rel=1e-4)

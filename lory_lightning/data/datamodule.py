@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .manifest import MANIFEST, TOKENIZER, load_manifest
 from .prepare import PrepareConfig, prepare
 from .shards import verify_shards
+from .stats import unigram_log_probs
 from .sources import input_files
 
 
@@ -52,6 +53,17 @@ def to_example(sample: dict[str, Any]) -> dict[str, torch.Tensor]:
     domains = torch.from_numpy(sample["domains"].astype(np.int64))  # (L + 1,)
     # The domain of a prediction is the domain of the token predicted.
     return {"input_ids": tokens[:-1], "targets": tokens[1:], "domains": domains[1:]}
+
+
+def folder_unigram_log_probs(folder: Path, manifest: dict[str, Any]) -> torch.Tensor | None:
+    """log p(token) (V,) under the training unigram distribution of a prepared folder, or None for a
+    folder prepared before unigram.npy existed: lets a validation score that baseline on exactly
+    the tokens it covers."""
+    entry = manifest.get("baselines", {}).get("unigram_counts")
+    if not entry:
+        return None
+    counts = _npy((Path(folder) / entry["name"]).read_bytes())
+    return torch.from_numpy(unigram_log_probs(counts)).float()
 
 
 class TrainStream(IterableDataset):
@@ -242,6 +254,10 @@ class LoryDataModule(L.LightningDataModule):
         if self.manifest is None:
             raise RuntimeError("call setup() first")
         return list(self.manifest["domains"])
+
+    def unigram_log_probs(self) -> torch.Tensor | None:
+        """See ``folder_unigram_log_probs``."""
+        return folder_unigram_log_probs(self.data_dir, self.manifest or {})
 
     @property
     def tokenizer_json(self) -> str:
