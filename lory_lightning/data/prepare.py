@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import with_path
 from .embed import sentence_transformer_embed, tfidf_svd_embed
 from .manifest import MANIFEST, SHARD_NAME, SPLITS, TOKENIZER, ManifestError, load_manifest
-from .ordering import KnnParams, greedy_path, knn, near_duplicates, random_order
+from .ordering import KnnParams, close_beyond_k, greedy_path, knn, near_duplicates, random_order
 from .packing import documents_in, num_sequences, pack_stream, sequence_slice
 from .shards import TMP_SUFFIX, Sample, atomic_write_bytes, npy_bytes, sha256_file, verify_shards, write_shards
 from .sources import Document, ReadPolicy, SkipLog, input_files, read_documents
@@ -354,8 +354,11 @@ def _run(cfg: PrepareConfig, fingerprint: dict, train_files: list[Path], val_fil
     train_ids = np.flatnonzero(~doc_val_a)
     params = KnnParams(cfg.knn_k, cfg.knn_trees, cfg.knn_search_k, cfg.seed)
     nbrs, sims = knn(embeddings, params)
-    drop = near_duplicates(nbrs, sims, cfg.dedup_threshold) if cfg.dedup_threshold < 1.0 else \
-        np.zeros(len(train_ids), dtype=bool)
+    if cfg.dedup_threshold < 1.0:
+        extra = close_beyond_k(embeddings, nbrs, sims, cfg.dedup_threshold, params)
+        drop = near_duplicates(nbrs, sims, cfg.dedup_threshold, extra)
+    else:
+        drop = np.zeros(len(train_ids), dtype=bool)
     for j in np.flatnonzero(drop):
         skips.add("near_duplicate", doc_where[train_ids[j]], domains[doc_domain_a[train_ids[j]]],
                   f"cosine > {cfg.dedup_threshold}")

@@ -64,3 +64,34 @@ def test_random_order_is_seeded_permutation_of_kept():
 def test_knn_params_validated():
     with pytest.raises(ValueError, match="knn k"):
         KnnParams(k=0)
+
+
+def test_a_cluster_larger_than_k_leaves_no_pair_above_the_threshold():
+    # 25 near-copies (all pairwise cosines >= 0.99) and 40 unrelated documents; k = 10 neighbours.
+    from lory_lightning.data.ordering import close_beyond_k
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=32)
+    copies = base + 0.06 * rng.normal(size=(25, 32)) * np.linalg.norm(base) / np.sqrt(32)
+    x = np.concatenate([copies, rng.normal(size=(40, 32))])
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    cos = x @ x.T
+    assert cos[:25, :25].min() > 0.99
+    params = KnnParams(k=10, n_trees=50, seed=0)
+    nbrs, sims = knn(x, params)
+    within_k = near_duplicates(nbrs, sims, 0.99)
+    kept = np.flatnonzero(~within_k)
+    assert (np.triu(cos[np.ix_(kept, kept)], 1) > 0.99).sum() > 0  # the k-neighbour view misses pairs
+    extra = close_beyond_k(x, nbrs, sims, 0.99, params)
+    assert set(extra) <= set(range(25)) and extra  # only the cluster's rows are saturated
+    drop = near_duplicates(nbrs, sims, 0.99, extra)
+    kept = np.flatnonzero(~drop)
+    assert (np.triu(cos[np.ix_(kept, kept)], 1) > 0.99).sum() == 0
+    assert drop[:25].sum() == 24 and not drop[25:].any()  # one copy kept, nothing else dropped
+
+
+def test_a_pair_exactly_at_the_threshold_is_kept_and_above_it_dropped():
+    nbrs = np.array([[1], [0], [0]])
+    sims = np.array([[0.99], [0.99], [0.5]], dtype=np.float32)
+    assert not near_duplicates(nbrs, sims, float(np.float32(0.99))).any()  # "above", not "at"
+    assert near_duplicates(nbrs, sims, 0.98).tolist() == [False, True, False]
