@@ -176,6 +176,7 @@ def prepare(cfg: PrepareConfig, quiet: bool = False, overwrite: bool = False, wa
     train_files, val_files = input_files(train_inputs), (input_files(val_inputs) if val_inputs else [])
     fingerprint = _fingerprint(cfg, train_files, val_files)
     with _locked_output(out, wait):
+        shutil.rmtree(out / WORK_DIR, ignore_errors=True)  # scratch of a run killed after its manifest
         if (out / MANIFEST).is_file() and not overwrite:
             existing = _up_to_date(out, fingerprint, quiet)
             if existing is not None:
