@@ -174,3 +174,27 @@ def test_the_unigram_column_is_scored_on_the_same_tokens_as_the_model(small_data
             assert float(row[2]) == pytest.approx(np.exp(nll[d] / n[d]), rel=1e-4)
     overall = next(line for line in table.splitlines() if line.startswith("all")).split()
     assert float(overall[2]) == pytest.approx(np.exp(sum(nll.values()) / sum(n.values())), rel=1e-4)
+
+
+def test_a_corpus_with_one_domain_fits_validates_and_analyzes(tmp_path, capsys):
+    # jsonl records without a domain field take the file's name: one domain. torchmetrics returns a
+    # one-element result as a 0-d tensor, which crashed fit, validate and analyze.
+    import random
+
+    rng = random.Random(0)
+    words = "flour butter oven bake sugar whisk dough knead salt pepper".split()
+    corpus = tmp_path / "recipes.jsonl"
+    corpus.write_text("".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(rng.randint(30, 120)))})
+                              + "\n" for _ in range(150)))
+    data = tmp_path / "data"
+    assert main(["prepare", "--output", str(data), "--inputs", str(corpus), "--seq_len", "32", "--vocab_size", "300",
+                 "--sequences_per_shard", "4", "--val_fraction", "0.1", "--quiet"]) == 0
+    cfg = small_config(tmp_path, data)
+    assert main(["fit", "--config", str(cfg), "--trainer.max_steps", "8"]) == 0
+    ckpt = tmp_path / "runs" / "lory-tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    capsys.readouterr()
+    assert main(["validate", "--config", str(cfg), "--ckpt_path", str(ckpt)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("recipes")).split()
+    assert float(row[1]) > 1 and float(row[2]) > 1
+    assert main(["analyze", "--ckpt_path", str(ckpt), "--output", str(tmp_path / "analysis")]) == 0
+    assert "recipes" in capsys.readouterr().out
