@@ -98,12 +98,13 @@ def test_setup_checks_manifest_length_and_shards(small_data, tmp_path):
     assert batch["input_ids"].shape == (8, 32)
 
 
-def test_a_corrupt_shard_is_named(small_data, tmp_path):
+@pytest.mark.parametrize("split", ["train", "val"])  # a mutant that verified training shards only survived
+def test_a_corrupt_shard_is_named(small_data, tmp_path, split):
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(small_data, copy)
-    victim = copy / manifest_of(copy)["splits"]["train"]["shards"][2]["name"]
+    victim = copy / manifest_of(copy)["splits"][split]["shards"][1]["name"]
     data = bytearray(victim.read_bytes())
     data[2000] ^= 0xFF
     victim.write_bytes(bytes(data))
