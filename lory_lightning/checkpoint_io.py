@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from .atomic import atomic_file
 from .errors import with_path
 
 
@@ -42,25 +42,14 @@ def checkpoint_error(path: str | Path, err: BaseException) -> ValueError:
 
 
 def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
-    """Same-folder temporary file, fsync, rename, fsync of the folder: a crash leaves the old file or the new."""
+    """torch.save through ``atomic_file``: a crash leaves the old checkpoint or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with atomic_file(path) as f:
             torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as err:  # a full disk names no file: name the checkpoint
         raise with_path(err, path) from err
-    finally:
-        tmp.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself is durable only once the folder is
-    finally:
-        os.close(fd)
 
 
 def _is_zip(path: str | Path) -> bool:

@@ -14,7 +14,6 @@ from lightning.pytorch.utilities import rank_zero_info
 from .checkpoint_io import load_checkpoint
 from .metrics import DomainPerplexity
 from .model import LoryTransformer, ModelConfig, load_balancing_loss, router_z_loss, upcycle_state_dict
-from .model.moe import LoryMoE
 from .optim import OptimConfig, lr_multiplier, param_groups, upcycle_optimizer_state
 
 

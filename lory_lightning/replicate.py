@@ -121,7 +121,7 @@ def plot_curves(res: dict[str, dict[str, Any]], path: Path, key: str, ylabel: st
 def replicate(out: str, steps: int, report: str, inputs: list[str] | None = None, seq_len: int = 512,
               model: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
               log: str | None = None) -> dict[str, Any]:
-    from .cli import main as lory
+    from .lightning_cli import run_lightning_cli as lory  # the Lightning entry, not the CLI dispatcher
 
     if log and not Path(log).is_file():  # fail before an hour of training, not after
         raise FileNotFoundError(f"--log {log}: no such file (a markdown log of what was tried, put in the report)")

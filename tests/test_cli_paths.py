@@ -1,15 +1,12 @@
 """Every path the README and a user take through `lory fit | validate | prepare` works as documented."""
 
-import csv
 import json
 import os
-from pathlib import Path
 
 import pytest
 import yaml
 
 from lory_lightning.cli import main
-from lory_lightning.data.prepare import PrepareConfig, prepare
 from lory_lightning.optim import lr_multiplier
 from test_cli_lightning import ROOT, metrics, small_config
 

@@ -22,20 +22,20 @@ import os
 import shutil
 import sys
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from ..atomic import TMP_SUFFIX
 from ..errors import with_path
 from .embed import sentence_transformer_embed, tfidf_svd_embed
 from .manifest import MANIFEST, SHARD_NAME, SPLITS, TOKENIZER, ManifestError, load_manifest
 from .ordering import KnnParams, close_beyond_k, greedy_path, knn, near_duplicates, random_order
 from .packing import documents_in, num_sequences, pack_stream, sequence_slice
-from .shards import TMP_SUFFIX, Sample, atomic_write_bytes, npy_bytes, sha256_file, verify_shards, write_shards
+from .shards import Sample, atomic_write_bytes, npy_bytes, sha256_file, verify_shards, write_shards
 from .sources import Document, ReadPolicy, SkipLog, input_files, read_documents
 from .stats import unigram_counts, unigram_ppl
 from .tokenizer import eod_id, load_tokenizer, train_tokenizer

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-TMP_SUFFIX = ".tmp"
+from ..atomic import atomic_file
 
 
 @dataclass(frozen=True)
@@ -44,20 +43,15 @@ def sha256_file(path: Path) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, fsync, then rename: a crash leaves no partial file."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as f:
+    """Write ``data`` atomically (see ``atomic_file``): a crash leaves no partial file."""
+    with atomic_file(path) as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _write_one(path: Path, samples: list[Sample]) -> dict:
     import webdataset as wds
 
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         # mtime 0, no user names: the same samples give byte-identical shards.
         writer = wds.TarWriter(f, user="", group="", mtime=0, encoder=False)
         for s in samples:
@@ -65,9 +59,6 @@ def _write_one(path: Path, samples: list[Sample]) -> dict:
                           "domains.npy": npy_bytes(s.domains),
                           "json": json.dumps(s.meta, sort_keys=True).encode("utf-8")})
         writer.close()
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return {"name": path.name, "sha256": sha256_file(path), "sequences": len(samples),
             "bytes": path.stat().st_size}
 

@@ -59,7 +59,6 @@ class MergedSwiGLU(torch.autograd.Function):
         f = w_gate.shape[2]
         with torch.autocast(x.device.type, enabled=False):
             gy = gy.to(dtype)
-            E = w_gate.shape[0]
             w_gu_full = torch.cat([w_gate, w_up], dim=2)  # (E, d, 2f) in the parameters' dtype
             w_gu, w_d = w_gu_full.to(dtype), w_down.to(dtype)
             m_gu, m_down = _merge(wts, w_gu), _merge(wts, w_d)  # recomputed: (R, d, 2f), (R, f, d)

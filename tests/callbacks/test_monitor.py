@@ -2,7 +2,6 @@
 
 import csv
 import json
-from pathlib import Path
 
 from test_cli_lightning import ROOT, small_config
 
