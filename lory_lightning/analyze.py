@@ -11,9 +11,7 @@ from .callbacks.specialization import SpecializationAccumulator, write_report
 from .data.datamodule import ValStream, folder_unigram_log_probs
 from .data.manifest import load_manifest
 from .metrics import DomainPerplexity
-from .model import LoryTransformer, ModelConfig
-from .checkpoint_io import load_checkpoint
-from .module import model_state
+from .checkpoint_io import load_model
 from .summary import perplexity_table
 
 
@@ -21,11 +19,8 @@ from .summary import perplexity_table
 def analyze(ckpt_path: str, data: str | None = None, output: str | None = None, batch_size: int = 8,
             max_batches: int | None = None) -> dict:
     """Run the checkpoint over the held-out split of ``data``; write and print the report."""
-    ckpt = load_checkpoint(ckpt_path)
-    cfg = ModelConfig(**ckpt["hyper_parameters"]["model"])
-    model = LoryTransformer(cfg)
-    model.load_state_dict(model_state(ckpt))
-    model.eval()
+    model, ckpt = load_model(ckpt_path)
+    cfg = model.config
     data_dir = Path(data or ckpt.get("datamodule_hyper_parameters", {}).get("data_dir") or "")
     manifest = load_manifest(data_dir)
     if manifest["seq_len"] % cfg.segment_len or manifest["vocab_size"] > cfg.vocab_size:

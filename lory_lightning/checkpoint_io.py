@@ -1,17 +1,20 @@
-"""Checkpoint files: written atomically and durably, loaded with ``weights_only=True`` and clear errors."""
+"""Checkpoint files: written atomically and durably, loaded with ``weights_only=True`` and clear errors,
+and turned into a model. Plain PyTorch: Lightning's plugin over these is lightning_cli.SafeCheckpointIO."""
 
 from __future__ import annotations
 
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from .atomic import atomic_file
 from .errors import with_path
+
+if TYPE_CHECKING:
+    from .model import LoryTransformer
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
@@ -59,18 +62,23 @@ def _is_zip(path: str | Path) -> bool:
         return False
 
 
-class SafeCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint IO with atomic local writes and ``weights_only`` loading for resume.
+def model_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The LoryTransformer weights of a LoryLM checkpoint (keys without the ``model.`` prefix)."""
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict):
+        raise ValueError("checkpoint has no state_dict: is it a Lightning checkpoint of LoryLM?")
+    return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
 
-    Remote paths (``s3://`` and other fsspec URLs) keep Lightning's own writing.
-    """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        if "://" in str(path) or storage_options is not None:
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        save_atomically(checkpoint, path)
+def load_model(path: str | Path) -> tuple["LoryTransformer", dict[str, Any]]:
+    """The LoryTransformer a LoryLM checkpoint holds, in eval mode, and the checkpoint itself."""
+    from .model import LoryTransformer, ModelConfig
 
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        if "://" in str(path):
-            return super().load_checkpoint(path, map_location, weights_only=True)
-        return load_checkpoint(path, map_location if map_location is not None else "cpu")
+    ckpt = load_checkpoint(path)
+    try:
+        cfg = ModelConfig(**ckpt["hyper_parameters"]["model"])
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{path}: no LoryLM model config in the checkpoint ({err})") from err
+    model = LoryTransformer(cfg)
+    model.load_state_dict(model_state(ckpt))
+    return model.eval(), ckpt

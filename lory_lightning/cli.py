@@ -159,17 +159,10 @@ def _generate(args: argparse.Namespace) -> int:
     import torch
     from tokenizers import Tokenizer
 
-    from .checkpoint_io import load_checkpoint
-    from .model import LoryTransformer, ModelConfig, generate
-    from .module import model_state
+    from .checkpoint_io import load_model
+    from .model import generate
 
-    ckpt = load_checkpoint(args.ckpt_path)
-    try:
-        cfg = ModelConfig(**ckpt["hyper_parameters"]["model"])
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"{args.ckpt_path}: no LoryLM model config in the checkpoint ({err})") from err
-    model = LoryTransformer(cfg)
-    model.load_state_dict(model_state(ckpt))
+    model, ckpt = load_model(args.ckpt_path)
     if args.tokenizer:
         tok = Tokenizer.from_file(args.tokenizer)
     elif "tokenizer" in ckpt:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import sys
 from pathlib import Path
+from typing import Any
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -12,11 +13,28 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.trainer import Trainer
 
-from .checkpoint_io import UNREADABLE, SafeCheckpointIO, checkpoint_error, load_checkpoint
+from .checkpoint_io import UNREADABLE, checkpoint_error, load_checkpoint, save_atomically
 from .data.datamodule import LoryDataModule
 from .errors import one_line
 from .module import LoryLM, NonFiniteError
 from .summary import perplexity_table
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO with atomic local writes and ``weights_only`` loading for resume.
+
+    Remote paths (``s3://`` and other fsspec URLs) keep Lightning's own writing.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if "://" in str(path) or storage_options is not None:
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        save_atomically(checkpoint, path)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location, weights_only=True)
+        return load_checkpoint(path, map_location if map_location is not None else "cpu")
 
 
 class LoryCLI(LightningCLI):

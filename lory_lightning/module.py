@@ -11,18 +11,10 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 
-from .checkpoint_io import load_checkpoint
+from .checkpoint_io import load_checkpoint, model_state
 from .metrics import DomainPerplexity
 from .model import LoryTransformer, ModelConfig, load_balancing_loss, router_z_loss, upcycle_state_dict
 from .optim import OptimConfig, lr_multiplier, param_groups, upcycle_optimizer_state
-
-
-def model_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The LoryTransformer weights of a LoryLM checkpoint (keys without the ``model.`` prefix)."""
-    state = checkpoint.get("state_dict")
-    if not isinstance(state, dict):
-        raise ValueError("checkpoint has no state_dict: is it a Lightning checkpoint of LoryLM?")
-    return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
 
 
 class NonFiniteError(RuntimeError):

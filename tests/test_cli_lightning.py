@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from lory_lightning.cli import main
-from lory_lightning.module import load_checkpoint
+from lory_lightning.checkpoint_io import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

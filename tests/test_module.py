@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from lory_lightning.model import LoryTransformer, ModelConfig
-from lory_lightning.module import LoryLM, load_checkpoint
+from lory_lightning.checkpoint_io import load_checkpoint
+from lory_lightning.module import LoryLM
 
 CFG = ModelConfig(vocab_size=64, seq_len=32, segment_len=8, n_layer=2, n_head=2, dim=16, hidden_dim=24,
                   num_experts=4)

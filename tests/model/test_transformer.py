@@ -63,8 +63,10 @@ def test_upcycle_state_dict_rejects_a_lory_state():
         upcycle(lory, 4)
 
 
-def test_model_package_does_not_import_lightning():
-    code = ("import sys, lory_lightning.model; "
+@pytest.mark.parametrize("module", ["lory_lightning.model", "lory_lightning.checkpoint_io"])
+def test_model_package_does_not_import_lightning(module):
+    # checkpoint_io turns a checkpoint into a model (generate, analyze) without Lightning too
+    code = (f"import sys, {module}; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'lightning_fabric')]; "
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from lory_lightning.checkpoint_io import SafeCheckpointIO, save_atomically
+from lory_lightning.checkpoint_io import save_atomically
+from lory_lightning.lightning_cli import SafeCheckpointIO
 from lory_lightning.cli import main
 from test_cli_lightning import small_config
 

@@ -6,7 +6,7 @@ import math
 import torch
 
 from lory_lightning.cli import main
-from lory_lightning.module import load_checkpoint
+from lory_lightning.checkpoint_io import load_checkpoint
 from test_cli_lightning import small_config
 
 

@@ -137,7 +137,7 @@ def test_upcycling_happens_at_the_first_step_after_the_dense_warmup():
 
 def test_fit_writes_checkpoints_through_the_atomic_writer(small_data, tmp_path, monkeypatch):
     # Mutant: fit saves with Lightning's plain writer (a crash mid-write leaves a torn last.ckpt).
-    import lory_lightning.checkpoint_io as io
+    import lory_lightning.lightning_cli as io
     from lory_lightning.cli import main
     from test_cli_lightning import small_config
 
@@ -151,7 +151,7 @@ def test_a_remote_checkpoint_is_loaded_weights_only_whatever_the_caller_asks(tmp
     # Mutant: remote (fsspec) paths loaded with the caller's weights_only, which may be False.
     import fsspec
 
-    from lory_lightning.checkpoint_io import SafeCheckpointIO
+    from lory_lightning.lightning_cli import SafeCheckpointIO
 
     ran = []
 
