@@ -1,3 +1,6 @@
+import json
+import random
+
 import pytest
 import torch
 
@@ -8,9 +11,6 @@ def _seed_and_threads():
     torch.manual_seed(0)
     yield
 
-
-import json
-import random
 
 DOMAIN_WORDS = {
     "cooking": "flour butter oven bake sugar whisk dough knead salt pepper simmer boil roast garlic onion".split(),

@@ -1,7 +1,7 @@
 """Similarity ordering (LORY.md section 4, steps 2-4): Annoy kNN, near-duplicate removal, greedy path.
 
 All functions are pure and deterministic: the kNN index is seeded and built single-threaded
-(Annoy's neighbours change with the build's thread count, FACTS.md).
+(Annoy's neighbours differ between ``build(n, n_jobs=1)`` and ``n_jobs=-1`` even with a seed).
 """
 
 from __future__ import annotations
