@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from lory_lightning.callbacks import RoutingMonitor
-from lory_lightning.callbacks.specialization import SpecializationAccumulator
+from lory_lightning.routing.specialization import SpecializationAccumulator
 from lory_lightning.model import LoryTransformer, ModelConfig
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from .callbacks.specialization import SpecializationAccumulator, write_report
+from .routing.specialization import SpecializationAccumulator, write_report
 from .data.datamodule import ValStream, folder_unigram_log_probs
 from .data.manifest import load_manifest
 from .metrics import DomainPerplexity

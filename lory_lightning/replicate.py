@@ -101,12 +101,12 @@ def claims(res: dict[str, dict[str, Any]], domains: list[str]) -> list[tuple[str
 
 
 def plot_curves(res: dict[str, dict[str, Any]], path: Path, key: str, ylabel: str) -> Path | None:
-    from .callbacks.plots import _pyplot
+    from .routing.plots import pyplot
 
     series = {n: r[key] for n, r in res.items() if r[key]}
     if not series:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, points in series.items():
         ax.plot([s for s, _ in points], [v for _, v in points], label=name)

@@ -1,4 +1,4 @@
-"""Expert monitoring: routing statistics, utilization and domain specialization (LORY.md section 5)."""
+"""Expert monitoring callbacks: they adapt lory_lightning.routing (statistics, specialization, figures) to Lightning."""
 
 from .monitor import DomainSpecialization, RoutingMonitor
 

@@ -15,8 +15,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from .specialization import SpecializationAccumulator, default_layers, write_report
-from .stats import activated, expert_share, routing_entropy
+from ..routing.specialization import SpecializationAccumulator, default_layers, write_report
+from ..routing.stats import activated, expert_share, routing_entropy
 
 
 def _lory_routing(outputs: Any) -> list:
@@ -136,7 +136,7 @@ class DomainSpecialization(Callback):
         written = write_report(acc, pl_module.domains, Path(log_dir) / "specialization", tag, self.layers)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                from .plots import specialization_figure
+                from ..routing.plots import specialization_figure
 
                 mean = acc.mean_weight().cpu().numpy()
                 chosen = self.layers if self.layers is not None else default_layers(mean.shape[0])

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on training machines
@@ -20,7 +20,7 @@ def _pyplot():
 def specialization_figure(mean_weight: np.ndarray, domains: Sequence[str], layers: Sequence[int],
                           title: str):
     """A figure with one experts x domains heatmap per chosen layer. mean_weight: (layers, D, E)."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(layers)
     cols = min(n, 4)
     rows = -(-n // cols)
@@ -43,7 +43,7 @@ def specialization_figure(mean_weight: np.ndarray, domains: Sequence[str], layer
 
 
 def save_figure(fig, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from lory_lightning.callbacks.specialization import SpecializationAccumulator
-from lory_lightning.callbacks.stats import (activated, domain_expert_sums, expert_share, mutual_information,
+from lory_lightning.routing.specialization import SpecializationAccumulator
+from lory_lightning.routing.stats import (activated, domain_expert_sums, expert_share, mutual_information,
                                             routing_entropy, segment_domain_counts)
 from lory_lightning.model import Routing
 
@@ -60,7 +60,7 @@ def test_accumulator_scores_a_perfectly_specialized_model_maximal():
 
 
 def test_expert_domain_entropy_on_crafted_routing():
-    from lory_lightning.callbacks.stats import expert_domain_entropy
+    from lory_lightning.routing.stats import expert_domain_entropy
 
     # 3 domains, 4 experts: expert 0 only domain 0; expert 1 every domain alike; expert 2 two domains
     # alike; expert 3 no domain at all
