@@ -78,7 +78,7 @@ class TopKMoE(_Stateless, RoutedExperts):
 
     def __init__(self, dim: int, hidden_dim: int, num_experts: int, top_k: int) -> None:
         if not 1 <= top_k <= num_experts:
-            raise ValueError(f"model.top_k must be in [1, num_experts={num_experts}], got {top_k}")
+            raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
         super().__init__(dim, hidden_dim, num_experts, routing_len=1)
         self.top_k = top_k
 
@@ -101,7 +101,7 @@ class ExpertChoiceMoE(_Stateless, RoutedExperts):
 
     def __init__(self, dim: int, hidden_dim: int, num_experts: int, capacity_factor: float = 1.0) -> None:
         if capacity_factor <= 0:
-            raise ValueError(f"model.capacity_factor must be > 0, got {capacity_factor}")
+            raise ValueError(f"capacity_factor must be > 0, got {capacity_factor}")
         super().__init__(dim, hidden_dim, num_experts, routing_len=1)
         self.capacity_factor = capacity_factor
         self.inference_k = max(1, min(num_experts, round(capacity_factor)))
@@ -148,7 +148,7 @@ class SegmentExpertChoiceMoE(RoutedExperts):
     def __init__(self, dim: int, hidden_dim: int, num_experts: int, segment_len: int,
                  capacity_factor: float = 1.0) -> None:
         if capacity_factor <= 0:
-            raise ValueError(f"model.capacity_factor must be > 0, got {capacity_factor}")
+            raise ValueError(f"capacity_factor must be > 0, got {capacity_factor}")
         super().__init__(dim, hidden_dim, num_experts, routing_len=segment_len)
         self.segment_len, self.capacity_factor = segment_len, capacity_factor
         self.inference_k = max(1, min(num_experts, round(capacity_factor)))

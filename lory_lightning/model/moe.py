@@ -150,7 +150,7 @@ class RoutedExperts(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, num_experts: int, routing_len: int) -> None:
         super().__init__()
         if num_experts < 1 or routing_len < 1:
-            raise ValueError(f"num_experts ({num_experts}) and segment_len ({routing_len}) must be >= 1")
+            raise ValueError(f"num_experts ({num_experts}) and routing_len ({routing_len}) must be >= 1")
         self.dim, self.hidden_dim = dim, hidden_dim
         self.num_experts, self.routing_len = num_experts, routing_len
         self.router = nn.Linear(dim, num_experts, bias=False)  # weight (E, d)
