@@ -124,11 +124,12 @@ def test_every_run_config_parses(config, capsys):
     assert printed["trainer"]["max_steps"] > 0
 
 
-@pytest.mark.parametrize("callbacks", CALLBACK_SETS, ids=lambda p: p.name)
+@pytest.mark.parametrize("callbacks", [[p] for p in CALLBACK_SETS] + [CALLBACK_SETS],
+                         ids=lambda sets: "+".join(p.name for p in sets))
 def test_every_callback_set_composes_with_the_main_job(callbacks, capsys):
+    sets = [arg for p in callbacks for arg in ("--config", str(p))]
     with pytest.raises(SystemExit) as err:
-        main(["fit", "--config", str(ROOT / "configs" / "lory-tiny.yaml"), "--config", str(callbacks),
-              "--print_config"])
+        main(["fit", "--config", str(ROOT / "configs" / "lory-tiny.yaml"), *sets, "--print_config"])
     assert err.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["trainer"]["callbacks"] and printed["model"]["init_args"]["model"]["ffn"] == "lory"

@@ -175,7 +175,7 @@ def prepare(cfg: PrepareConfig, quiet: bool = False, overwrite: bool = False, wa
     train_inputs, val_inputs = cfg.resolved_inputs()
     train_files, val_files = input_files(train_inputs), (input_files(val_inputs) if val_inputs else [])
     fingerprint = _fingerprint(cfg, train_files, val_files)
-    with _locked_output(out, wait):
+    with _OutputLock(out, wait):
         shutil.rmtree(out / WORK_DIR, ignore_errors=True)  # scratch of a run killed after its manifest
         if (out / MANIFEST).is_file() and not overwrite:
             existing = _up_to_date(out, fingerprint, quiet)
@@ -214,7 +214,7 @@ def _up_to_date(out: Path, fingerprint: dict, quiet: bool) -> dict | None:
     return existing
 
 
-class _locked_output:
+class _OutputLock:
     """Make ``out`` prepare's own folder and hold an exclusive lock on it (context manager).
 
     A non-empty folder without a manifest or the owner mark holds someone else's files: refused,
@@ -225,7 +225,7 @@ class _locked_output:
     def __init__(self, out: Path, wait: bool) -> None:
         self.out, self.wait, self.fd = out, wait, -1
 
-    def __enter__(self) -> "_locked_output":
+    def __enter__(self) -> "_OutputLock":
         out = self.out
         if out.exists() and not out.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "--output is a file, not a folder: choose a folder path",
