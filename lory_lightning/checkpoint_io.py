@@ -17,12 +17,15 @@ if TYPE_CHECKING:
     from .model import LoryTransformer
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """A checkpoint loaded with ``weights_only=True``: a pickle payload is refused, never run."""
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint loaded with ``weights_only=True``: a pickle payload is refused, never run.
+
+    mmap: map the tensors instead of reading them (to look at a few entries of a large file).
+    """
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except UNREADABLE as err:
         raise checkpoint_error(path, err) from err
 

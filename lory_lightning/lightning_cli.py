@@ -155,7 +155,7 @@ def resolve_last(trainer_config) -> tuple[str, tuple[Path, int] | None]:  # noqa
         if args.save_dir == first.save_dir and args.name == first.name:
             args.version = version
     last = folder / "checkpoints" / "last.ckpt"
-    step = int(load_checkpoint(last).get("global_step", 0))
+    step = int(load_checkpoint(last, mmap=True).get("global_step", 0))  # mapped: only the step is read
     return str(last), (folder, step)
 
 
