@@ -17,6 +17,12 @@ from .model import LoryTransformer, ModelConfig, load_balancing_loss, router_z_l
 from .optim import OptimConfig, lr_multiplier, param_groups, upcycle_optimizer_state
 
 
+def router_generator(step: int) -> torch.Generator:
+    """The generator fresh routers are drawn from at upcycling: the run's seed (``seed_everything``)
+    plus the step, so every rank draws the same routers and a rerun the same ones."""
+    return torch.Generator().manual_seed(torch.initial_seed() % 2 ** 63 + step)
+
+
 class NonFiniteError(RuntimeError):
     """A non-finite loss or gradient norm with ``nonfinite: stop``."""
 
@@ -119,7 +125,7 @@ class LoryLM(L.LightningModule):
         is_dense = not any(k.endswith("router.weight") for k in state)
         if is_dense and self.config.is_moe:
             state = upcycle_state_dict(state, self.config,
-                                       torch.Generator().manual_seed(torch.initial_seed() % 2 ** 63))
+                                       router_generator(step=0))
         try:
             self.model.load_state_dict(state)
         except RuntimeError as err:
@@ -179,7 +185,7 @@ class LoryLM(L.LightningModule):
     def upcycle_now(self) -> None:
         """End the dense warmup: copy each FFN into every expert, fresh routers, expert 0's Adam moments."""
         # The same generator state on every rank, so all ranks draw the same routers.
-        gen = torch.Generator().manual_seed(torch.initial_seed() % 2 ** 63 + self.global_step)
+        gen = router_generator(self.global_step)
         layers = self.model.moe_layers()
         for layer in layers:
             layer.upcycle_from_first_expert(self.config.router_init_std, gen)

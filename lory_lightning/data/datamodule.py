@@ -66,6 +66,17 @@ def folder_unigram_log_probs(folder: Path, manifest: dict[str, Any]) -> torch.Te
     return torch.from_numpy(unigram_log_probs(counts)).float()
 
 
+def pass_seed(seed: int, epoch: int) -> int:
+    """Seed of the shard order of one pass over the data: distinct per pass, the same on every rank."""
+    return seed * 1_000_003 + epoch  # a prime stride: (seed, pass) pairs never collide for pass < 1e6
+
+
+def stream_seed(seed: int, rank: int, stream: int) -> int:
+    """Seed of one worker stream's shuffle buffer: distinct per (rank, stream), reproducible
+    (a tuple of ints hashes the same in every process, whatever PYTHONHASHSEED is)."""
+    return hash((seed, rank, stream)) & 0xFFFFFFFF
+
+
 class TrainStream(IterableDataset):
     """Endless, seeded stream of training sequences for one rank (split further by worker).
 
@@ -84,7 +95,7 @@ class TrainStream(IterableDataset):
 
     def shards_for(self, epoch: int, worker: int, num_workers: int) -> list[str]:
         order = list(self.shards)
-        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        random.Random(pass_seed(self.seed, epoch)).shuffle(order)
         mine = order[self.rank::self.world_size][worker::num_workers]
         if not mine:
             raise ValueError(
@@ -114,7 +125,7 @@ class TrainStream(IterableDataset):
             yield to_example(sample)
 
     def _samples(self, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
-        rng = random.Random(hash((self.seed, self.rank, worker)) & 0xFFFFFFFF)
+        rng = random.Random(stream_seed(self.seed, self.rank, worker))
         buffer: list[dict[str, Any]] = []
         epoch = 0
         while True:
