@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from .routing.specialization import SpecializationAccumulator, write_report
 from .data.datamodule import ValStream, folder_unigram_log_probs
 from .data.manifest import load_manifest
-from .metrics import DomainPerplexity
+from .metrics import DomainPerplexity, perplexity_metrics
 from .checkpoint_io import load_model
 from .summary import perplexity_table
 
@@ -46,13 +46,9 @@ def analyze(ckpt_path: str, data: str | None = None, output: str | None = None, 
         acc.update(out.routing, batch["domains"])
     out_dir = Path(output) if output else Path(ckpt_path).parent / f"analysis-{Path(ckpt_path).stem}"
     written = write_report(acc, domains, out_dir, "specialization")
-    result = ppl.compute()
-    metrics = {f"val/{d}/ppl": float(p) for d, p in zip(domains, result["per_domain"].reshape(-1))}
-    metrics["val/ppl"] = float(result["all"])
-    if logp is not None:
-        base = unigram.compute()
-        metrics |= {f"val/{d}/unigram_ppl": float(p) for d, p in zip(domains, base["per_domain"].reshape(-1))}
-        metrics["val/unigram_ppl"] = float(base["all"])
+    metrics = perplexity_metrics(ppl, domains) | (perplexity_metrics(unigram, domains, "unigram_ppl")
+                                                  if logp is not None else {})
+    metrics = {k: float(v) for k, v in metrics.items()}
     print(perplexity_table(domains, metrics, manifest.get("baselines", {}).get("unigram_val_ppl")))
     print("\nlayer  I(domain; expert) nats  per-expert domain entropy (0: one domain, 1: all alike)")
     for layer, (mi, ent) in enumerate(zip(written["mutual_information"], written["expert_domain_entropy"])):

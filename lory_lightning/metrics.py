@@ -36,3 +36,14 @@ class DomainPerplexity(Metric):
         per_domain = torch.exp(self.nll_sum / self.count)
         overall = torch.exp(self.nll_sum.sum() / self.count.sum().clamp(min=1))
         return {"per_domain": per_domain, "all": overall, "count": self.count}
+
+
+def perplexity_metrics(metric: DomainPerplexity, domains: list[str], name: str = "ppl") -> dict[str, Tensor]:
+    """``{"val/<domain>/<name>": ..., "val/<name>": ...}`` from a DomainPerplexity (domains without a
+    token left out). One place for the names that logs, tables and reports share."""
+    result = metric.compute()
+    # reshape: torchmetrics returns a one-domain result as a 0-d tensor
+    per_domain, count = result["per_domain"].reshape(-1), result["count"].reshape(-1)
+    out = {f"val/{d}/{name}": p.float() for d, p, n in zip(domains, per_domain, count) if n > 0}
+    out[f"val/{name}"] = result["all"].float()
+    return out

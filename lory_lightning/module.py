@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 
 from .checkpoint_io import load_checkpoint, model_state
-from .metrics import DomainPerplexity
+from .metrics import DomainPerplexity, perplexity_metrics
 from .model import LoryTransformer, ModelConfig, load_balancing_loss, router_z_loss, upcycle_state_dict
 from .optim import OptimConfig, lr_multiplier, param_groups, upcycle_optimizer_state
 
@@ -265,21 +265,14 @@ class LoryLM(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.val_ppl is None:
             return
-        result = self.val_ppl.compute()
-        # reshape: torchmetrics returns a one-domain result as a 0-d tensor
-        for name, ppl, count in zip(self.domains, result["per_domain"].reshape(-1), result["count"].reshape(-1)):
-            if count > 0:
-                self.log(f"val/{name}/ppl", ppl.float(), sync_dist=False)
-        self.log("val/ppl", result["all"].float(), prog_bar=True, sync_dist=False)
-        self.log("val/loss", result["all"].float().log(), sync_dist=False)
-        self.val_ppl.reset()
+        metrics = perplexity_metrics(self.val_ppl, self.domains)
+        metrics["val/loss"] = metrics["val/ppl"].log()
         if self.val_unigram is not None:
-            base = self.val_unigram.compute()
-            for name, ppl, count in zip(self.domains, base["per_domain"].reshape(-1), base["count"].reshape(-1)):
-                if count > 0:
-                    self.log(f"val/{name}/unigram_ppl", ppl.float(), sync_dist=False)
-            self.log("val/unigram_ppl", base["all"].float(), sync_dist=False)
+            metrics |= perplexity_metrics(self.val_unigram, self.domains, "unigram_ppl")
             self.val_unigram.reset()
+        self.val_ppl.reset()
+        for key, value in metrics.items():
+            self.log(key, value, prog_bar=key == "val/ppl", sync_dist=False)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
         return self.validation_step(batch, batch_idx)

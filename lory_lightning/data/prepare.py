@@ -259,11 +259,9 @@ def _clean(out: Path) -> None:
     """Remove what an earlier (possibly killed) run wrote, and nothing else: the manifest first, so
     nothing looks finished; then prepare's own names (shards, tokenizer, their temporaries)."""
     (out / MANIFEST).unlink(missing_ok=True)
-    for p in sorted(out.iterdir()):
+    for p in sorted(out.iterdir()):  # (the work folder is already gone: prepare() removes it first)
         if p.is_file() and _is_own(p.name):
             p.unlink()
-        elif p.is_dir() and p.name == WORK_DIR:
-            shutil.rmtree(p)
 
 
 def _run(cfg: PrepareConfig, fingerprint: dict, train_files: list[Path], val_files: list[Path],
