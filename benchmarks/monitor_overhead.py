@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
     torch.manual_seed(0)
-    cfg = ModelConfig.from_name("tiny")
+    cfg = ModelConfig()  # the tiny model of configs/lory-tiny.yaml
     model = LoryTransformer(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     idx = torch.randint(0, cfg.vocab_size, (8, cfg.seq_len + 1))

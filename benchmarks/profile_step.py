@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args()
-    base = ModelConfig.from_name("tiny")
+    base = ModelConfig()  # the tiny model of configs/lory-tiny.yaml
     dense = profile_variant(base.replace(ffn="dense"), args.steps)
     total_dense = sum(dense.values())
     for E in args.experts:

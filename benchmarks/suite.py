@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from lory_lightning.model import LoryTransformer, ModelConfig
+from lory_lightning.model.config import training_flops_per_token
 from lory_lightning.model.baselines import TopKMoE
 from lory_lightning.model.moe import LoryMoE, SwiGLU
 from lory_lightning.optim import param_groups
@@ -88,20 +89,9 @@ def layer_part(rounds: int) -> list[dict]:
     return rows
 
 
-def model_flops(cfg: ModelConfig, recompute: bool) -> float:
-    """Training FLOPs per token: 6 x matrix parameters used per token, causal attention, Lory merges."""
-    d, f, n, V, L = cfg.dim, cfg.hidden_dim, cfg.n_layer, cfg.vocab_size, cfg.seq_len
-    per_layer = 4 * d * d + 3 * d * f  # attention projections + one (merged) FFN
-    flops = 6 * (n * per_layer + V * d) + 6 * n * L * d  # the LM head; QK^T and AV, causal half, x3
-    if cfg.ffn == "lory":
-        merges = 3 * d * f * cfg.num_experts / cfg.segment_len  # multiply-adds per token per merge
-        flops += n * 2 * merges * (4 if recompute else 3)  # fwd, grad W, grad weights (+ recompute)
-    return float(flops)
-
-
 def model_part(rounds: int) -> list[dict]:
     """Whole training step (forward, backward, AdamW) of the tiny decoder: dense, Lory 8E and 32E."""
-    base = ModelConfig.from_name("tiny")
+    base = ModelConfig()  # the tiny model of configs/lory-tiny.yaml
     variants = {"dense": base.replace(ffn="dense"), "lory_8e": base, "lory_8e_plain": base.replace(recompute_merge=False),
                 "lory_32e": base.replace(num_experts=32)}
     idx = torch.randint(0, base.vocab_size, (8, base.seq_len + 1), generator=torch.Generator().manual_seed(0))
@@ -118,10 +108,10 @@ def model_part(rounds: int) -> list[dict]:
             opt.zero_grad(set_to_none=True)
         steps[name] = run
     med = interleaved_medians(steps, rounds)
-    dense_flops = model_flops(variants["dense"], False)
+    dense_flops = training_flops_per_token(variants["dense"])
     rows = []
     for name, cfg in variants.items():
-        floor = model_flops(cfg, cfg.recompute_merge) / dense_flops
+        floor = training_flops_per_token(cfg) / dense_flops
         rows.append({"variant": name, "ms": med[name] * 1e3, "time_ratio": med[name] / med["dense"], "floor": floor,
                      "tokens_per_s": 8 * base.seq_len / med[name]})
     print("model: " + ", ".join(f"{r['variant']} {r['time_ratio']:.3f}x" for r in rows), flush=True)

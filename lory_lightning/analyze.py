@@ -30,7 +30,7 @@ def analyze(ckpt_path: str, data: str | None = None, output: str | None = None, 
     moe = model.moe_layers()
     if not moe:
         raise ValueError(f"{ckpt_path}: a dense model has no routing to analyze")
-    acc = SpecializationAccumulator(len(moe), len(domains), cfg.num_experts, moe[0].routing_len)
+    acc = SpecializationAccumulator(len(moe), len(domains), cfg.num_experts, moe[0].segment_len)
     ppl, unigram = DomainPerplexity(len(domains)), DomainPerplexity(len(domains))
     logp = folder_unigram_log_probs(data_dir, manifest)  # the baseline on the same tokens
     urls = [str(data_dir / s["name"]) for s in manifest["splits"]["val"]["shards"]]

@@ -1,13 +1,16 @@
 """Checkpoint files: written atomically and durably, loaded with ``weights_only=True`` and clear errors,
-and turned into a model. Plain PyTorch: Lightning's plugin over these is lightning_cli.SafeCheckpointIO."""
+turned into a model, and the RNG state they carry for exact resume. Plain PyTorch: Lightning's plugin
+over these is lightning_cli.SafeCheckpointIO."""
 
 from __future__ import annotations
 
 import pickle
+import random
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from .atomic import atomic_file
@@ -85,3 +88,25 @@ def load_model(path: str | Path) -> tuple["LoryTransformer", dict[str, Any]]:
     model = LoryTransformer(cfg)
     model.load_state_dict(model_state(ckpt))
     return model.eval(), ckpt
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as plain data and tensors (loadable with weights_only=True).
+    Lightning's checkpoints keep none; exact resume needs them."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` took."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

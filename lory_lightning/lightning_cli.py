@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import sys
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+import yaml
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -16,7 +19,8 @@ from lightning.pytorch.trainer import Trainer
 from .checkpoint_io import UNREADABLE, checkpoint_error, load_checkpoint, save_atomically
 from .data.datamodule import LoryDataModule
 from .errors import one_line
-from .module import LoryLM, NonFiniteError
+from .callbacks.guard import NonFiniteError
+from .module import LoryLM
 from .summary import perplexity_table
 
 
@@ -43,9 +47,19 @@ class LoryCLI(LightningCLI):
     run of the config in that run's own folder."""
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse parser)
+        # A config file may extend another (`base: lory-tiny.yaml`); expand_bases() puts the base
+        # first on the command line, so here the key is only accepted (and cleared before saving).
+        parser.add_argument("--base", type=Optional[str], default=None,
+                            help="In a config file: the config it extends, relative to the file's folder")
         # Typed once: the tokenizer's size comes from the data, the sequence length from the model.
         parser.link_arguments("data.init_args.vocab_size", "model.init_args.model.vocab_size")
         parser.link_arguments("model.init_args.model.seq_len", "data.init_args.seq_len")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        # The saved config.yaml holds every resolved value: it must not extend its base again.
+        config["base"] = None
+        pin_shared_versions(config.trainer)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads --ckpt_path itself (weights_only) to take the model's hyperparameters from
@@ -66,13 +80,6 @@ class LoryCLI(LightningCLI):
         # Checkpoints written atomically and loaded weights_only (a custom CheckpointIO is kept).
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = SafeCheckpointIO()
-        # Loggers sharing one save_dir/name (TensorBoard + CSV) write into one version folder; left
-        # alone, each picks the next free version and the CSV lands in version_N+1.
-        first = trainer.loggers[0] if trainer.loggers else None
-        for logger in trainer.loggers[1:]:
-            if (getattr(logger, "_version", 0) is None and logger.save_dir == first.save_dir
-                    and logger.name == first.name):
-                logger._version = first.version
         if not any(isinstance(c, ModelCheckpoint) for c in trainer.callbacks) and trainer.checkpoint_callback is None:
             trainer.callbacks.append(ModelCheckpoint(save_last=True))
         elif trainer.checkpoint_callback is not None and trainer.checkpoint_callback.save_last is None:
@@ -120,6 +127,27 @@ def _logger_dirs(trainer_config) -> list:  # noqa: ANN001 (jsonargparse Namespac
     loggers = loggers if isinstance(loggers, list) else [loggers]
     return [lg.init_args for lg in loggers
             if hasattr(lg, "init_args") and lg.init_args.get("save_dir") and lg.init_args.get("name")]
+
+
+def pin_shared_versions(trainer_config) -> None:  # noqa: ANN001 (jsonargparse Namespace)
+    """Loggers sharing one save_dir/name (TensorBoard + CSV) write into one version folder.
+
+    Left alone, each picks the next free ``version_N`` when it first writes, and the second lands in
+    N+1. Here the next free version is chosen once, from the folder, as Lightning does, and given to
+    each of them through their ``version`` argument. Every rank computes the same number: ranks
+    parse their config before any of them logs (only rank 0 ever writes logs).
+    """
+    groups: dict[tuple[str, str], list] = {}
+    for args in _logger_dirs(trainer_config):
+        if args.get("version") is None:
+            groups.setdefault((str(args.save_dir), str(args.name)), []).append(args)
+    for (save_dir, name), members in groups.items():
+        if len(members) < 2:
+            continue
+        taken = [int(p.name.removeprefix("version_")) for p in (Path(save_dir) / name).glob("version_*")
+                 if p.is_dir() and p.name.removeprefix("version_").isdigit()]
+        for args in members:
+            args.version = max(taken, default=-1) + 1
 
 
 def resolve_last(trainer_config) -> tuple[str, tuple[Path, int] | None]:  # noqa: ANN001
@@ -196,15 +224,63 @@ def refuse_optimizer_flags(argv: list[str]) -> None:
                              f"per-step cosine schedule; set {OPTIMIZER_KEYS} instead")
 
 
+def config_chain(path: str) -> list[str]:
+    """``path`` and the configs it extends through ``base:`` keys, the furthest base first."""
+    chain: list[Path] = []
+    current = Path(path)
+    while current.is_file():  # not a file: jsonargparse reports it (or reads it as a YAML string)
+        if current.resolve() in {p.resolve() for p in chain}:
+            raise ValueError(f"{path}: the `base:` chain comes back to {current}")
+        chain.append(current)
+        try:
+            base = (yaml.safe_load(current.read_text()) or {}).get("base")
+        except (yaml.YAMLError, AttributeError):
+            break  # not a mapping, or not YAML: jsonargparse names the problem
+        if base is None:
+            break
+        if not isinstance(base, str):
+            raise ValueError(f"{current}: base: must be the path of a config file, got {base!r}")
+        current = current.parent / base
+        if not current.is_file():
+            raise FileNotFoundError(f"{chain[-1]}: base: {base}: no such config file ({current}; "
+                                    "the path is relative to the extending file's folder)")
+    return [str(p) for p in reversed(chain)] or [path]
+
+
+def expand_bases(argv: list[str]) -> list[str]:
+    """Each ``--config FILE`` whose FILE extends a base (``base: lory-tiny.yaml``) becomes
+    ``--config BASE --config FILE``, recursively. LightningCLI merges configs given in order key by
+    key, so a variant file holds only what differs from its base (a config key inside a file would
+    reset every group the file mentions)."""
+    out: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg in ("--config", "-c"):
+            value = next(args, None)
+            if value is None:
+                out.append(arg)
+                break
+        elif arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        else:
+            out.append(arg)
+            continue
+        for path in config_chain(value):
+            out += ["--config", path]
+    return out
+
+
 def run_lightning_cli(argv: list[str]) -> int:
     """Run one LightningCLI subcommand; bad paths and values end in one line and exit status 1."""
     try:
-        # Lightning warns when args repeat sys.argv: pass them only when called from Python.
-        args = None if argv == sys.argv[1:] else argv
         refuse_optimizer_flags(argv)
-        LoryCLI(LoryLM, LoryDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
-                seed_everything_default=0, parser_kwargs={"parser_mode": "omegaconf"},
-                save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
+        with warnings.catch_warnings():
+            # The arguments are always passed (bases expanded); Lightning warns when the process has
+            # command-line arguments of its own (pytest's, a notebook's), which it then ignores.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            LoryCLI(LoryLM, LoryDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                    args=expand_bases(argv), seed_everything_default=0, parser_kwargs={"parser_mode": "omegaconf"},
+                    save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
     except (OSError, ValueError, NonFiniteError) as err:  # FileNotFound/FileExists are OSErrors
         print(f"lory {argv[0]}: error: {one_line(err)}", file=sys.stderr)
         return 1

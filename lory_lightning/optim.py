@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 
@@ -59,32 +58,3 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-# How each Adam-family moment scales with the gradient: exp_avg linearly, the squared ones quadratically.
-_MOMENT_POWER = {"exp_avg": 1, "exp_avg_sq": 2, "max_exp_avg_sq": 2}
-
-
-@torch.no_grad()
-def upcycle_optimizer_state(optimizer: torch.optim.Optimizer, experts: list[nn.Parameter],
-                            routers: list[nn.Parameter], grad_ratio: float = 1.0) -> None:
-    """After upcycling in place: every expert inherits expert 0's moments; routers start afresh.
-
-    Expert 0 is the dense FFN that trained during warmup, so its Adam moments are the dense model's.
-    Each expert's gradient after upcycling is the dense gradient times its routing weight, about 1/E
-    under the near-uniform fresh router; ``grad_ratio`` (1/E) scales the first moment by that ratio
-    and the second by its square, so every expert's first Adam steps are as large as the dense
-    model's were and the merged FFN keeps moving at the dense pace. With ``grad_ratio`` 1 the stale
-    second moment, E^2 too large, damps the experts' updates for the ~1/(1 - beta2) steps it takes to
-    decay (measured in REPLICATION.md). Other optimizers' per-parameter state is copied unscaled.
-    """
-    if not 0 < grad_ratio <= 1:
-        raise ValueError(f"grad_ratio must be in (0, 1], got {grad_ratio}")
-    for p in experts:
-        state = optimizer.state.get(p)
-        if state:
-            for key, value in state.items():
-                if torch.is_tensor(value) and value.shape == p.shape:
-                    value.copy_(value[:1].expand_as(value) * grad_ratio ** _MOMENT_POWER.get(key, 0))
-    for p in routers:
-        optimizer.state.pop(p, None)

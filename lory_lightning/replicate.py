@@ -12,6 +12,7 @@ report carries its own investigation history.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import time
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .model import ModelConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RUNS = {  # name: (ffn, data order)
@@ -45,7 +48,7 @@ def run_config(base: dict[str, Any], name: str, ffn: str, order: str, out: Path,
         {"class_path": "lory_lightning.callbacks.RoutingMonitor", "init_args": {"every_n_steps": 10}},
         {"class_path": "lory_lightning.callbacks.DomainSpecialization"}]
     cfg["model"]["model"].update(ffn=ffn, **model)
-    cfg["model"]["dense_warmup"] = cfg["model"]["dense_warmup"] if ffn == "lory" else 0.0
+    cfg["model"]["training"]["dense_warmup"] = cfg["model"]["training"]["dense_warmup"] if ffn == "lory" else 0.0
     cfg["data"].update(order=order, data_dir=str(out / f"data-{order}"), **data)
     return cfg
 
@@ -155,7 +158,9 @@ def replicate(out: str, steps: int, report: str, inputs: list[str] | None = None
 
 def describe(cfg: dict[str, Any], out_dir: Path) -> str:
     """One paragraph of what every run shares: model, budget, schedule, data, seed."""
-    m, t, d, o = cfg["model"]["model"], cfg["trainer"], cfg["data"], cfg["model"]["optim"]
+    # the run YAMLs name only what differs from ModelConfig's defaults (the tiny shape)
+    m = dataclasses.asdict(ModelConfig(**cfg["model"]["model"]))
+    t, d, o = cfg["trainer"], cfg["data"], cfg["model"]["optim"]
     manifest = json.loads((out_dir / "data-similarity" / "manifest.json").read_text())
     steps, batch, seq = t["max_steps"], d["batch_size"], m["seq_len"]
     train_tokens = manifest["splits"]["train"]["sequences"] * seq
@@ -164,7 +169,7 @@ def describe(cfg: dict[str, Any], out_dir: Path) -> str:
             f"experts and segments of {m['segment_len']} in sequences of {seq}; {steps} steps of {batch} sequences "
             f"= {steps * batch * seq / 1e6:.2f}M tokens ({steps * batch * seq / train_tokens:.2f} passes over "
             f"{train_tokens / 1e6:.2f}M training tokens); AdamW lr {o['lr']}, cosine with {o['warmup_fraction']:.0%} "
-            f"warmup; Lory: {cfg['model']['dense_warmup']:.0%} dense warmup, then upcycling; seed "
+            f"warmup; Lory: {cfg['model']['training']['dense_warmup']:.0%} dense warmup, then upcycling; seed "
             f"{cfg['seed_everything']}. Validation: all {val['sequences']} held-out sequences "
             f"({val['sequences'] * seq / 1e3:.0f}k tokens), the same for every run.")
 

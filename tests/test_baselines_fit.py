@@ -7,15 +7,15 @@ import pytest
 import yaml
 
 from lory_lightning.cli import main
-from test_cli_lightning import ROOT, small_config
+from test_cli_lightning import ROOT, resolved_config, small_config
 
 
 @pytest.mark.parametrize("config", ["expert-choice-tiny", "segment-expert-choice-tiny", "topk-tiny", "lory-prefix-tiny"])
 def test_baseline_config_fits_with_monitoring_and_generates(config, small_data, tmp_path, capsys):
-    shipped = yaml.safe_load((ROOT / "configs" / f"{config}.yaml").read_text())
-    cfg = small_config(tmp_path, small_data, ffn=shipped["model"]["model"]["ffn"])
+    shipped = resolved_config(ROOT / "configs" / f"{config}.yaml")["model"]["init_args"]
+    cfg = small_config(tmp_path, small_data, ffn=shipped["model"]["ffn"])
     spec = yaml.safe_load(cfg.read_text())
-    spec["model"]["dense_warmup"] = shipped["model"]["dense_warmup"]
+    spec["model"]["training"] = dict(shipped["training"])
     spec["trainer"].update(max_steps=8, val_check_interval=4)
     cfg.write_text(yaml.safe_dump(spec))
     assert main(["fit", "--config", str(cfg), "--config", str(ROOT / "callbacks" / "expert-monitoring.yaml")]) == 0

@@ -16,6 +16,7 @@ def test_help_and_version(capsys):
     assert __version__ in capsys.readouterr().out
 
 
+@pytest.mark.isolated  # runs `python -m lory_lightning` in a child process
 def test_python_dash_m_is_the_same_program():
     out = subprocess.run([sys.executable, "-m", "lory_lightning", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == f"lory-lightning {__version__}"

@@ -1,6 +1,8 @@
 """`lory fit | validate | generate` end to end on a small prepared corpus, and every YAML parsed."""
 
+import contextlib
 import csv
+import io
 from pathlib import Path
 
 import pytest
@@ -8,10 +10,22 @@ import yaml
 
 from lory_lightning.cli import main
 from lory_lightning.checkpoint_io import load_checkpoint
+from lory_lightning.lightning_cli import config_chain, expand_bases
+from lory_lightning.model import ModelConfig
+from lory_lightning.model.config import training_flops_per_token
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 CALLBACK_SETS = sorted((ROOT / "callbacks").glob("*.yaml"))
+
+
+def resolved_config(path) -> dict:
+    """A run config as the CLI resolves it (its base configs merged in): what --print_config prints."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as err:
+        main(["fit", "--config", str(path), "--print_config"])
+    assert err.value.code == 0
+    return yaml.safe_load(out.getvalue())
 
 
 def small_config(tmp_path, data_dir, **model):
@@ -22,10 +36,12 @@ def small_config(tmp_path, data_dir, **model):
         logger["init_args"]["save_dir"] = str(tmp_path / "runs")
     cfg["model"]["model"].update(seq_len=32, segment_len=8, n_layer=2, n_head=2, dim=32, hidden_dim=48,
                                  num_experts=4, **model)
-    cfg["model"]["dense_warmup"] = 0.25
+    cfg["model"]["training"]["dense_warmup"] = 0.25
     # this 32-wide test model has a 16-step budget: it learns visibly only at a higher lr than the shipped 1e-3
     cfg["model"]["optim"]["lr"] = 3.0e-3
     cfg["data"].update(data_dir=str(data_dir), vocab_size=300, batch_size=4)
+    for callback in cfg["trainer"].get("callbacks") or []:  # lory-tiny's ThroughputMonitor, over 4 steps
+        callback["init_args"]["window_size"] = 4
     path = tmp_path / "small.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -54,6 +70,16 @@ def test_fit_validate_generate(small_data, tmp_path, capsys, caplog):
     for domain in ("cooking", "space", "law"):
         assert float(val[-1][f"val/{domain}/ppl"]) < 300
     assert [float(r["train/tokens"]) for r in rows if r.get("train/tokens")][-1] == 16 * 4 * 32
+    norms = [float(r["train/grad_norm"]) for r in rows if r.get("train/grad_norm")]
+    assert len(norms) == 16 and all(0 < n < 100 for n in norms)  # the guard's norm, before clipping
+    # Lightning's ThroughputMonitor (window of 4 here): tokens/s, and FLOPs/s from the model's own count
+    speed = [r for r in rows if r.get("train/device/items_per_sec")]
+    assert speed and all(float(r["train/device/items_per_sec"]) > 0 for r in speed)
+    cfg_model = ModelConfig(**{**saved["model"]["init_args"]["model"], "vocab_size": 300})
+    for r in speed:
+        ratio = float(r["train/device/flops_per_sec"]) / float(r["train/device/items_per_sec"])
+        assert ratio == pytest.approx(training_flops_per_token(cfg_model), rel=1e-6)
+    assert saved["base"] is None  # the saved config is complete: it extends nothing
     ckpt = run / "checkpoints" / "last.ckpt"
     loaded = load_checkpoint(str(ckpt))  # weights_only=True
     assert loaded["domains"] == ["cooking", "space", "law"] and "tokenizer" in loaded
@@ -92,7 +118,7 @@ def test_fit_validate_generate(small_data, tmp_path, capsys, caplog):
     dense_ckpt = tmp_path / "runs" / "dense" / "version_0" / "checkpoints" / "last.ckpt"
     caplog.clear()
     with caplog.at_level("INFO"):
-        assert main(["fit", "--config", str(cfg), "--model.init_from", str(dense_ckpt), "--model.dense_warmup", "0",
+        assert main(["fit", "--config", str(cfg), "--model.init_from", str(dense_ckpt), "--model.training.dense_warmup", "0",
                      "--trainer.max_steps", "2"]) == 0
     assert "(dense, upcycled into experts)" in caplog.text
 
@@ -144,3 +170,49 @@ def test_omegaconf_interpolation_inside_a_yaml(tmp_path, capsys):
         main(["fit", "--config", str(path), "--print_config"])
     assert err.value.code == 0
     assert yaml.safe_load(capsys.readouterr().out)["trainer"]["val_check_interval"] == 400
+
+
+def test_a_config_extends_its_base_key_by_key(tmp_path, capsys):
+    (tmp_path / "sub").mkdir()
+    base = yaml.safe_load((ROOT / "configs" / "lory-tiny.yaml").read_text())
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "sub" / "mid.yaml").write_text("base: ../base.yaml\nmodel:\n  model:\n    ffn: dense\n"
+                                               "  training:\n    dense_warmup: 0.0\n")
+    (tmp_path / "top.yaml").write_text("base: sub/mid.yaml\ntrainer:\n  max_steps: 7\n")
+    assert config_chain(str(tmp_path / "top.yaml")) == [
+        str(tmp_path / "sub" / "../base.yaml"), str(tmp_path / "sub" / "mid.yaml"), str(tmp_path / "top.yaml")]
+    assert expand_bases(["fit", f"--config={tmp_path / 'top.yaml'}", "--trainer.max_steps", "3"])[-2:] == [
+        "--trainer.max_steps", "3"]
+    printed = resolved_config(tmp_path / "top.yaml")
+    assert printed["trainer"]["max_steps"] == 7 and printed["trainer"]["val_check_interval"] == 100  # kept
+    assert printed["model"]["init_args"]["model"]["ffn"] == "dense"
+    assert printed["model"]["init_args"]["optim"]["lr"] == 1.0e-3  # the base's, not the default
+    assert printed["model"]["init_args"]["training"]["dense_warmup"] == 0.0
+
+
+def test_a_bad_base_is_named(tmp_path, capsys):
+    (tmp_path / "a.yaml").write_text("base: missing.yaml\n")
+    assert main(["fit", "--config", str(tmp_path / "a.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'a.yaml'}: base: missing.yaml: no such config file" in err
+    (tmp_path / "b.yaml").write_text("base: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("base: b.yaml\n")
+    assert main(["fit", "--config", str(tmp_path / "b.yaml")]) == 1
+    assert "the `base:` chain comes back to" in capsys.readouterr().err
+
+
+def test_loggers_sharing_a_folder_get_one_version(tmp_path):
+    from jsonargparse import Namespace
+
+    from lory_lightning.lightning_cli import pin_shared_versions
+
+    for n in (0, 3):
+        (tmp_path / "lory-tiny" / f"version_{n}").mkdir(parents=True)
+    (tmp_path / "lory-tiny" / "version_x").mkdir()  # not a version
+
+    def logger(name, **kw):
+        return Namespace(class_path="L", init_args=Namespace(save_dir=str(tmp_path), name=name, **kw))
+    trainer = Namespace(logger=[logger("lory-tiny"), logger("lory-tiny"), logger("alone"), logger("kept", version=7),
+                                logger("kept")])
+    pin_shared_versions(trainer)
+    assert [lg.init_args.get("version") for lg in trainer.logger] == [4, 4, None, 7, None]

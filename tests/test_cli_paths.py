@@ -15,6 +15,7 @@ SIZE = ["--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "2",
         "--model.model.hidden_dim", "32", "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1"]
 
 
+@pytest.mark.isolated  # works in another folder (chdir)
 def test_the_readme_resume_command_continues_the_latest_run_in_its_own_folder(tmp_path, monkeypatch, capsys):
     # The README's commands, as written, in a fresh working folder: only sizes shrunk.
     monkeypatch.chdir(tmp_path)
@@ -41,12 +42,13 @@ def test_shipped_callback_sets_compose_with_each_other_and_a_run_configs_own(sma
                                     "init_args": {"dirpath": str(own), "filename": "own-{step}", "save_top_k": -1}}]
     cfg_path.write_text(yaml.safe_dump(cfg))
     sets = ["--config", str(ROOT / "callbacks" / "checkpoints.yaml"),
-            "--config", str(ROOT / "callbacks" / "expert-monitoring.yaml")]
+            "--config", str(ROOT / "callbacks" / "expert-monitoring.yaml"),
+            "--config", str(ROOT / "callbacks" / "device-stats.yaml")]
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(cfg_path), *sets, "--print_config"])
     names = [c["class_path"].rsplit(".", 1)[1] for c in yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"]]
     assert names == ["ModelCheckpoint", "ModelCheckpoint", "LearningRateMonitor", "RoutingMonitor",
-                     "DomainSpecialization"]
+                     "DomainSpecialization", "DeviceStatsMonitor"]
     assert main(["fit", "--config", str(cfg_path), *sets, "--trainer.max_steps", "10"]) == 0
     run = tmp_path / "runs" / "lory-tiny" / "version_0"
     assert [p.name for p in own.glob("own-*.ckpt")]  # the run config's own callback
@@ -54,6 +56,8 @@ def test_shipped_callback_sets_compose_with_each_other_and_a_run_configs_own(sma
     assert any(k.startswith("lr-AdamW") for k in metrics(run)[0])  # checkpoints.yaml: LearningRateMonitor
     assert list((run / "specialization").glob("step8.json"))  # expert-monitoring.yaml: DomainSpecialization
     assert any(r.get("routing/utilization") for r in metrics(run))  # expert-monitoring.yaml: RoutingMonitor
+    memory = [float(v) for r in metrics(run) for k, v in r.items() if k.endswith("cpu_vm_percent") and v]
+    assert memory and all(0 < m <= 100 for m in memory)  # device-stats.yaml: the process's RAM use
 
 
 def test_the_model_and_the_data_module_swap_by_class_path(small_data, tmp_path):
@@ -62,7 +66,7 @@ def test_the_model_and_the_data_module_swap_by_class_path(small_data, tmp_path):
     cfg["model"] = {"class_path": "swap_classes.LabelledLM", "init_args": {**cfg["model"], "label": "abc"}}
     cfg["data"] = {"class_path": "swap_classes.HalfBatchData", "init_args": cfg["data"]}
     cfg_path.write_text(yaml.safe_dump(cfg))
-    assert main(["fit", "--config", str(cfg_path), "--trainer.max_steps", "4", "--model.dense_warmup", "0.5"]) == 0
+    assert main(["fit", "--config", str(cfg_path), "--trainer.max_steps", "4", "--model.training.dense_warmup", "0.5"]) == 0
     rows = metrics(tmp_path / "runs" / "lory-tiny" / "version_0")
     assert [float(r["train/labelled"]) for r in rows if r.get("train/labelled")] == [3.0] * 4
     assert [float(r["train/tokens"]) for r in rows if r.get("train/tokens")][-1] == 4 * 2 * 32  # batch 4 halved

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from test_cli_lightning import small_config
+
+pytestmark = pytest.mark.isolated  # runs lory code in child processes (pyproject.toml, markers)
 
 
 def test_two_process_ddp_fit(small_data, tmp_path):

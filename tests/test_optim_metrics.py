@@ -5,7 +5,8 @@ import torch
 
 from lory_lightning.metrics import DomainPerplexity
 from lory_lightning.model import LoryTransformer, ModelConfig
-from lory_lightning.optim import OptimConfig, lr_multiplier, param_groups, upcycle_optimizer_state
+from lory_lightning.model.upcycle import upcycle_optimizer_state
+from lory_lightning.optim import OptimConfig, lr_multiplier, param_groups
 
 
 def test_lr_schedule_warmup_cosine_and_floor():

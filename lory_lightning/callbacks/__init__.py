@@ -1,5 +1,8 @@
-"""Expert monitoring callbacks: they adapt lory_lightning.routing (statistics, specialization, figures) to Lightning."""
+"""Lightning callbacks: expert monitoring (adapting lory_lightning.routing to Lightning), the
+non-finite guard, and what Lightning's ThroughputMonitor needs to read a batch."""
 
+from .guard import NonFiniteError, NonFiniteGuard
 from .monitor import DomainSpecialization, RoutingMonitor
+from .throughput import batch_rows, batch_tokens
 
-__all__ = ["DomainSpecialization", "RoutingMonitor"]
+__all__ = ["DomainSpecialization", "NonFiniteError", "NonFiniteGuard", "RoutingMonitor", "batch_rows", "batch_tokens"]

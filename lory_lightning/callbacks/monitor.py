@@ -109,7 +109,7 @@ class DomainSpecialization(Callback):
         self._acc = None
         if moe and domains:
             self._acc = SpecializationAccumulator(len(moe), len(domains), moe[0].num_experts,
-                                                  moe[0].routing_len, pl_module.device)
+                                                  moe[0].segment_len, pl_module.device)
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:

@@ -23,12 +23,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .moe import LoryMoE, RoutedExperts, Routing, RoutingMode, causal_shift, segment_means, swiglu
+from .moe import (CausalSegmentRouting, FirstSegmentRouting, LoryMoE, RoutedExperts, Routing, RoutingMode,
+                  SegmentMean, segment_means, swiglu)
+
+if TYPE_CHECKING:  # annotations only: config.py imports the layers through model/ffn.py
+    from .config import ModelConfig
 
 
 def grouped_topk_ffn(experts: RoutedExperts, x: Tensor, idx: Tensor, gates: Tensor) -> Tensor:
@@ -79,8 +84,21 @@ class TopKMoE(_Stateless, RoutedExperts):
     def __init__(self, dim: int, hidden_dim: int, num_experts: int, top_k: int) -> None:
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
-        super().__init__(dim, hidden_dim, num_experts, routing_len=1)
+        super().__init__(dim, hidden_dim, num_experts, segment_len=1)
         self.top_k = top_k
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> TopKMoE:
+        return cls(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.top_k)
+
+    @staticmethod
+    def check_config(cfg: ModelConfig) -> None:
+        if not 1 <= cfg.top_k <= cfg.num_experts:
+            raise ValueError(f"model.top_k must be in [1, num_experts={cfg.num_experts}], got {cfg.top_k}")
+
+    @staticmethod
+    def flops_per_token(cfg: ModelConfig) -> float:
+        return cfg.top_k * 6 * cfg.dim * cfg.hidden_dim + 2 * cfg.dim * cfg.num_experts  # k experts + router
 
     def forward_with_routing(self, x: Tensor) -> tuple[Tensor, Routing]:
         B, L, d = x.shape
@@ -102,9 +120,18 @@ class ExpertChoiceMoE(_Stateless, RoutedExperts):
     def __init__(self, dim: int, hidden_dim: int, num_experts: int, capacity_factor: float = 1.0) -> None:
         if capacity_factor <= 0:
             raise ValueError(f"capacity_factor must be > 0, got {capacity_factor}")
-        super().__init__(dim, hidden_dim, num_experts, routing_len=1)
+        super().__init__(dim, hidden_dim, num_experts, segment_len=1)
         self.capacity_factor = capacity_factor
         self.inference_k = max(1, min(num_experts, round(capacity_factor)))
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> ExpertChoiceMoE:
+        return cls(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.capacity_factor)
+
+    @staticmethod
+    def flops_per_token(cfg: ModelConfig) -> float:
+        # c experts' SwiGLU per token on average, and a router per token
+        return cfg.capacity_factor * 6 * cfg.dim * cfg.hidden_dim + 2 * cfg.dim * cfg.num_experts
 
     def forward_with_routing(self, x: Tensor) -> tuple[Tensor, Routing]:
         B, L, d = x.shape
@@ -129,12 +156,12 @@ class ExpertChoiceMoE(_Stateless, RoutedExperts):
 
 @dataclass
 class SegmentChoiceCache:
-    """Decoding state of segment Expert Choice: current segment's experts and the running input sum."""
+    """Decoding state of segment Expert Choice: current segment's experts and the running segment mean."""
 
     mode: RoutingMode
     idx: Tensor  # (B, k)
     gates: Tensor  # (B, k)
-    segment_sum: Tensor | None = None  # (B, d), segment mode only
+    segment: SegmentMean | None = None  # segment mode only
 
 
 class SegmentExpertChoiceMoE(RoutedExperts):
@@ -149,9 +176,19 @@ class SegmentExpertChoiceMoE(RoutedExperts):
                  capacity_factor: float = 1.0) -> None:
         if capacity_factor <= 0:
             raise ValueError(f"capacity_factor must be > 0, got {capacity_factor}")
-        super().__init__(dim, hidden_dim, num_experts, routing_len=segment_len)
-        self.segment_len, self.capacity_factor = segment_len, capacity_factor
+        super().__init__(dim, hidden_dim, num_experts, segment_len=segment_len)
+        self.capacity_factor = capacity_factor
         self.inference_k = max(1, min(num_experts, round(capacity_factor)))
+        self.policy = CausalSegmentRouting()  # at inference, as Lory: route on the previous segment
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> SegmentExpertChoiceMoE:
+        return cls(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.segment_len, cfg.capacity_factor)
+
+    @staticmethod
+    def flops_per_token(cfg: ModelConfig) -> float:
+        # c experts' SwiGLU per token on average, and a router per segment
+        return cfg.capacity_factor * 6 * cfg.dim * cfg.hidden_dim + 2 * cfg.dim * cfg.num_experts / cfg.segment_len
 
     def capacity(self, rows: int) -> int:
         """Segments C each expert takes in training among ``rows`` (the batch's B*N) segments."""
@@ -174,7 +211,7 @@ class SegmentExpertChoiceMoE(RoutedExperts):
         logits = self.router_logits(segment_means(x, T))  # (B, N, E)
         scores = logits.softmax(dim=-1)  # (B, N, E)
         if not self.training:  # causal beyond the first segment: route on the previous one, top-k
-            gates, idx = causal_shift(scores).topk(self.inference_k, dim=-1)  # (B, N, k)
+            gates, idx = self.policy.weights(scores).topk(self.inference_k, dim=-1)  # (B, N, k)
             y = self._apply_topk(xs.reshape(B * N, T, d), idx.reshape(B * N, -1), gates.reshape(B * N, -1))
             weights = dense_gates(idx, gates, E)
         else:
@@ -201,45 +238,22 @@ class SegmentExpertChoiceMoE(RoutedExperts):
             gates, idx = self.router_logits(x.mean(dim=1)).softmax(dim=-1).topk(self.inference_k, dim=-1)
             return self._apply_topk(x, idx, gates), SegmentChoiceCache(mode, idx, gates)
         y, routing = self.forward_with_routing(x)
-        P, T = x.shape[1], self.segment_len
         gates, idx = routing.weights[:, -1].topk(self.inference_k, dim=-1)  # (B, k)
-        return y, SegmentChoiceCache(mode, idx, gates, x[:, (P - 1) // T * T:].sum(dim=1))
+        return y, SegmentChoiceCache(mode, idx, gates, SegmentMean.after_prompt(x, self.segment_len))
 
     def decode(self, x: Tensor, cache: SegmentChoiceCache, pos: int) -> Tensor:
-        if cache.mode == "prompt":
-            return self._apply_topk(x, cache.idx, cache.gates)
-        if pos % self.segment_len == 0:  # a segment completed: route the next one on its mean
-            scores = self.router_logits(cache.segment_sum / self.segment_len).softmax(dim=-1)  # (B, E)
-            cache.gates, cache.idx = scores.topk(self.inference_k, dim=-1)
-            cache.segment_sum = torch.zeros_like(cache.segment_sum)
-        cache.segment_sum = cache.segment_sum + x[:, 0]
+        if cache.segment is not None:
+            completed = cache.segment.add(x[:, 0], pos)  # (B, d) when a segment just completed
+            if completed is not None and self.policy.reroutes_at(pos, self.segment_len):
+                scores = self.router_logits(completed).softmax(dim=-1)  # (B, E)
+                cache.gates, cache.idx = scores.topk(self.inference_k, dim=-1)
         return self._apply_topk(x, cache.idx, cache.gates)  # (B, 1, d)
 
 
 class LoryPrefixMoE(LoryMoE):
-    """Lory with one merge per sequence: every segment uses the first segment's routing.
+    """Lory with one merge per sequence: every segment uses the first segment's routing
+    (``FirstSegmentRouting``); everything else is the Lory layer."""
 
-    The first segment routes on itself with the gradient cut, exactly as in Lory; later segments use
-    the same weights with the gradient flowing, so the router learns from them.
-    """
-
-    def route(self, x: Tensor) -> Routing:
-        logits = self.router_logits(segment_means(x, self.segment_len))  # (B, N, E)
-        probs = logits.softmax(dim=-1)
-        if self.is_dense:
-            return Routing(logits=logits, weights=self._first_expert_only(probs))
-        first = probs[:, :1]  # (B, 1, E)
-        weights = torch.cat([first.detach(), first.expand(-1, probs.shape[1] - 1, -1)], dim=1)  # (B, N, E)
-        return Routing(logits=logits, weights=weights)
-
-    def decode(self, x: Tensor, cache, pos: int) -> Tensor:  # noqa: ANN001
-        # The first segment's merged FFN serves the whole sequence: no re-merge at later boundaries.
-        # A prompt shorter than one segment routed segment 0 on what it had; when segment 0
-        # completes, the rest of the sequence routes on its full mean, as the full forward does.
-        if cache.mode == "segment" and pos <= self.segment_len:
-            if pos == self.segment_len:
-                probs = self._inference_probs(cache.segment_sum / self.segment_len)  # (B, E)
-                cache.w_gate, cache.w_up, cache.w_down = self.merged(probs)
-            else:
-                cache.segment_sum = cache.segment_sum + x[:, 0]  # (B, d)
-        return swiglu(x, cache.w_gate, cache.w_up, cache.w_down)
+    def __init__(self, dim: int, hidden_dim: int, num_experts: int, segment_len: int,
+                 recompute_merge: bool = True) -> None:
+        super().__init__(dim, hidden_dim, num_experts, segment_len, recompute_merge, policy=FirstSegmentRouting())

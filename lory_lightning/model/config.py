@@ -1,13 +1,17 @@
-"""ModelConfig: the one typed description of a decoder, with named presets (LORY.md section 3)."""
+"""ModelConfig: the one typed description of a decoder, and what follows from it (parameters, FLOPs).
+
+Its defaults are the tiny CPU model of configs/lory-tiny.yaml; the paper's shapes are written once
+each, in configs/lory-0.3b-8e.yaml and configs/lory-1.5b-8e.yaml, which the other paper configs
+extend (``base:``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-FFN_KINDS = ("lory", "dense", "expert_choice", "segment_expert_choice", "topk", "lory_prefix")
-ROUTED = ("lory", "expert_choice", "segment_expert_choice", "topk", "lory_prefix")
+from .ffn import FFN, ffn_class
 
 
 @dataclass
@@ -21,9 +25,10 @@ class ModelConfig:
         n_head: Attention heads; ``dim`` must divide evenly among them.
         dim: Model width d.
         hidden_dim: Width f of each SwiGLU FFN (every expert has this width).
-        ffn: ``"lory"`` (segment-routed merged experts), ``"dense"`` (the parameter-matched baseline),
-            or a baseline of the paper: ``"expert_choice"`` (token level), ``"segment_expert_choice"``,
-            ``"topk"`` (token top-k), ``"lory_prefix"`` (one merge per sequence). See model/baselines.py.
+        ffn: The FFN kind, a key of ``model/ffn.py``'s ``FFN_KINDS``: ``"lory"`` (segment-routed
+            merged experts), ``"dense"`` (the parameter-matched baseline), or a baseline of the paper:
+            ``"expert_choice"`` (token level), ``"segment_expert_choice"``, ``"topk"`` (token top-k),
+            ``"lory_prefix"`` (one merge per sequence). See model/baselines.py.
         num_experts: Experts E per Lory layer. Ignored for ``ffn="dense"``.
         segment_len: Segment length T for causal segment routing (paper: 256 at L = 4096).
         rope_base: RoPE frequency base.
@@ -45,7 +50,7 @@ class ModelConfig:
     n_head: int = 4
     dim: int = 256
     hidden_dim: int = 512
-    ffn: Literal["lory", "dense", "expert_choice", "segment_expert_choice", "topk", "lory_prefix"] = "lory"
+    ffn: str = "lory"
     num_experts: int = 8
     segment_len: int = 128
     rope_base: float = 10000.0
@@ -63,8 +68,7 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
-        if self.ffn not in FFN_KINDS:
-            raise ValueError(f"model.ffn must be one of {FFN_KINDS}, got {self.ffn!r}")
+        kind = ffn_class(self.ffn)  # refuses an unknown kind, naming the known ones
         if self.dim % self.n_head:
             raise ValueError(
                 f"model.dim {self.dim} is not a multiple of n_head {self.n_head}: "
@@ -78,24 +82,17 @@ class ModelConfig:
                 f"model.seq_len {self.seq_len} is not a multiple of model.segment_len "
                 f"{self.segment_len}: causal segment routing cuts every training sequence into "
                 f"whole segments (try segment_len {_largest_divisor_at_most(self.seq_len, self.segment_len)})")
-        if self.ffn in ("lory", "lory_prefix") and self.num_segments < 2:
-            raise ValueError(
-                f"model.seq_len {self.seq_len} holds one segment of model.segment_len {self.segment_len}: "
-                "the first segment routes on itself with its gradient cut, so with one segment the "
-                "router never receives a gradient. Choose segment_len at most seq_len / 2 (the paper: "
-                "16 segments of 256 in 4096)")
         if self.init_std <= 0:
             raise ValueError(f"model.init_std must be > 0, got {self.init_std}")
         if self.router_init_std <= 0:
             raise ValueError(
                 f"model.router_init_std must be > 0, got {self.router_init_std}: with all experts "
                 "equal (after upcycling) a zero router never receives a gradient")
-        if self.ffn == "topk" and not 1 <= self.top_k <= self.num_experts:
-            raise ValueError(f"model.top_k must be in [1, num_experts={self.num_experts}], got {self.top_k}")
         if self.capacity_factor <= 0:
             raise ValueError(f"model.capacity_factor must be > 0, got {self.capacity_factor}")
         if self.rope_base <= 1:
             raise ValueError(f"model.rope_base must be > 1, got {self.rope_base}")
+        kind.check_config(self)  # what this FFN kind needs (e.g. Lory: at least two segments)
 
     @property
     def head_dim(self) -> int:
@@ -107,20 +104,18 @@ class ModelConfig:
         return self.seq_len // self.segment_len
 
     @property
+    def ffn_class(self) -> type[FFN]:
+        """The class of this config's FFN kind (model/ffn.py)."""
+        return ffn_class(self.ffn)
+
+    @property
     def is_moe(self) -> bool:
         """Routed experts (Lory or a baseline), as opposed to the dense FFN."""
-        return self.ffn in ROUTED
+        return self.ffn_class.routed
 
     def replace(self, **changes: Any) -> "ModelConfig":
         """A validated copy with some fields changed (e.g. ``ffn="dense"`` for the dense twin)."""
         return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> "ModelConfig":
-        """A preset by name (see ``PRESETS``), with optional field overrides."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
-        return cls(**{**PRESETS[name], **overrides})
 
 
 def _largest_divisor_at_most(n: int, limit: int) -> int:
@@ -151,39 +146,20 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
 
 
 def ffn_flops_per_token(cfg: ModelConfig) -> float:
-    """Training-forward FLOPs of one token's FFN (2 per multiply-add), router and merges included.
+    """Training-forward FLOPs of one token's FFN (2 per multiply-add), router and merges included,
+    as the FFN kind counts them (e.g. Lory: 6df + 6Edf / T + 2dE / T)."""
+    return float(cfg.ffn_class.flops_per_token(cfg))
 
-    Lory: the merged SwiGLU (6df) plus its share of one merge per segment (6Edf / T) and of the
-    segment router (2dE / T). Expert Choice at capacity c: c experts' SwiGLU per token on average
-    plus a token router. Token top-k: k experts plus the router. Dense: 6df.
+
+def training_flops_per_token(cfg: ModelConfig) -> float:
+    """Forward and backward FLOPs of one training token (2 per multiply-add), the count MFU divides by.
+
+    Per layer the forward runs the attention projections (8d^2), QK^T and AV over the causal half of
+    the context (2Ld) and the FFN kind's count (``ffn_flops_per_token``); the LM head adds 2dV. The
+    backward costs twice the forward, and a Lory layer that recomputes its merges in backward adds
+    one more merge per segment (``recomputed_flops_per_token``). Embedding lookups and norms are not
+    counted.
     """
-    d, f, E, T = cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.segment_len
-    ffn = 6 * d * f
-    if cfg.ffn == "dense":
-        return float(ffn)
-    if cfg.ffn in ("lory", "lory_prefix"):  # lory_prefix as implemented merges per segment too
-        return ffn + 6 * E * d * f / T + 2 * d * E / T
-    if cfg.ffn == "expert_choice":
-        return cfg.capacity_factor * ffn + 2 * d * E
-    if cfg.ffn == "segment_expert_choice":
-        return cfg.capacity_factor * ffn + 2 * d * E / T
-    return cfg.top_k * ffn + 2 * d * E  # topk
-
-
-def _paper(n_layer: int, dim: int, n_head: int, hidden_dim: int, experts: int) -> dict[str, Any]:
-    # LLaMA tokenizer (32k), L = 4096, T = 256 (LORY.md section 3).
-    return dict(vocab_size=32000, seq_len=4096, segment_len=256, n_layer=n_layer, dim=dim,
-                n_head=n_head, hidden_dim=hidden_dim, ffn="lory", num_experts=experts)
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # CPU-sized: ~18M total parameters, 4 segments of 128 tokens per 512-token sequence.
-    "tiny": dict(vocab_size=8192, seq_len=512, segment_len=128, n_layer=4, dim=256, n_head=4,
-                 hidden_dim=512, ffn="lory", num_experts=8),
-    "tiny-dense": dict(vocab_size=8192, seq_len=512, segment_len=128, n_layer=4, dim=256, n_head=4,
-                       hidden_dim=512, ffn="dense", num_experts=8),
-    **{f"0.3b-{e}e": _paper(24, 1024, 16, 2816, e) for e in (8, 16, 32)},
-    "0.3b-dense": {**_paper(24, 1024, 16, 2816, 8), "ffn": "dense"},
-    **{f"1.5b-{e}e": _paper(48, 1536, 24, 4096, e) for e in (8, 16, 32)},
-    "1.5b-dense": {**_paper(48, 1536, 24, 4096, 8), "ffn": "dense"},
-}
+    d, n, V, L = cfg.dim, cfg.n_layer, cfg.vocab_size, cfg.seq_len
+    forward = n * (8 * d * d + 2 * L * d + cfg.ffn_class.flops_per_token(cfg)) + 2 * d * V
+    return float(3 * forward + n * cfg.ffn_class.recomputed_flops_per_token(cfg))

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, get_args
+from typing import TYPE_CHECKING, ClassVar, Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .merged_swiglu import merged_swiglu
+
+if TYPE_CHECKING:  # annotations only: config.py imports the layers through model/ffn.py
+    from .config import ModelConfig
 
 RoutingMode = Literal["prompt", "segment"]
 ROUTING_MODES: tuple[str, ...] = get_args(RoutingMode)  # the same list, written once
@@ -69,7 +72,8 @@ def merge_experts(weights: Tensor, expert_weight: Tensor) -> Tensor:
     """Soft-merge the experts of one weight matrix, once per routing row.
 
     weights (..., E), expert_weight (E, a, b) -> (..., a, b). One matmul over the expert axis on
-    a flattened view (measured ~25% faster than einsum for this merge on CPU), and no loop over segments or experts.
+    a flattened view (one large GEMM rather than an einsum the backend may split; see BENCHMARKS.md for
+    the layer's measured cost), and no loop over segments or experts.
     """
     E = expert_weight.shape[0]
     lead = weights.shape[:-1]
@@ -94,19 +98,81 @@ def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:
 
 
 @dataclass
+class SegmentMean:
+    """While decoding, the running sum of the current segment's FFN inputs, from which the next
+    segment routes (the causal segment routing of training, one token at a time).
+
+    total: (B, d) sum of the inputs seen so far in the current segment.
+    """
+
+    total: Tensor
+    segment_len: int
+
+    def add(self, x: Tensor, pos: int) -> Tensor | None:
+        """Take the input x (B, d) of the token at absolute position ``pos``.
+
+        Returns the mean input (B, d) of the segment that ended just before ``pos`` when ``pos``
+        starts a new segment (a multiple of T), else None.
+        """
+        completed = None
+        if pos % self.segment_len == 0:
+            completed = self.total / self.segment_len  # (B, d)
+            self.total = torch.zeros_like(self.total)
+        self.total = self.total + x  # (B, d)
+        return completed
+
+    @classmethod
+    def after_prompt(cls, x: Tensor, segment_len: int) -> "SegmentMean":
+        """The state after a prompt x (B, P, d): the sum over its last (possibly partial) segment."""
+        last_start = (x.shape[1] - 1) // segment_len * segment_len
+        return cls(x[:, last_start:].sum(dim=1), segment_len)  # (B, d)
+
+
+@dataclass
 class MergedFFNCache:
     """One Lory layer's state while decoding, kept next to the KV cache.
 
     w_gate, w_up: (B, d, f) and w_down: (B, f, d): the merged FFN of the current segment
-    (prompt mode: of the whole sequence). segment_sum: (B, d) sum of the FFN inputs seen so far
-    in the current segment (segment mode only), so the next segment can route on its mean.
+    (prompt mode: of the whole sequence). segment: the running segment mean (segment mode only).
     """
 
     mode: RoutingMode
     w_gate: Tensor
     w_up: Tensor
     w_down: Tensor
-    segment_sum: Tensor | None = None
+    segment: SegmentMean | None = None
+
+
+# ----------------------------------------------------------------------------- routing policies
+
+
+class CausalSegmentRouting:
+    """Lory's routing (LORY.md section 1): segment k merges with segment k-1's router probabilities."""
+
+    def weights(self, probs: Tensor) -> Tensor:
+        """(B, N, E) each segment's own probabilities -> (B, N, E) the weights each segment merges."""
+        return causal_shift(probs)
+
+    def reroutes_at(self, pos: int, segment_len: int) -> bool:
+        """While decoding: does the token at ``pos`` start a segment with a new merge?"""
+        return pos % segment_len == 0
+
+
+class FirstSegmentRouting(CausalSegmentRouting):
+    """The paper's prefix ablation: one merge per sequence, from the first segment, for every segment.
+
+    The first segment routes on itself with the gradient cut, as in Lory; later segments use the same
+    weights with the gradient flowing, so the router learns from them.
+    """
+
+    def weights(self, probs: Tensor) -> Tensor:
+        first = probs[:, :1]  # (B, 1, E)
+        return torch.cat([first.detach(), first.expand(-1, probs.shape[1] - 1, -1)], dim=1)  # (B, N, E)
+
+    def reroutes_at(self, pos: int, segment_len: int) -> bool:
+        # A prompt shorter than one segment routed segment 0 on what it had; when segment 0
+        # completes, the rest of the sequence routes on its full mean, as the full forward does.
+        return pos == segment_len
 
 
 # ----------------------------------------------------------------------------- layers
@@ -115,6 +181,9 @@ class MergedFFNCache:
 class SwiGLU(nn.Module):
     """The dense FFN: the parameter-matched baseline and the model that upcycling copies."""
 
+    routed: ClassVar[bool] = False
+    has_dense_phase: ClassVar[bool] = False
+
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
         self.w_gate = nn.Parameter(torch.empty(dim, hidden_dim))  # (d, f)
@@ -122,7 +191,23 @@ class SwiGLU(nn.Module):
         self.w_down = nn.Parameter(torch.empty(hidden_dim, dim))  # (f, d)
         self.reset_parameters()
 
-    def reset_parameters(self, std: float = 0.02, out_std: float | None = None) -> None:
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> SwiGLU:
+        return cls(cfg.dim, cfg.hidden_dim)
+
+    @staticmethod
+    def check_config(cfg: ModelConfig) -> None:
+        """Nothing beyond ModelConfig's own checks."""
+
+    @staticmethod
+    def flops_per_token(cfg: ModelConfig) -> float:
+        return 6.0 * cfg.dim * cfg.hidden_dim  # three (d, f) matmuls, 2 FLOPs per multiply-add
+
+    @staticmethod
+    def recomputed_flops_per_token(cfg: ModelConfig) -> float:
+        return 0.0
+
+    def reset_parameters(self, std: float = 0.02, out_std: float | None = None, router_std: float = 0.02) -> None:
         nn.init.normal_(self.w_gate, std=std)
         nn.init.normal_(self.w_up, std=std)
         nn.init.normal_(self.w_down, std=std if out_std is None else out_std)
@@ -143,22 +228,34 @@ class SwiGLU(nn.Module):
 class RoutedExperts(nn.Module):
     """E SwiGLU experts and a linear router: the parameters every routed FFN here shares.
 
-    ``routing_len`` is the number of tokens one routing decision covers (T for segment routing, 1 for
-    token routing); monitoring callbacks use it to attribute routing weights to tokens.
+    ``segment_len`` is the number of tokens one routing decision covers: the segment length T for
+    segment routing, 1 for token routing (a token is a segment of one). Monitoring callbacks use it
+    to attribute routing weights to tokens.
     """
 
-    def __init__(self, dim: int, hidden_dim: int, num_experts: int, routing_len: int) -> None:
+    routed: ClassVar[bool] = True
+    has_dense_phase: ClassVar[bool] = False  # only Lory layers train as the dense model first
+
+    def __init__(self, dim: int, hidden_dim: int, num_experts: int, segment_len: int) -> None:
         super().__init__()
-        if num_experts < 1 or routing_len < 1:
-            raise ValueError(f"num_experts ({num_experts}) and routing_len ({routing_len}) must be >= 1")
+        if num_experts < 1 or segment_len < 1:
+            raise ValueError(f"num_experts ({num_experts}) and segment_len ({segment_len}) must be >= 1")
         self.dim, self.hidden_dim = dim, hidden_dim
-        self.num_experts, self.routing_len = num_experts, routing_len
+        self.num_experts, self.segment_len = num_experts, segment_len
         self.router = nn.Linear(dim, num_experts, bias=False)  # weight (E, d)
         self.w_gate = nn.Parameter(torch.empty(num_experts, dim, hidden_dim))  # (E, d, f)
         self.w_up = nn.Parameter(torch.empty(num_experts, dim, hidden_dim))  # (E, d, f)
         self.w_down = nn.Parameter(torch.empty(num_experts, hidden_dim, dim))  # (E, f, d)
         self.is_dense = False  # only Lory layers have a dense phase
         self.reset_parameters()
+
+    @staticmethod
+    def check_config(cfg: ModelConfig) -> None:
+        """Nothing beyond ModelConfig's own checks."""
+
+    @staticmethod
+    def recomputed_flops_per_token(cfg: ModelConfig) -> float:
+        return 0.0
 
     def reset_parameters(self, std: float = 0.02, out_std: float | None = None,
                          router_std: float = 0.02) -> None:
@@ -170,7 +267,7 @@ class RoutedExperts(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, hidden_dim={self.hidden_dim}, num_experts={self.num_experts}, "
-                f"routing_len={self.routing_len}")
+                f"segment_len={self.segment_len}")
 
     def router_logits(self, h: Tensor) -> Tensor:
         """(..., d) -> (..., E), in at least fp32 whatever the autocast dtype: the softmax decides merges."""
@@ -183,7 +280,7 @@ class RoutedExperts(nn.Module):
 
 
 class LoryMoE(RoutedExperts):
-    """E SwiGLU experts merged per segment by causal segment routing (LORY.md section 1).
+    """E SwiGLU experts merged per segment by a segment routing policy (LORY.md section 1).
 
     Args:
         dim: Model width d.
@@ -192,26 +289,55 @@ class LoryMoE(RoutedExperts):
         segment_len: T; training inputs must have L a multiple of T.
         recompute_merge: In training, recompute the merged weights in backward (memory of a dense
             FFN) instead of letting autograd keep them (``False``: the plain path, for comparison).
+        policy: How each segment's router probabilities become the weights it merges: Lory's causal
+            segment routing (the default) or a variant such as ``FirstSegmentRouting``.
     """
 
+    has_dense_phase: ClassVar[bool] = True
+
     def __init__(self, dim: int, hidden_dim: int, num_experts: int, segment_len: int,
-                 recompute_merge: bool = True) -> None:
+                 recompute_merge: bool = True, policy: CausalSegmentRouting | None = None) -> None:
         super().__init__(dim, hidden_dim, num_experts, segment_len)
-        self.segment_len = segment_len
         # True: merged weights are recomputed in backward instead of kept (the plain path keeps them).
         self.recompute_merge = recompute_merge
+        self.policy = policy if policy is not None else CausalSegmentRouting()
         # Dense warmup (LORY.md section 3): while set, every segment uses expert 0 alone, which is
-        # exactly a dense SwiGLU; upcycle_from_first_expert() ends it. A buffer, so checkpoints keep it.
+        # exactly a dense SwiGLU; model/upcycle.py ends it. A buffer, so checkpoints keep it.
         self.register_buffer("dense_phase", torch.tensor(False))
         self.is_dense = False  # host-side mirror: reading the buffer every forward would sync a GPU
 
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> LoryMoE:
+        return cls(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.segment_len, cfg.recompute_merge)
+
+    @staticmethod
+    def check_config(cfg: ModelConfig) -> None:
+        if cfg.num_segments < 2:
+            raise ValueError(
+                f"model.seq_len {cfg.seq_len} holds one segment of model.segment_len {cfg.segment_len}: "
+                "the first segment routes on itself with its gradient cut, so with one segment the "
+                "router never receives a gradient. Choose segment_len at most seq_len / 2 (the paper: "
+                "16 segments of 256 in 4096)")
+
+    @staticmethod
+    def flops_per_token(cfg: ModelConfig) -> float:
+        # The merged SwiGLU (6df) plus its share of one merge per segment (6Edf / T) and of the
+        # segment router (2dE / T).
+        d, f, E, T = cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.segment_len
+        return 6 * d * f + 6 * E * d * f / T + 2 * d * E / T
+
+    @staticmethod
+    def recomputed_flops_per_token(cfg: ModelConfig) -> float:
+        # recompute_merge: backward merges the three matrices again, once per segment
+        return 6 * cfg.num_experts * cfg.dim * cfg.hidden_dim / cfg.segment_len if cfg.recompute_merge else 0.0
+
     def route(self, x: Tensor) -> Routing:
-        """Causal segment routing of x (B, L, d): logits and applied weights, each (B, N, E)."""
+        """Segment routing of x (B, L, d): logits and applied weights, each (B, N, E)."""
         logits = self.router_logits(segment_means(x, self.segment_len))  # (B, N, E)
         probs = logits.softmax(dim=-1)  # (B, N, E)
         if self.is_dense:
             return Routing(logits=logits, weights=self._first_expert_only(probs))
-        return Routing(logits=logits, weights=causal_shift(probs))
+        return Routing(logits=logits, weights=self.policy.weights(probs))
 
     def _first_expert_only(self, probs: Tensor) -> Tensor:
         """Dense phase: one-hot on expert 0, which merges to exactly w[0]. "+ 0 * probs" keeps the
@@ -225,22 +351,13 @@ class LoryMoE(RoutedExperts):
         return self._first_expert_only(probs) if self.is_dense else probs
 
     def routing_weights(self, x: Tensor) -> Tensor:
-        """The weights merged for each segment of x (B, L, d), after the causal shift: (B, N, E)."""
+        """The weights merged for each segment of x (B, L, d), after the policy: (B, N, E)."""
         return self.route(x).weights
 
     def merged(self, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The three merged matrices for routing weights (..., E): (..., d, f), (..., d, f), (..., f, d)."""
         return (merge_experts(weights, self.w_gate), merge_experts(weights, self.w_up),
                 merge_experts(weights, self.w_down))
-
-    @torch.no_grad()
-    def upcycle_from_first_expert(self, router_std: float = 0.02, generator: torch.Generator | None = None) -> None:
-        """End the dense phase: copy expert 0 into every expert and draw a fresh small router."""
-        for w in (self.w_gate, self.w_up, self.w_down):
-            w.copy_(w[:1].expand_as(w))
-        fresh = torch.randn(self.router.weight.shape, generator=generator, dtype=torch.float32) * router_std
-        self.router.weight.copy_(fresh.to(self.router.weight))
-        self.set_dense_phase(False)
 
     def set_dense_phase(self, flag: bool) -> None:
         self.dense_phase.fill_(flag)
@@ -287,18 +404,13 @@ class LoryMoE(RoutedExperts):
         if mode != "segment":
             raise ValueError(f"routing mode must be one of {ROUTING_MODES}, got {mode!r}")
         y, routing = self.forward_with_routing(x)
-        P, T = x.shape[1], self.segment_len
         w_gate, w_up, w_down = self.merged(routing.weights[:, -1])  # (B, d, f), (B, d, f), (B, f, d)
-        last_start = (P - 1) // T * T
-        segment_sum = x[:, last_start:].sum(dim=1)  # (B, d)
-        return y, MergedFFNCache(mode, w_gate, w_up, w_down, segment_sum)
+        return y, MergedFFNCache(mode, w_gate, w_up, w_down, SegmentMean.after_prompt(x, self.segment_len))
 
     def decode(self, x: Tensor, cache: MergedFFNCache, pos: int) -> Tensor:
         """One new token x (B, 1, d) at absolute position ``pos`` -> y (B, 1, d); updates cache."""
-        if cache.mode == "segment":
-            if pos % self.segment_len == 0:  # a segment just completed: route on its mean
-                probs = self._inference_probs(cache.segment_sum / self.segment_len)  # (B, E)
-                cache.w_gate, cache.w_up, cache.w_down = self.merged(probs)
-                cache.segment_sum = torch.zeros_like(cache.segment_sum)
-            cache.segment_sum = cache.segment_sum + x[:, 0]  # (B, d)
+        if cache.segment is not None:
+            completed = cache.segment.add(x[:, 0], pos)  # (B, d) when a segment just completed
+            if completed is not None and self.policy.reroutes_at(pos, self.segment_len):
+                cache.w_gate, cache.w_up, cache.w_down = self.merged(self._inference_probs(completed))
         return swiglu(x, cache.w_gate, cache.w_up, cache.w_down)  # (B, 1, d)

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .moe import ROUTING_MODES, LoryMoE, MergedFFNCache, RoutedExperts, Routing, RoutingMode, SwiGLU
+from .moe import ROUTING_MODES, MergedFFNCache, RoutedExperts, Routing, RoutingMode
 
 
 class ModelOutput(NamedTuple):
@@ -29,14 +29,15 @@ class InferenceCache:
     """Per-sequence decoding state: K/V per layer, and each Lory layer's merged FFN beside it.
 
     k, v: per layer (B, nh, S, hs), preallocated for ``S = max_len`` positions.
-    ffn: per layer, the MergedFFNCache of a Lory layer (None for dense, or before prefill).
+    ffn: per layer, the FFN's decoding state from its prefill (a Lory layer's MergedFFNCache; None
+        for dense, or before prefill).
     length: positions already written.
     """
 
     routing_mode: RoutingMode
     k: list[Tensor]
     v: list[Tensor]
-    ffn: list[MergedFFNCache | None]
+    ffn: list[MergedFFNCache | Any]
     length: int = 0
 
     @property
@@ -99,33 +100,13 @@ class CausalSelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, L, d))  # (B, L, d)
 
 
-def build_ffn(cfg: ModelConfig) -> nn.Module:
-    """The FFN of one block, chosen by ``cfg.ffn``."""
-    if cfg.ffn == "lory":
-        return LoryMoE(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.segment_len, cfg.recompute_merge)
-    if cfg.ffn == "dense":
-        return SwiGLU(cfg.dim, cfg.hidden_dim)
-    from . import baselines
-
-    if cfg.ffn == "lory_prefix":
-        return baselines.LoryPrefixMoE(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.segment_len, cfg.recompute_merge)
-    if cfg.ffn == "expert_choice":
-        return baselines.ExpertChoiceMoE(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.capacity_factor)
-    if cfg.ffn == "segment_expert_choice":
-        return baselines.SegmentExpertChoiceMoE(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.segment_len,
-                                                cfg.capacity_factor)
-    if cfg.ffn == "topk":
-        return baselines.TopKMoE(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.top_k)
-    raise ValueError(f"unknown ffn {cfg.ffn!r}")
-
-
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.attn = CausalSelfAttention(cfg)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.ffn = build_ffn(cfg)
+        self.ffn = cfg.ffn_class.from_config(cfg)  # the kind's class, from model/ffn.py's table
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Routing | None]:
         x = x + self.attn(self.attn_norm(x), cos, sin)  # (B, L, d)
@@ -168,17 +149,14 @@ class LoryTransformer(nn.Module):
         for block in self.blocks:
             nn.init.normal_(block.attn.qkv.weight, std=std)
             nn.init.normal_(block.attn.proj.weight, std=out_std)
-            if isinstance(block.ffn, RoutedExperts):
-                block.ffn.reset_parameters(std, out_std, cfg.router_init_std)
-            else:
-                block.ffn.reset_parameters(std, out_std)
+            block.ffn.reset_parameters(std, out_std, cfg.router_init_std)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     def moe_layers(self) -> list[RoutedExperts]:
         """The routed FFNs (Lory or a baseline), in layer order; empty for a dense model."""
-        return [b.ffn for b in self.blocks if isinstance(b.ffn, RoutedExperts)]
+        return [b.ffn for b in self.blocks if b.ffn.routed]
 
     def _rope(self, start: int, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
         return rope_cos_sin(torch.arange(start, start + length, device=device),

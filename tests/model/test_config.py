@@ -1,6 +1,7 @@
 import pytest
 
-from lory_lightning.model import PRESETS, LoryTransformer, ModelConfig, param_counts
+from lory_lightning.model import LoryTransformer, ModelConfig, param_counts
+from test_cli_lightning import ROOT, resolved_config
 
 
 def test_segment_length_must_divide_sequence_length():
@@ -28,34 +29,49 @@ def test_bad_values_name_the_key(changes, message):
         ModelConfig(**changes)
 
 
-def test_unknown_preset_lists_known_ones():
-    with pytest.raises(ValueError, match="known presets: .*tiny"):
-        ModelConfig.from_name("huge")
-
-
-@pytest.mark.parametrize("name", ["tiny", "tiny-dense"])
+@pytest.mark.parametrize("ffn", ["lory", "dense"])
 @pytest.mark.parametrize("tie", [False, True])
-def test_param_counts_match_a_built_model(name, tie):
-    cfg = ModelConfig.from_name(name, tie_embeddings=tie)
+def test_param_counts_match_a_built_model(ffn, tie):
+    cfg = ModelConfig(ffn=ffn, tie_embeddings=tie)
     assert param_counts(cfg)["total"] == LoryTransformer(cfg).num_parameters()
 
 
-def test_tiny_preset_fits_a_laptop():
-    cfg = ModelConfig.from_name("tiny")
+def test_the_default_shape_is_the_tiny_model_and_fits_a_laptop():
+    cfg = ModelConfig()
     assert param_counts(cfg)["total"] <= 20_000_000
     assert cfg.num_segments >= 4
     assert cfg.is_moe
 
 
-def test_paper_presets_have_the_paper_sizes():
-    counts = param_counts(ModelConfig.from_name("0.3b-8e"))
+def _shipped_model(name: str) -> ModelConfig:
+    """The model section of a shipped run config, resolved by the CLI (bases included), with the
+    vocabulary size the CLI links from the data section."""
+    printed = resolved_config(ROOT / "configs" / f"{name}.yaml")
+    model = printed["model"]["init_args"]["model"]
+    return ModelConfig(**{**model, "vocab_size": printed["data"]["init_args"]["vocab_size"]})
+
+
+@pytest.mark.parametrize("name,layers,dim,heads,hidden,experts,ffn", [
+    ("lory-0.3b-8e", 24, 1024, 16, 2816, 8, "lory"), ("lory-0.3b-16e", 24, 1024, 16, 2816, 16, "lory"),
+    ("lory-0.3b-32e", 24, 1024, 16, 2816, 32, "lory"), ("dense-0.3b", 24, 1024, 16, 2816, 8, "dense"),
+    ("lory-1.5b-8e", 48, 1536, 24, 4096, 8, "lory"), ("lory-1.5b-16e", 48, 1536, 24, 4096, 16, "lory"),
+    ("lory-1.5b-32e", 48, 1536, 24, 4096, 32, "lory"), ("lory-1.5b-32e-fsdp", 48, 1536, 24, 4096, 32, "lory"),
+    ("dense-1.5b", 48, 1536, 24, 4096, 8, "dense"),
+])
+def test_paper_configs_resolve_to_the_paper_sizes(name, layers, dim, heads, hidden, experts, ffn):
+    # LORY.md section 3: LLaMA tokenizer (32k), L = 4096, T = 256
+    cfg = _shipped_model(name)
+    assert (cfg.n_layer, cfg.dim, cfg.n_head, cfg.hidden_dim, cfg.ffn) == (layers, dim, heads, hidden, ffn)
+    assert (cfg.vocab_size, cfg.seq_len, cfg.segment_len) == (32000, 4096, 256)
+    if ffn == "lory":
+        assert cfg.num_experts == experts
+
+
+def test_paper_sizes_in_parameters():
+    counts = param_counts(_shipped_model("lory-0.3b-8e"))
     assert counts["total"] == pytest.approx(1.8e9, rel=0.03)  # "0.3B/8E = 1.8B total parameters"
     assert counts["active_non_embedding"] == pytest.approx(0.3e9, rel=0.05)
-    dense = param_counts(ModelConfig.from_name("0.3b-dense"))
+    dense = param_counts(_shipped_model("dense-0.3b"))
     assert dense["total"] == pytest.approx(counts["active"], rel=0.001)  # parameter-matched twin
-    big = param_counts(ModelConfig.from_name("1.5b-dense"))
+    big = param_counts(_shipped_model("dense-1.5b"))
     assert big["active_non_embedding"] == pytest.approx(1.36e9, rel=0.05)
-    for name in PRESETS:
-        cfg = ModelConfig.from_name(name)
-        assert cfg.seq_len % cfg.segment_len == 0
-    assert {"0.3b-8e", "0.3b-16e", "0.3b-32e", "1.5b-8e", "1.5b-16e", "1.5b-32e"} <= set(PRESETS)

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lory_lightning.model import ModelConfig
+from lory_lightning.training import TrainingConfig
 from lory_lightning.module import LoryLM
 from lory_lightning.optim import OptimConfig
 
@@ -43,7 +44,7 @@ def main() -> None:
     L.seed_everything(0)
     cfg = ModelConfig(vocab_size=64, seq_len=32, segment_len=8, n_layer=2, n_head=2, dim=32, hidden_dim=48,
                       num_experts=4)
-    model = LoryLM(model=cfg, optim=OptimConfig(lr=1e-3), dense_warmup=0.2)
+    model = LoryLM(model=cfg, optim=OptimConfig(lr=1e-3), training=TrainingConfig(dense_warmup=0.2))
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
                         max_steps=STEPS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, gradient_clip_val=1.0,

@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
 from test_cli_lightning import small_config
+
+pytestmark = pytest.mark.isolated  # runs lory code in child processes (pyproject.toml, markers)
 
 HERE = Path(__file__).resolve().parent
 

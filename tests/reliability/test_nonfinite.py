@@ -15,12 +15,12 @@ def test_nan_gradient_stops_the_run_by_default(small_data, tmp_path, capsys):
     code = main(["fit", "--config", str(cfg), "--trainer.callbacks+=faults.NanGradAt", "--trainer.callbacks.step=5"])
     assert code == 1
     err = capsys.readouterr().err
-    assert "non-finite gradient norm at step 5" in err and "model.nonfinite: skip" in err
+    assert "non-finite gradient norm at step 5" in err and "model.training.nonfinite: skip" in err
 
 
 def test_nan_gradient_skips_that_step_only(small_data, tmp_path):
     cfg = small_config(tmp_path, small_data)
-    assert main(["fit", "--config", str(cfg), "--model.nonfinite", "skip", "--trainer.callbacks+=faults.NanGradAt",
+    assert main(["fit", "--config", str(cfg), "--model.training.nonfinite", "skip", "--trainer.callbacks+=faults.NanGradAt",
                  "--trainer.callbacks.step=5"]) == 0
     run = tmp_path / "runs" / "lory-tiny" / "version_0"
     with open(run / "metrics.csv") as f:

@@ -17,7 +17,9 @@ from lory_lightning.data.ordering import greedy_path
 from lory_lightning.data.prepare import PrepareConfig, prepare
 from lory_lightning.metrics import DomainPerplexity
 from lory_lightning.model import ModelConfig
-from lory_lightning.module import LoryLM, NonFiniteError
+from lory_lightning.training import TrainingConfig
+from lory_lightning.callbacks.guard import NonFiniteError, NonFiniteGuard
+from lory_lightning.module import LoryLM
 
 CFG = ModelConfig(vocab_size=64, seq_len=32, segment_len=8, n_layer=2, n_head=2, dim=16, hidden_dim=24,
                   num_experts=4)
@@ -74,7 +76,7 @@ def test_lr_warmup_is_sized_by_the_optimizer_setting_not_the_dense_warmup():
     # Mutant: the linear warmup length taken from dense_warmup instead of optim.warmup_fraction.
     from lory_lightning.optim import OptimConfig
 
-    lm = LoryLM(model=CFG, optim=OptimConfig(lr=1.0, warmup_fraction=0.5), dense_warmup=0.1)
+    lm = LoryLM(model=CFG, optim=OptimConfig(lr=1.0, warmup_fraction=0.5), training=TrainingConfig(dense_warmup=0.1))
     lm._trainer = SimpleNamespace(max_steps=20)
     schedule = lm.configure_optimizers()["lr_scheduler"]["scheduler"]
     rates = []
@@ -105,27 +107,33 @@ def test_per_domain_sums_are_summed_across_ranks_not_averaged():
     torch.testing.assert_close(got["all"], expected["all"])
 
 
-def _guarded(loss, grad):
+def _guard_step(loss, grad):
+    """One NonFiniteGuard check of a module whose every gradient is ``grad`` and whose loss is ``loss``;
+    returns the logged gradient norm."""
     lm = LoryLM(model=CFG)
     for p in lm.parameters():
         p.grad = torch.full_like(p, grad)
-    lm._last_loss = torch.tensor(loss)
-    lm._trainer = SimpleNamespace(world_size=1, global_step=3)
-    return lm
+    lm.last_loss = torch.tensor(loss)
+    logged = {}
+    lm.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    NonFiniteGuard().on_before_optimizer_step(SimpleNamespace(world_size=1, global_step=3), lm, None)
+    return logged["train/grad_norm"]
 
 
 def test_the_nonfinite_guard_reads_the_loss_as_well_as_the_gradient():
     # Mutant: only the gradient norm is checked; a non-finite loss with finite gradients passed.
     with pytest.raises(NonFiniteError, match="non-finite loss at step 3"):
-        _guarded(float("inf"), 0.1).on_before_optimizer_step(None)
+        _guard_step(float("inf"), 0.1)
     with pytest.raises(NonFiniteError, match="non-finite gradient norm at step 3"):
-        _guarded(1.0, float("nan")).on_before_optimizer_step(None)
-    _guarded(1.0, 0.1).on_before_optimizer_step(None)  # finite: nothing happens
+        _guard_step(1.0, float("nan"))
+    # finite: nothing happens, and the logged norm is the global one (every gradient entry is 0.1)
+    n = sum(p.numel() for p in LoryLM(model=CFG).parameters())
+    assert _guard_step(1.0, 0.1) == pytest.approx(0.1 * n ** 0.5, rel=1e-5)
 
 
 def test_upcycling_happens_at_the_first_step_after_the_dense_warmup():
     # Mutant: upcycling one step late (global_step > upcycle_step instead of >=).
-    lm = LoryLM(model=CFG, dense_warmup=0.25)
+    lm = LoryLM(model=CFG, training=TrainingConfig(dense_warmup=0.25))
     opt = torch.optim.AdamW(lm.parameters())
     lm._trainer = SimpleNamespace(max_steps=8, global_step=1, optimizers=[opt])
     lm.on_train_batch_start(None, 0)

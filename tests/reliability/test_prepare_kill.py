@@ -14,6 +14,8 @@ import pytest
 from conftest import make_corpus
 from lory_lightning.data.shards import verify_shards
 
+pytestmark = pytest.mark.isolated  # runs lory code in child processes (pyproject.toml, markers)
+
 # Runs `lory prepare ARGS` in a fresh interpreter after wrapping one pipeline step so that the
 # process SIGKILLs itself at the chosen point (before or after the step's n-th call).
 DRIVER = """

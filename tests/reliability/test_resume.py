@@ -32,6 +32,7 @@ def test_samples_consumed_per_worker():
     assert samples_consumed_by_worker(7, 0, 0, 4) == 28
 
 
+@pytest.mark.isolated  # runs `lory fit` in child processes
 def test_kill_9_and_resume_gives_bitwise_identical_losses(small_data, tmp_path):
     cfg = small_config(tmp_path, small_data)
     spec = yaml.safe_load(cfg.read_text())
