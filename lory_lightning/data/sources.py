@@ -42,11 +42,13 @@ class Document:
 
 @dataclass(frozen=True)
 class ReadPolicy:
-    text_field: str = "text"
-    domain_field: str = "domain"
-    min_chars: int = 1
-    max_chars: int = 1_000_000
-    strict: bool = False
+    """How documents are read: which jsonl keys hold them, which are skipped, whether a skip is fatal."""
+
+    text_field: str = "text"  # the jsonl key of a document's text
+    domain_field: str = "domain"  # the jsonl key of its domain (absent: the file's name without .jsonl)
+    min_chars: int = 1  # shorter texts are skipped, counted as too_short
+    max_chars: int = 1_000_000  # longer texts are skipped, counted as too_long
+    strict: bool = False  # a skipped document ends the run with its file:line
 
     def __post_init__(self) -> None:
         if self.min_chars < 1 or self.max_chars < self.min_chars:
