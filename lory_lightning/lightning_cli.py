@@ -16,7 +16,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.trainer import Trainer
 
-from .checkpoint_io import UNREADABLE, checkpoint_error, load_checkpoint, save_atomically
+from .checkpoint_io import load_checkpoint, save_atomically
 from .data.datamodule import LoryDataModule
 from .errors import one_line
 from .callbacks.guard import NonFiniteError
@@ -62,16 +62,23 @@ class LoryCLI(LightningCLI):
         pin_shared_versions(config.trainer)
 
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads --ckpt_path itself (weights_only) to take the model's hyperparameters from
-        # it; a truncated or pickled file must end in the same one-line reason as everywhere else.
-        config = self.config.get(self.config.get("subcommand") or "", None)
+        # As LightningCLI does, the model's hyperparameters come from --ckpt_path; here through
+        # load_checkpoint (weights_only, the same one-line reason for a damaged file as everywhere
+        # else), and those of checkpoints written before round 2 are moved to today's keys.
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand or "", None)
         self._resume: tuple[Path, int] | None = None
-        if config is not None and config.get("ckpt_path") == "last":
+        if config is None:
+            return
+        if config.get("ckpt_path") == "last":
             config.ckpt_path, self._resume = resolve_last(config.trainer)
-        try:
-            super()._parse_ckpt_path()
-        except UNREADABLE as err:
-            raise checkpoint_error(self.config[self.config.subcommand].get("ckpt_path"), err) from err
+        path = config.get("ckpt_path")
+        if not path or not Path(path).is_file():
+            return
+        hparams = upgrade_hparams(load_checkpoint(path, mmap=True).get("hyper_parameters", {}))
+        hparams.pop("_instantiator", None)
+        if hparams:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:  # noqa: ANN003
         # A run must be resumable with --ckpt_path last whatever callback set a YAML composes in:
@@ -222,6 +229,20 @@ def refuse_optimizer_flags(argv: list[str]) -> None:
         if flag.startswith(("--optimizer", "--lr_scheduler")):
             raise ValueError(f"{flag} is not supported: LoryLM builds AdamW (no weight decay on norms) with a "
                              f"per-step cosine schedule; set {OPTIMIZER_KEYS} instead")
+
+
+TRAINING_KEYS = ("dense_warmup", "upcycle_moments", "load_balance_coef", "z_loss_coef", "nonfinite")
+
+
+def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's LoryLM hyperparameters in today's layout: before round 2 the training knobs
+    (dense warmup, upcycle moments, router loss weights, nonfinite) sat beside ``model`` and ``optim``;
+    they now form ``training``."""
+    moved = {k: hparams[k] for k in TRAINING_KEYS if k in hparams}
+    if not moved:
+        return dict(hparams)
+    rest = {k: v for k, v in hparams.items() if k not in moved}
+    return {**rest, "training": {**rest.get("training", {}), **moved}}
 
 
 def config_chain(path: str) -> list[str]:

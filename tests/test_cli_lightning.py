@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lory_lightning.cli import main
@@ -216,3 +217,21 @@ def test_loggers_sharing_a_folder_get_one_version(tmp_path):
                                 logger("kept")])
     pin_shared_versions(trainer)
     assert [lg.init_args.get("version") for lg in trainer.logger] == [4, 4, None, 7, None]
+
+
+def test_a_round_1_checkpoint_validates_with_its_training_keys_moved(small_data, tmp_path, capsys):
+    from lory_lightning.lightning_cli import upgrade_hparams
+
+    cfg = small_config(tmp_path, small_data)
+    assert main(["fit", "--config", str(cfg), "--trainer.max_steps", "2", "--trainer.val_check_interval", "2"]) == 0
+    ckpt = tmp_path / "runs" / "lory-tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    state = load_checkpoint(ckpt)
+    hp = state["hyper_parameters"]
+    old = {**{k: v for k, v in hp.items() if k != "training"}, **hp["training"]}  # the round-1 layout
+    assert upgrade_hparams(old) == hp
+    state["hyper_parameters"] = old
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save(state, legacy)
+    capsys.readouterr()
+    assert main(["validate", "--config", str(cfg), "--ckpt_path", str(legacy)]) == 0
+    assert "validation of" in capsys.readouterr().out
