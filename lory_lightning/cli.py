@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import dataclasses
 import re
 import sys
@@ -94,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="prompt: one merge per layer from the prompt (paper default); segment: as in training")
     gen.add_argument("--tokenizer", help="tokenizer.json, if the checkpoint carries none")
     gen.add_argument("--seed", type=int, default=0)
+    exp = commands.add_parser(
+        "export", help="a checkpoint as a Hugging Face model folder (pip install -e \".[hf]\")",
+        description="Write a checkpoint as a folder that transformers' AutoModelForCausalLM loads: a routed model "
+                    "as model_type lory with its modeling code in the folder (trust_remote_code=True, or "
+                    "`import lory_lightning.hf`), a dense model as a plain Llama; tokenizer and generation "
+                    "config included.")
+    exp.add_argument("--ckpt_path", required=True, help="a checkpoint written by `lory fit`")
+    exp.add_argument("--output", required=True, help="a new (or empty) folder")
+    exp.add_argument("--routing", choices=["prompt", "segment"], default="prompt",
+                     help="how the exported model routes when it generates (config.routing, changeable later)")
     ana = commands.add_parser(
         "analyze", help="per-domain specialization report of a checkpoint (tables + heatmaps)",
         description="The DomainSpecialization report for a trained checkpoint on any prepared data, "
@@ -179,6 +190,17 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    try:
+        from .export import export
+    except ImportError as err:
+        raise ValueError(f"lory export needs transformers: pip install -e \".[hf]\" ({err})") from err
+    out = export(args.ckpt_path, args.output, args.routing)
+    print(f"{out}: {json.loads((out / 'lory_export.json').read_text())['architecture']} "
+          "(AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
 def _lightning(argv: list[str]) -> int:
     from .lightning_cli import run_lightning_cli
 
@@ -202,7 +224,8 @@ def _replicate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"prepare": _prepare, "generate": _generate, "analyze": _analyze, "replicate": _replicate}
+COMMANDS = {"prepare": _prepare, "generate": _generate, "export": _export, "analyze": _analyze,
+            "replicate": _replicate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

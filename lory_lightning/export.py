@@ -1,0 +1,118 @@
+"""`lory export`: a LoryLM checkpoint as a Hugging Face model folder (needs the ``hf`` extra).
+
+A routed model becomes a ``lory`` model: safetensors weights, config.json whose ``auto_map`` names the
+modeling code copied beside it (model/ itself, which imports only torch and transformers), the
+tokenizer with its end-of-text token as eos and bos, and a generation config. It loads with
+``AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`` where lory_lightning is not
+installed, and without trust_remote_code after ``import lory_lightning.hf``.
+
+A dense checkpoint maps exactly onto the Llama architecture (pre-RMSNorm blocks, rotate-half RoPE,
+bias-free attention and SwiGLU): it is written as a plain ``LlamaForCausalLM`` that needs no code of ours.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint_io import load_model
+from .model import LoryTransformer, ModelConfig
+
+MODEL_CODE = Path(__file__).resolve().parent / "model"
+EOD_TOKEN = "<|endoftext|>"
+
+
+def llama_state_dict(model: LoryTransformer) -> dict[str, torch.Tensor]:
+    """A dense LoryTransformer's weights under LlamaForCausalLM's names and layouts.
+
+    Our attention keeps q, k and v in one (3d, d) matrix, Llama in three (d, d); our FFN stores
+    weights (in, out), Llama's Linear layers (out, in).
+    """
+    cfg = model.config
+    if cfg.ffn != "dense":
+        raise ValueError(f"only a dense model maps onto Llama, got ffn={cfg.ffn!r}")
+    state = {"model.embed_tokens.weight": model.tok_emb.weight, "model.norm.weight": model.norm.weight}
+    if not cfg.tie_embeddings:
+        state["lm_head.weight"] = model.lm_head.weight
+    for i, block in enumerate(model.blocks):
+        p = f"model.layers.{i}."
+        q, k, v = block.attn.qkv.weight.split(cfg.dim, dim=0)  # (d, d) each
+        state |= {p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
+                  p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": block.attn.proj.weight,
+                  p + "mlp.gate_proj.weight": block.ffn.w_gate.T, p + "mlp.up_proj.weight": block.ffn.w_up.T,
+                  p + "mlp.down_proj.weight": block.ffn.w_down.T,
+                  p + "input_layernorm.weight": block.attn_norm.weight,
+                  p + "post_attention_layernorm.weight": block.ffn_norm.weight}
+    return {k: v.detach().contiguous().clone() for k, v in state.items()}
+
+
+def llama_config(cfg: ModelConfig, **tokens: Any):  # noqa: ANN201 (transformers.LlamaConfig)
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.hidden_dim,
+                       num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
+                       num_key_value_heads=cfg.n_head, max_position_embeddings=cfg.seq_len,
+                       rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_base, hidden_act="silu",
+                       attention_bias=False, mlp_bias=False, tie_word_embeddings=cfg.tie_embeddings,
+                       torch_dtype="float32", **tokens)
+
+
+def _write_tokenizer(tokenizer_json: str | None, output: Path, max_length: int) -> dict[str, int]:
+    """tokenizer.json + tokenizer_config.json with eos = bos = pad = the end-of-text token."""
+    if tokenizer_json is None:
+        return {}
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer.from_str(tokenizer_json)
+    eod = tok.token_to_id(EOD_TOKEN)
+    if eod is None:
+        raise ValueError(f"the checkpoint's tokenizer has no {EOD_TOKEN} token to use as eos")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOD_TOKEN, bos_token=EOD_TOKEN,
+                                   pad_token=EOD_TOKEN, model_max_length=max_length)
+    fast.save_pretrained(output)
+    return {"eos_token_id": eod, "bos_token_id": eod, "pad_token_id": eod}
+
+
+def export(ckpt_path: str | Path, output: str | Path, routing: str = "prompt") -> Path:
+    """Write the checkpoint's model to ``output`` as a Hugging Face folder; returns the folder."""
+    from transformers import GenerationConfig
+
+    output = Path(output)
+    if output.exists() and any(output.iterdir()):
+        raise FileExistsError(f"{output}: not empty; export writes a new folder")
+    model, ckpt = load_model(ckpt_path)
+    cfg = model.config
+    output.mkdir(parents=True, exist_ok=True)
+    tokens = _write_tokenizer(ckpt.get("tokenizer"), output, cfg.seq_len)
+    if cfg.ffn == "dense":
+        from transformers import LlamaForCausalLM
+
+        hf_cfg = llama_config(cfg, **tokens)
+        with torch.device("meta"):
+            hf = LlamaForCausalLM(hf_cfg)
+        hf.load_state_dict(llama_state_dict(model), strict=False, assign=True)
+        if cfg.tie_embeddings:
+            hf.tie_weights()
+    else:
+        from .model.configuration_lory import LoryConfig
+        from .model.modeling_lory import LoryForCausalLM
+
+        hf_cfg = LoryConfig.from_model_config(cfg, routing=routing, **tokens)
+        hf_cfg.auto_map = {"AutoConfig": "configuration_lory.LoryConfig",
+                           "AutoModelForCausalLM": "modeling_lory.LoryForCausalLM"}
+        with torch.device("meta"):
+            hf = LoryForCausalLM(hf_cfg)
+        hf.model.load_state_dict(model.state_dict(), assign=True)
+        for path in sorted(MODEL_CODE.glob("*.py")):
+            if path.name != "__init__.py":  # the package's __init__ would import generate, upcycle, ...
+                shutil.copy2(path, output / path.name)
+    hf.save_pretrained(output)
+    GenerationConfig(**tokens).save_pretrained(output)
+    (output / "lory_export.json").write_text(json.dumps(
+        {"checkpoint": str(ckpt_path), "architecture": type(hf).__name__, "routing": routing}, indent=2) + "\n")
+    return output
