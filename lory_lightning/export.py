@@ -29,7 +29,7 @@ EOD_TOKEN = "<|endoftext|>"
 def llama_state_dict(model: LoryTransformer) -> dict[str, torch.Tensor]:
     """A dense LoryTransformer's weights under LlamaForCausalLM's names and layouts.
 
-    Our attention keeps q, k and v in one (3d, d) matrix, Llama in three (d, d); our FFN stores
+    Our attention keeps q, k and v stacked in one (d + 2 kv, d) matrix, Llama in three; our FFN stores
     weights (in, out), Llama's Linear layers (out, in).
     """
     cfg = model.config
@@ -40,7 +40,8 @@ def llama_state_dict(model: LoryTransformer) -> dict[str, torch.Tensor]:
         state["lm_head.weight"] = model.lm_head.weight
     for i, block in enumerate(model.blocks):
         p = f"model.layers.{i}."
-        q, k, v = block.attn.qkv.weight.split(cfg.dim, dim=0)  # (d, d) each
+        kv = block.attn.kv_dim
+        q, k, v = block.attn.qkv.weight.split([cfg.dim, kv, kv], dim=0)  # (d, d), (kv, d), (kv, d)
         state |= {p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
                   p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": block.attn.proj.weight,
                   p + "mlp.gate_proj.weight": block.ffn.w_gate.T, p + "mlp.up_proj.weight": block.ffn.w_up.T,
@@ -55,7 +56,7 @@ def llama_config(cfg: ModelConfig, **tokens: Any):  # noqa: ANN201 (transformers
 
     return LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.hidden_dim,
                        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
-                       num_key_value_heads=cfg.n_head, max_position_embeddings=cfg.seq_len,
+                       num_key_value_heads=cfg.kv_heads, max_position_embeddings=cfg.seq_len,
                        rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_base, hidden_act="silu",
                        attention_bias=False, mlp_bias=False, tie_word_embeddings=cfg.tie_embeddings,
                        torch_dtype="float32", **tokens)

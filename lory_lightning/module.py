@@ -31,7 +31,9 @@ class LoryLM(L.LightningModule):
         optim: AdamW + cosine schedule settings.
         training: Dense warmup and upcycling, router losses, and what a non-finite step does.
         init_from: A checkpoint to start from: a dense LoryLM checkpoint is upcycled into this
-            routed model; one of the same architecture is loaded as is.
+            routed model; one of the same architecture is loaded as is. ``hf:FOLDER``: a saved Hugging
+            Face Llama-architecture model (the ``hf`` extra), upcycled likewise; the model section must
+            have its shape.
     """
 
     def __init__(self, model: ModelConfig = ModelConfig(), optim: OptimConfig = OptimConfig(),
@@ -59,7 +61,13 @@ class LoryLM(L.LightningModule):
         self.flops_per_batch: float | None = None  # read by Lightning's ThroughputMonitor
 
     def _init_from(self, path: str) -> None:
-        state = model_state(load_checkpoint(path))
+        if path.startswith("hf:"):  # a saved Hugging Face Llama-architecture model (hf_import.py)
+            from .hf_import import check_shape, read_hf_dense
+
+            shape, state = read_hf_dense(path[3:], self.config.seq_len)
+            check_shape(shape, self.config, path[3:])
+        else:
+            state = model_state(load_checkpoint(path))
         is_dense = not any(k.endswith("router.weight") for k in state)
         if is_dense and self.config.is_moe:
             state = upcycle_state_dict(state, self.config, router_generator(step=0))

@@ -95,7 +95,7 @@ def test_registered_auto_classes_load_without_remote_code_and_decode_as_lory_gen
 def test_a_dense_export_is_a_plain_llama(tmp_path, tie):
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-    ours, ckpt = _checkpoint(tmp_path, CFG.replace(ffn="dense", tie_embeddings=tie))
+    ours, ckpt = _checkpoint(tmp_path, CFG.replace(ffn="dense", tie_embeddings=tie, n_kv_head=1))  # grouped queries
     out = export(ckpt, tmp_path / "export")
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "llama" and "auto_map" not in config

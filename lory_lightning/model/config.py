@@ -22,7 +22,9 @@ class ModelConfig:
         vocab_size: Size of the token vocabulary (the tokenizer's, linked by the CLI).
         seq_len: Training sequence length L. Must be a multiple of ``segment_len``.
         n_layer: Number of decoder blocks.
-        n_head: Attention heads; ``dim`` must divide evenly among them.
+        n_head: Attention (query) heads; ``dim`` must divide evenly among them.
+        n_kv_head: Key/value heads for grouped-query attention (Llama-style checkpoints); None means
+            ``n_head`` (multi-head attention). Must divide ``n_head``.
         dim: Model width d.
         hidden_dim: Width f of each SwiGLU FFN (every expert has this width).
         ffn: The FFN kind, a key of ``model/ffn.py``'s ``FFN_KINDS``: ``"lory"`` (segment-routed
@@ -48,6 +50,7 @@ class ModelConfig:
     seq_len: int = 512
     n_layer: int = 4
     n_head: int = 4
+    n_kv_head: int | None = None
     dim: int = 256
     hidden_dim: int = 512
     ffn: str = "lory"
@@ -69,6 +72,10 @@ class ModelConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
         kind = ffn_class(self.ffn)  # refuses an unknown kind, naming the known ones
+        if self.n_kv_head is not None and (not isinstance(self.n_kv_head, int) or self.n_kv_head < 1
+                                           or self.n_head % self.n_kv_head):
+            raise ValueError(f"model.n_kv_head must be a positive divisor of n_head {self.n_head} (or null for "
+                             f"n_head), got {self.n_kv_head!r}")
         if self.dim % self.n_head:
             raise ValueError(
                 f"model.dim {self.dim} is not a multiple of n_head {self.n_head}: "
@@ -97,6 +104,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: ``n_kv_head``, or ``n_head`` when it is None."""
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
 
     @property
     def num_segments(self) -> int:
@@ -129,7 +141,8 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
     merged FFN per layer, the way the paper counts "0.3B" for 0.3B/8E), and ``active_non_embedding``.
     """
     d, f, n_layer, vocab = cfg.dim, cfg.hidden_dim, cfg.n_layer, cfg.vocab_size
-    attention = 4 * d * d
+    kv = cfg.kv_heads * cfg.head_dim
+    attention = 2 * d * d + 2 * d * kv  # q and output projections, k and v (fewer with grouped queries)
     norms = 2 * d
     ffn_one = 3 * d * f
     experts = cfg.num_experts if cfg.is_moe else 1
@@ -154,12 +167,14 @@ def ffn_flops_per_token(cfg: ModelConfig) -> float:
 def training_flops_per_token(cfg: ModelConfig) -> float:
     """Forward and backward FLOPs of one training token (2 per multiply-add), the count MFU divides by.
 
-    Per layer the forward runs the attention projections (8d^2), QK^T and AV over the causal half of
+    Per layer the forward runs the attention projections (4d^2 + 4d*kv for q, output, k and v; kv = d
+    without grouped queries), QK^T and AV over the causal half of
     the context (2Ld) and the FFN kind's count (``ffn_flops_per_token``); the LM head adds 2dV. The
     backward costs twice the forward, and a Lory layer that recomputes its merges in backward adds
     one more merge per segment (``recomputed_flops_per_token``). Embedding lookups and norms are not
     counted.
     """
     d, n, V, L = cfg.dim, cfg.n_layer, cfg.vocab_size, cfg.seq_len
-    forward = n * (8 * d * d + 2 * L * d + cfg.ffn_class.flops_per_token(cfg)) + 2 * d * V
+    kv = cfg.kv_heads * cfg.head_dim
+    forward = n * (4 * d * d + 4 * d * kv + 2 * L * d + cfg.ffn_class.flops_per_token(cfg)) + 2 * d * V
     return float(3 * forward + n * cfg.ffn_class.recomputed_flops_per_token(cfg))

@@ -1,6 +1,7 @@
 """The decoder: token embedding, pre-RMSNorm blocks (RoPE causal attention + Lory or dense FFN), LM head.
 
-Shape legend: B batch, L positions, d width, nh heads, hs head size, V vocabulary, S cache length.
+Shape legend: B batch, L positions, d width, nh heads, nkv key/value heads, hs head size, V vocabulary,
+S cache length.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class ModelOutput(NamedTuple):
 class InferenceCache:
     """Per-sequence decoding state: K/V per layer, and each Lory layer's merged FFN beside it.
 
-    k, v: per layer (B, nh, S, hs), preallocated for ``S = max_len`` positions.
+    k, v: per layer (B, nkv, S, hs), preallocated for ``S = max_len`` positions.
     ffn: per layer, the FFN's decoding state from its prefill (a Lory layer's MergedFFNCache; None
         for dense, or before prefill).
     length: positions already written.
@@ -75,28 +76,31 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
-        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        self.kv_dim = self.n_kv_head * self.head_dim
+        self.qkv = nn.Linear(cfg.dim, cfg.dim + 2 * self.kv_dim, bias=False)  # q, k, v stacked
         self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor,
                 kv: tuple[Tensor, Tensor] | None = None, start: int = 0) -> Tensor:
         """x (B, L, d) at positions start..start+L-1; kv: this layer's cache tensors, written in place."""
         B, L, d = x.shape
-        q, k, v = self.qkv(x).split(d, dim=-1)  # (B, L, d) each
+        q, k, v = self.qkv(x).split([d, self.kv_dim, self.kv_dim], dim=-1)  # (B, L, d), (B, L, kv), (B, L, kv)
         q = q.view(B, L, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, L, hs)
-        k = k.view(B, L, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, L, hs)
-        v = v.view(B, L, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, L, hs)
+        k = k.view(B, L, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, L, hs)
+        v = v.view(B, L, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, L, hs)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv is not None:
             cache_k, cache_v = kv
             cache_k[:, :, start:start + L] = k
             cache_v[:, :, start:start + L] = v
-            k, v = cache_k[:, :, :start + L], cache_v[:, :, :start + L]  # (B, nh, start+L, hs)
+            k, v = cache_k[:, :, :start + L], cache_v[:, :, :start + L]  # (B, nkv, start+L, hs)
         if start > 0 and L > 1:
             raise ValueError("attention after a cached prefix takes one query position at a time")
         # A single query after the prefix may see every cached key: no mask needed.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=start == 0 and L > 1)  # (B, nh, L, hs)
+        # Grouped queries: each key/value head serves n_head / n_kv_head query heads.
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=start == 0 and L > 1,
+                                           enable_gqa=self.n_kv_head != self.n_head)  # (B, nh, L, hs)
         return self.proj(y.transpose(1, 2).reshape(B, L, d))  # (B, L, d)
 
 
@@ -179,7 +183,7 @@ class LoryTransformer(nn.Module):
             raise ValueError(f"routing mode must be one of {ROUTING_MODES}, got {routing_mode!r}")
         cfg = self.config
         weight = self.tok_emb.weight
-        shape = (batch_size, cfg.n_head, max_len, cfg.head_dim)  # (B, nh, S, hs)
+        shape = (batch_size, cfg.kv_heads, max_len, cfg.head_dim)  # (B, nkv, S, hs)
         k = [torch.empty(shape, device=weight.device, dtype=weight.dtype) for _ in range(cfg.n_layer)]
         v = [torch.empty(shape, device=weight.device, dtype=weight.dtype) for _ in range(cfg.n_layer)]
         return InferenceCache(routing_mode, k, v, [None] * cfg.n_layer)

@@ -1,0 +1,95 @@
+"""A local Hugging Face Llama-architecture checkpoint as a dense LoryTransformer (``model.init_from: hf:PATH``).
+
+Llama maps onto our decoder exactly (pre-RMSNorm blocks, rotate-half RoPE, bias-free attention with
+grouped queries, SwiGLU), and so does Mistral while its sliding window covers the whole sequence.
+Qwen2 does not: its q, k and v projections have biases, which our attention has not. Nothing is ever
+downloaded: PATH is a folder written by ``save_pretrained`` (safetensors weights).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# the ModelConfig fields a checkpoint fixes: they must equal the run's
+SHAPE_FIELDS = ("vocab_size", "dim", "n_layer", "n_head", "kv_heads", "hidden_dim", "rope_base", "norm_eps",
+                "tie_embeddings")
+
+
+def _rope_theta(cfg: Any) -> float:
+    # transformers 5 keeps RoPE settings in rope_parameters ({"rope_type", "rope_theta", ...})
+    params = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind != "default":
+        raise ValueError(f"RoPE scaling ({kind}) is not supported: our decoder uses plain RoPE")
+    return float(params.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
+
+
+def read_hf_dense(path: str | Path, seq_len: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The shape a saved Llama-architecture model fixes (``SHAPE_FIELDS``) and its weights as a dense
+    LoryTransformer state dict. ``seq_len`` is the run's: Mistral's sliding window must cover it."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: no config.json: model.init_from: hf:PATH takes a folder written by "
+                                "a Hugging Face model's save_pretrained")
+    cfg = AutoConfig.from_pretrained(folder, local_files_only=True)
+    kind = cfg.model_type
+    if kind not in ("llama", "mistral"):
+        raise ValueError(f"{folder}: model_type {kind!r} does not map onto this decoder exactly; Llama and "
+                         "Mistral do (Qwen2's attention has biases, ours none)")
+    window = getattr(cfg, "sliding_window", None)
+    if kind == "mistral" and window is not None and window < seq_len:
+        raise ValueError(f"{folder}: Mistral's sliding window {window} is shorter than model.seq_len {seq_len}: "
+                         "our attention sees the whole sequence")
+    if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+        raise ValueError(f"{folder}: attention or MLP biases: our decoder has none")
+    if cfg.hidden_act != "silu":
+        raise ValueError(f"{folder}: hidden_act {cfg.hidden_act!r}: our FFN is SwiGLU (silu)")
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    if getattr(cfg, "head_dim", head_dim) != head_dim:
+        raise ValueError(f"{folder}: head_dim {cfg.head_dim} is not hidden_size / num_attention_heads")
+    shape = {"vocab_size": cfg.vocab_size, "dim": cfg.hidden_size, "n_layer": cfg.num_hidden_layers,
+             "n_head": cfg.num_attention_heads, "kv_heads": cfg.num_key_value_heads or cfg.num_attention_heads,
+             "hidden_dim": cfg.intermediate_size, "rope_base": _rope_theta(cfg), "norm_eps": float(cfg.rms_norm_eps),
+             "tie_embeddings": bool(cfg.tie_word_embeddings)}
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no *.safetensors weights (save with safe_serialization=True)")
+    hf: dict[str, torch.Tensor] = {}
+    for f in files:
+        hf |= load_file(f)
+    return shape, _to_lory(hf, shape)
+
+
+def _to_lory(hf: dict[str, torch.Tensor], shape: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Llama names and layouts -> ours: q, k, v stacked into one matrix; FFN weights stored (in, out)."""
+    def take(name: str) -> torch.Tensor:
+        if name not in hf:
+            raise ValueError(f"the checkpoint has no {name}: not a LlamaForCausalLM-style state dict")
+        return hf[name]
+
+    state = {"tok_emb.weight": take("model.embed_tokens.weight"), "norm.weight": take("model.norm.weight"),
+             "lm_head.weight": hf.get("lm_head.weight", hf["model.embed_tokens.weight"])}
+    for i in range(shape["n_layer"]):
+        p, b = f"model.layers.{i}.", f"blocks.{i}."
+        state[b + "attn.qkv.weight"] = torch.cat([take(p + f"self_attn.{x}_proj.weight") for x in "qkv"])
+        state[b + "attn.proj.weight"] = take(p + "self_attn.o_proj.weight")
+        for ours, theirs in (("w_gate", "gate_proj"), ("w_up", "up_proj"), ("w_down", "down_proj")):
+            state[b + f"ffn.{ours}"] = take(p + f"mlp.{theirs}.weight").T.contiguous()
+        state[b + "attn_norm.weight"] = take(p + "input_layernorm.weight")
+        state[b + "ffn_norm.weight"] = take(p + "post_attention_layernorm.weight")
+    return state
+
+
+def check_shape(shape: dict[str, Any], cfg: Any, path: str) -> None:
+    """Every field the checkpoint fixes must equal the run's ModelConfig: one error naming them all."""
+    wrong = [f"{name}: {shape[name]} (config: {getattr(cfg, name)})" for name in SHAPE_FIELDS
+             if shape[name] != getattr(cfg, name)]
+    if wrong:
+        raise ValueError(f"model.init_from hf:{path}: the model section differs from the checkpoint; set "
+                         f"model.model to the checkpoint's values ({'; '.join(wrong)}; kv_heads is n_kv_head)")

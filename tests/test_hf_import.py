@@ -1,0 +1,80 @@
+"""model.init_from: hf:PATH: a saved Llama-architecture model becomes our dense model exactly, then Lory."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from lory_lightning.model import LoryTransformer, ModelConfig, param_counts  # noqa: E402
+from lory_lightning.module import LoryLM  # noqa: E402
+from lory_lightning.training import TrainingConfig  # noqa: E402
+
+# grouped queries (4 heads, 2 key/value heads), a RoPE base and norm epsilon other than ours, odd vocabulary
+LLAMA = dict(vocab_size=97, hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, rope_theta=5.0e5, rms_norm_eps=1e-6, max_position_embeddings=64)
+OURS = dict(vocab_size=97, dim=32, hidden_dim=40, n_layer=2, n_head=4, n_kv_head=2, rope_base=5.0e5,
+            norm_eps=1e-6, seq_len=32, segment_len=8, num_experts=4)
+
+
+def _saved_llama(tmp_path, tie: bool, kind: str = "llama"):
+    torch.manual_seed(0)
+    cls_cfg, cls_model = ((transformers.LlamaConfig, transformers.LlamaForCausalLM) if kind == "llama" else
+                          (transformers.MistralConfig, transformers.MistralForCausalLM))
+    extra = {} if kind == "llama" else {"sliding_window": None}
+    model = cls_model(cls_cfg(**LLAMA, tie_word_embeddings=tie, **extra)).eval()
+    with torch.no_grad():  # a random init far from the defaults' near-zero values
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    path = tmp_path / f"{kind}-{tie}"
+    model.save_pretrained(path)  # local only: nothing is downloaded
+    return model, path
+
+
+@pytest.mark.parametrize("tie", [False, True])
+@pytest.mark.parametrize("kind", ["llama", "mistral"])
+def test_an_imported_llama_computes_what_transformers_computes_and_upcycles_to_the_same_function(tmp_path, tie,
+                                                                                                  kind):
+    hf, path = _saved_llama(tmp_path, tie, kind)
+    cfg = ModelConfig(**OURS, ffn="dense", tie_embeddings=tie)
+    dense = LoryLM(model=cfg, init_from=f"hf:{path}").model.eval()
+    idx = torch.randint(0, 97, (2, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = hf(idx).logits
+        torch.testing.assert_close(dense(idx).logits, expected, rtol=0, atol=1e-4)
+        lory = LoryLM(model=cfg.replace(ffn="lory"), init_from=f"hf:{path}").model.eval()
+        assert lory.moe_layers() and lory.moe_layers()[0].w_gate.shape == (4, 32, 40)
+        torch.testing.assert_close(lory(idx).logits, dense(idx).logits, rtol=0, atol=1e-5)  # equal experts
+
+
+def test_the_run_config_must_have_the_checkpoints_shape(tmp_path):
+    _, path = _saved_llama(tmp_path, tie=False)
+    with pytest.raises(ValueError, match=r"dim: 32 \(config: 64\).*kv_heads: 2 \(config: 4\)"):
+        LoryLM(model=ModelConfig(**{**OURS, "dim": 64, "n_kv_head": None}), init_from=f"hf:{path}")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        LoryLM(model=ModelConfig(**OURS), init_from=f"hf:{tmp_path / 'nowhere'}")
+
+
+def test_a_mistral_window_shorter_than_the_sequence_is_refused(tmp_path):
+    model = transformers.MistralForCausalLM(transformers.MistralConfig(**LLAMA, sliding_window=16))
+    model.save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match="sliding window 16 is shorter than model.seq_len 32"):
+        LoryLM(model=ModelConfig(**OURS), init_from=f"hf:{tmp_path / 'm'}")
+
+
+def test_grouped_query_attention_decodes_as_its_forward():
+    cfg = ModelConfig(**OURS)
+    model = LoryTransformer(cfg).eval()
+    assert model.blocks[0].attn.qkv.weight.shape == (32 + 2 * 16, 32)  # q (d) + k, v (2 heads of 8 each)
+    assert param_counts(cfg)["total"] == model.num_parameters()
+    idx = torch.randint(0, 97, (2, 32), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = model(idx).logits
+        cache = model.new_cache(2, 32, "segment")
+        steps = [model.step(idx[:, :5], cache)] + [model.step(idx[:, i:i + 1], cache) for i in range(5, 32)]
+    torch.testing.assert_close(torch.cat(steps, dim=1)[:, 8:], full[:, 8:], rtol=0, atol=1e-5)
+
+
+def test_a_dense_training_run_warm_starts_from_the_import(tmp_path):
+    _, path = _saved_llama(tmp_path, tie=False)
+    lm = LoryLM(model=ModelConfig(**OURS), training=TrainingConfig(), init_from=f"hf:{path}")
+    assert not lm.in_dense_phase()  # imported dense weights are upcycled at once, not warmed up again
