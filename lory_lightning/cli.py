@@ -184,7 +184,8 @@ def _generate(args: argparse.Namespace) -> int:
     if not ids:
         raise ValueError("--prompt is empty after tokenization")
     out = generate(model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature,
-                   top_k=args.top_k, routing=args.routing, eos_id=tok.token_to_id("<|endoftext|>"),
+                   top_k=args.top_k, routing=args.routing,
+                   eos_id=ckpt.get("eod_id", tok.token_to_id("<|endoftext|>")),  # older checkpoints: the name
                    generator=torch.Generator().manual_seed(args.seed))
     print(tok.decode(out[0].tolist()))
     return 0

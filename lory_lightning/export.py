@@ -62,19 +62,21 @@ def llama_config(cfg: ModelConfig, **tokens: Any):  # noqa: ANN201 (transformers
                        torch_dtype="float32", **tokens)
 
 
-def _write_tokenizer(tokenizer_json: str | None, output: Path, max_length: int) -> dict[str, int]:
-    """tokenizer.json + tokenizer_config.json with eos = bos = pad = the end-of-text token."""
-    if tokenizer_json is None:
+def _write_tokenizer(ckpt: dict[str, Any], output: Path, max_length: int) -> dict[str, int]:
+    """tokenizer.json + tokenizer_config.json with eos = bos = pad = the end-of-text token the data was
+    packed with (the checkpoint's ``eod_id``; ``<|endoftext|>`` in checkpoints from before it was kept)."""
+    if ckpt.get("tokenizer") is None:
         return {}
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer.from_str(tokenizer_json)
-    eod = tok.token_to_id(EOD_TOKEN)
+    tok = Tokenizer.from_str(ckpt["tokenizer"])
+    eod = ckpt.get("eod_id", tok.token_to_id(EOD_TOKEN))
     if eod is None:
-        raise ValueError(f"the checkpoint's tokenizer has no {EOD_TOKEN} token to use as eos")
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOD_TOKEN, bos_token=EOD_TOKEN,
-                                   pad_token=EOD_TOKEN, model_max_length=max_length)
+        raise ValueError(f"the checkpoint's tokenizer has no {EOD_TOKEN} token and the checkpoint names no eod_id")
+    eos = tok.id_to_token(eod)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token=eos, pad_token=eos,
+                                   model_max_length=max_length)
     fast.save_pretrained(output)
     return {"eos_token_id": eod, "bos_token_id": eod, "pad_token_id": eod}
 
@@ -89,7 +91,7 @@ def export(ckpt_path: str | Path, output: str | Path, routing: str = "prompt") -
     model, ckpt = load_model(ckpt_path)
     cfg = model.config
     output.mkdir(parents=True, exist_ok=True)
-    tokens = _write_tokenizer(ckpt.get("tokenizer"), output, cfg.seq_len)
+    tokens = _write_tokenizer(ckpt, output, cfg.seq_len)
     if cfg.ffn == "dense":
         from transformers import LlamaForCausalLM
 

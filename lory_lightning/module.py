@@ -210,6 +210,9 @@ class LoryLM(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and hasattr(dm, "tokenizer_json"):
             checkpoint["tokenizer"] = dm.tokenizer_json  # `lory generate` needs nothing but the checkpoint
+        manifest = getattr(dm, "manifest", None) if dm is not None else None
+        if manifest and "eod_id" in manifest:
+            checkpoint["eod_id"] = int(manifest["eod_id"])  # the tokenizer's own end-of-text token
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rng" in checkpoint:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib
+import io
 import json
 import os
 import subprocess
@@ -147,3 +148,40 @@ def test_the_readme_export_commands_as_written(small_data, tmp_path, monkeypatch
     exec(compile(code, "README.md", "exec"), {})  # noqa: S102 (our own README)
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("LoryForCausalLM prompt ") and printed[1].startswith("The court held that")
+
+
+def test_a_hugging_face_tokenizer_folder_with_its_own_eos_prepares_trains_generates_and_exports(tmp_path, capsys):
+    """A Llama-style tokenizer: no <|endoftext|>, its eos is </s> (named in tokenizer_config.json)."""
+    import numpy as np
+    import webdataset as wds
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from conftest import make_corpus
+    from lory_lightning.data.manifest import load_manifest
+
+    corpus = make_corpus(tmp_path / "in", docs_per_domain=60)
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    texts = [json.loads(line)["text"] for p in corpus for line in p.read_text().splitlines()]
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=280, special_tokens=["<unk>", "<s>", "</s>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", bos_token="<s>",
+                            unk_token="<unk>").save_pretrained(tmp_path / "hf-tok")
+    eos = tok.token_to_id("</s>")
+    data = tmp_path / "data"
+    assert main(["prepare", "--inputs", *map(str, corpus), "--output", str(data), "--seq_len", "32",
+                 "--tokenizer", str(tmp_path / "hf-tok"), "--sequences_per_shard", "4", "--quiet"]) == 0
+    manifest = load_manifest(data)
+    assert manifest["eod_id"] == eos == 2 and manifest["vocab_size"] == 280
+    tokens = np.concatenate([np.load(io.BytesIO(s["tokens.npy"])) for shard in sorted(data.glob("train-*.tar"))
+                             for s in wds.WebDataset(str(shard), shardshuffle=False)])
+    assert (tokens == eos).sum() > 10  # documents are separated by the tokenizer's own eos
+    cfg = small_config(tmp_path, data)
+    assert main(["fit", "--config", str(cfg), "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+                 "--data.vocab_size", "280"]) == 0
+    ckpt = tmp_path / "runs" / "lory-tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["eod_id"] == eos
+    assert main(["export", "--ckpt_path", str(ckpt), "--output", str(tmp_path / "hf")]) == 0
+    exported = AutoTokenizer.from_pretrained(tmp_path / "hf", trust_remote_code=True)
+    assert exported.eos_token == "</s>" and exported.eos_token_id == eos

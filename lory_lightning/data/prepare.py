@@ -38,7 +38,7 @@ from .packing import documents_in, num_sequences, pack_stream, sequence_slice
 from .shards import Sample, atomic_write_bytes, npy_bytes, sha256_file, verify_shards, write_shards
 from .sources import Document, ReadPolicy, SkipLog, input_files, read_documents
 from .stats import unigram_counts, unigram_ppl
-from .tokenizer import eod_id, load_tokenizer, train_tokenizer
+from .tokenizer import eod_id, load_tokenizer, tokenizer_files, train_tokenizer
 
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_data"
 FORMAT_VERSION = 1
@@ -68,7 +68,8 @@ class PrepareConfig:
         val_fraction: Share of documents held out when no ``val_inputs`` are given.
         seq_len: Training sequence length L; each stored sequence holds L + 1 tokens.
         vocab_size: Size of the BPE to train (ignored with ``tokenizer``).
-        tokenizer: A tokenizer.json to use instead of training one.
+        tokenizer: A tokenizer to use instead of training one: a tokenizer.json or a Hugging Face
+            tokenizer folder; its own end-of-text (eos) token separates documents.
         order: ``similarity`` (the paper) or ``random`` (the ablation). Both drop near-duplicates.
         embedder: ``tfidf-svd`` (offline default) or ``sentence-transformers`` (``embed_model``).
         embed_model: sentence-transformers model name or local path.
@@ -140,9 +141,9 @@ def _fingerprint(cfg: PrepareConfig, train_files: list[Path], val_files: list[Pa
     files = {"train": [{"name": p.name, "sha256": sha256_file(p)} for p in train_files],
              "val": [{"name": p.name, "sha256": sha256_file(p)} for p in val_files]}
     if cfg.tokenizer:
-        files["tokenizer"] = [{"name": Path(cfg.tokenizer).name, "sha256": sha256_file(Path(cfg.tokenizer))}]
+        files["tokenizer"] = [{"name": p.name, "sha256": sha256_file(p)} for p in tokenizer_files(cfg.tokenizer)]
         # The given tokenizer's size is the truth; --vocab_size is not used and must not be recorded.
-        settings["vocab_size"] = load_tokenizer(cfg.tokenizer).get_vocab_size()
+        settings["vocab_size"] = load_tokenizer(cfg.tokenizer)[0].get_vocab_size()
     return {"format_version": FORMAT_VERSION, "config": settings, "inputs": files}
 
 
@@ -293,18 +294,18 @@ def _run(cfg: PrepareConfig, fingerprint: dict, train_files: list[Path], val_fil
                 yield doc.text
 
     if cfg.tokenizer:
-        tok = load_tokenizer(cfg.tokenizer)
+        tok, eod = load_tokenizer(cfg.tokenizer)
         for _ in texts_for_tokenizer():
             pass
     else:
         tok = train_tokenizer(texts_for_tokenizer(), cfg.vocab_size)
+        eod = eod_id(tok)
     if not doc_domain:
         raise ValueError(f"no valid documents in {[str(p) for p in train_files]}: see the skipped counts "
                          f"{skips.as_dict()['by_reason']}")
     if len(domains) > 255:
         raise ValueError(f"{len(domains)} domains; per-token domain ids are stored as uint8 (at most 255)")
     n_docs = len(doc_domain)
-    eod = eod_id(tok)
     vocab = tok.get_vocab_size()
     token_dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.int32
     log.stage("read+bpe", f"{n_docs} documents in {len(domains)} domains, vocab {vocab}, "
