@@ -105,6 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--output", required=True, help="a new (or empty) folder")
     exp.add_argument("--routing", choices=["prompt", "segment"], default="prompt",
                      help="how the exported model routes when it generates (config.routing, changeable later)")
+    ev = commands.add_parser(
+        "evaluate", help="downstream tasks through lm-evaluation-harness (pip install -e \".[eval]\")",
+        description="Score a checkpoint on lm-eval tasks: names lm-eval knows (their datasets come from the "
+                    "hub), or local ones such as configs/eval/tasks (lory_toy_mc, lory_toy_ppl).")
+    ev.add_argument("--ckpt_path", required=True, help="a checkpoint written by `lory fit`")
+    ev.add_argument("--tasks", help="comma-separated task names, e.g. lory_toy_mc,lory_toy_ppl")
+    ev.add_argument("--config", help="a YAML of task groups with their shot counts, e.g. "
+                                     "configs/eval/paper-downstream.yaml (instead of --tasks)")
+    ev.add_argument("--num_fewshot", type=int, help="in-context examples per question (with --tasks)")
+    ev.add_argument("--routing", choices=["segment", "prompt"], default="segment",
+                    help="segment: teacher-forced, as in training; prompt: one merge per layer from the context")
+    ev.add_argument("--include_path", nargs="*", default=[], help="more folders of lm-eval task YAMLs")
+    ev.add_argument("--limit", type=int, help="at most this many examples per task")
+    ev.add_argument("--batch_size", type=int, default=8)
+    ev.add_argument("--output", help="write lm-eval's results (JSON) here")
     ana = commands.add_parser(
         "analyze", help="per-domain specialization report of a checkpoint (tables + heatmaps)",
         description="The DomainSpecialization report for a trained checkpoint on any prepared data, "
@@ -202,6 +217,44 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluation_groups(args: argparse.Namespace) -> list[tuple[str, list[str], int | None]]:
+    """(name, tasks, shots) groups from --tasks/--num_fewshot or a --config YAML of groups."""
+    if bool(args.tasks) == bool(args.config):
+        raise ValueError("give --tasks or --config (one of them)")
+    if args.tasks:
+        return [("tasks", [t for t in args.tasks.split(",") if t], args.num_fewshot)]
+    import yaml
+
+    groups = (yaml.safe_load(Path(args.config).read_text()) or {}).get("groups")
+    if not isinstance(groups, list) or not groups:
+        raise ValueError(f"{args.config}: needs a `groups:` list of {{name, tasks, num_fewshot}}")
+    out = []
+    for i, group in enumerate(groups):
+        if not isinstance(group, dict) or not isinstance(group.get("tasks"), list):
+            raise ValueError(f"{args.config}: groups[{i}] needs a `tasks:` list")
+        out.append((str(group.get("name", i)), [str(t) for t in group["tasks"]], group.get("num_fewshot")))
+    return out
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    groups = evaluation_groups(args)
+    try:
+        from lm_eval.utils import make_table
+
+        from .evaluate import evaluate
+    except ImportError as err:
+        raise ValueError(f"lory evaluate needs lm-eval: pip install -e \".[eval]\" ({err})") from err
+    everything = {}
+    for name, tasks, shots in groups:
+        results = evaluate(args.ckpt_path, tasks, shots, args.routing, args.include_path, args.limit,
+                           args.batch_size)
+        print(f"{name} ({shots or 0}-shot, {args.routing} routing):\n{make_table(results)}")
+        everything[name] = results["results"]
+    if args.output:
+        Path(args.output).write_text(json.dumps(everything, indent=2, default=str) + "\n")
+    return 0
+
+
 def _lightning(argv: list[str]) -> int:
     from .lightning_cli import run_lightning_cli
 
@@ -225,8 +278,8 @@ def _replicate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"prepare": _prepare, "generate": _generate, "export": _export, "analyze": _analyze,
-            "replicate": _replicate}
+COMMANDS = {"prepare": _prepare, "generate": _generate, "export": _export, "evaluate": _evaluate,
+            "analyze": _analyze, "replicate": _replicate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

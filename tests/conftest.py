@@ -1,8 +1,13 @@
 import json
+import os
 import random
 
 import pytest
 import torch
+
+# The suite never reaches a hub: transformers, datasets and lm-eval read only local files.
+for _flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_flag, "1")
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib
+import importlib.util
 import io
 import json
 import os
@@ -148,6 +149,11 @@ def test_the_readme_export_commands_as_written(small_data, tmp_path, monkeypatch
     exec(compile(code, "README.md", "exec"), {})  # noqa: S102 (our own README)
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("LoryForCausalLM prompt ") and printed[1].startswith("The court held that")
+    if importlib.util.find_spec("lm_eval"):  # the README's evaluate command on the same checkpoint
+        evaluate_section = (ROOT / "README.md").read_text().split("## Downstream tasks: `lory evaluate`", 1)[1]
+        command = re.search(r"```bash\n(lory evaluate .*?)\n```", evaluate_section).group(1)
+        assert main(command.split()[1:]) == 0
+        assert "|lory_toy_mc |" in capsys.readouterr().out
 
 
 def test_a_hugging_face_tokenizer_folder_with_its_own_eos_prepares_trains_generates_and_exports(tmp_path, capsys):
