@@ -103,3 +103,21 @@ def test_the_paper_task_config_names_tasks_lm_eval_knows():
     assert [g["name"] for g in groups] == ["commonsense reasoning", "reading comprehension", "closed-book QA",
                                            "text classification"]
     assert all(t in known for g in groups for t in g["tasks"])
+
+
+def test_generate_until_is_lory_generate_cut_at_the_stop_string(checkpoints):
+    from types import SimpleNamespace
+
+    from lory_lightning.evaluate import LoryEvalLM
+    from lory_lightning.model import generate
+
+    model, tok, eod = checkpoints["model"], checkpoints["tok"], checkpoints["eod"]
+    lm = LoryEvalLM(model, tok, eod, routing="prompt")
+    question = ROWS[0]["question"]
+    answer = ROWS[0]["choices"][ROWS[0]["answer"]]
+    ids = tok.encode(question).ids
+    full = tok.decode(generate(model, torch.tensor([ids]), 6, temperature=0, routing="prompt", eos_id=eod)[0, len(ids):]
+                      .tolist())
+    got = lm.generate_until([SimpleNamespace(args=(question, {"until": [answer[2:]], "max_gen_toks": 6}))])
+    assert full.strip().startswith(answer)  # the memorized answer, greedily
+    assert got == [full[:full.index(answer[2:])]]  # cut before the stop string
