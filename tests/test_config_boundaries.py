@@ -112,3 +112,87 @@ def test_neighbour_slots_left_empty_are_skipped_everywhere():
     assert near_duplicates(nbrs4, sims4, threshold=0.99).tolist() == [False, True, False, True]
     order = greedy_path(nbrs, keep=~drop)
     assert sorted(order.tolist()) == [0, 2]
+
+
+def test_manifest_errors_are_exact(tmp_path):
+    from lory_lightning.data.manifest import ManifestError, check_manifest
+
+    path = tmp_path / "data" / "manifest.json"
+    fix = f"the manifest was edited or damaged: rerun `lory prepare --output {tmp_path / 'data'} --overwrite`"
+    with pytest.raises(ManifestError) as err:
+        check_manifest([], path)
+    assert str(err.value) == f"{path}: key '(top level)' is a list, not a dict; {fix}"
+    with pytest.raises(ManifestError) as err:
+        check_manifest({}, path)
+    assert str(err.value) == f"{path}: key 'format_version' is missing; {fix}"
+
+
+def test_upcycling_errors_and_key_matching_are_exact():
+    import torch
+
+    from lory_lightning.model import LoryTransformer
+    from lory_lightning.model.upcycle import router_generator, upcycle_state_dict
+
+    dense = LoryTransformer(TINY.replace(ffn="dense")).state_dict()
+    with pytest.raises(ValueError) as err:
+        upcycle_state_dict(dense, TINY.replace(ffn="dense"))
+    assert str(err.value) == "upcycling targets a routed config (ffn='lory' or a baseline), got ffn='dense'"
+    with pytest.raises(ValueError) as err:
+        upcycle_state_dict({"tok_emb.weight": dense["tok_emb.weight"]}, TINY)
+    assert str(err.value) == "no dense FFN weights (*.ffn.w_gate) found: is this a dense model's state dict?"
+    # only *.ffn.w_* are expanded into experts; a matrix of that name elsewhere is copied as it is
+    odd = {**dense, "blocks.0.attn.w_gate": torch.ones(3, 3)}
+    out = upcycle_state_dict(odd, TINY, torch.Generator().manual_seed(0))
+    assert out["blocks.0.attn.w_gate"].shape == (3, 3) and "blocks.0.attn.router.weight" not in out
+    assert out["blocks.0.ffn.w_up"].shape == (2, 16, 16) and out["blocks.0.ffn.router.weight"].shape == (2, 16)
+    assert not out["blocks.0.ffn.dense_phase"]
+    # fresh routers: the run's seed plus the step, as documented
+    torch.manual_seed(1234)
+    assert router_generator(7).initial_seed() == 1234 + 7
+
+
+def test_the_guard_decides_on_the_flag_summed_over_ranks():
+    import torch
+    from types import SimpleNamespace
+
+    from lory_lightning.callbacks.guard import NonFiniteError
+
+    lm = LoryLM(model=TINY)
+    for p in lm.parameters():
+        p.grad = torch.full_like(p, 0.1)
+    lm.last_loss = torch.tensor(1.0)  # finite here: another rank saw a non-finite value
+    lm.log = lambda *a, **k: None
+    other_rank_bad = SimpleNamespace(world_size=2, global_step=4,
+                                     strategy=SimpleNamespace(reduce=lambda t, reduce_op: t + 1.0))
+    guard = NonFiniteGuard("skip")
+    guard.on_before_optimizer_step(other_rank_bad, lm, None)
+    assert guard.skipped_steps == 1 and all(p.grad is None for p in lm.parameters())
+    for p in lm.parameters():
+        p.grad = torch.full_like(p, 0.1)
+    with pytest.raises(NonFiniteError) as err:
+        NonFiniteGuard("stop").on_before_optimizer_step(other_rank_bad, lm, None)
+    assert str(err.value).startswith("non-finite gradient norm at step 4 (loss 1.0, grad norm ")
+    assert str(err.value).endswith(") on some rank: stopping. Set model.training.nonfinite: skip to skip such "
+                                   "steps instead")
+    every_rank_fine = SimpleNamespace(world_size=2, global_step=4, strategy=SimpleNamespace(reduce=lambda t, reduce_op: t))
+    guard.on_before_optimizer_step(every_rank_fine, lm, None)
+    assert guard.skipped_steps == 1 and all(p.grad is not None for p in lm.parameters())
+
+
+def test_a_cluster_larger_than_twice_k_is_found_whole():
+    # 13 near-copies with k = 2: every member's 2 neighbours are copies, so the index is asked again
+    # with k doubled until a neighbour below the threshold appears; each must then list all 12 others.
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=8)
+    cluster = base + 1e-3 * rng.normal(size=(13, 8))
+    far = rng.normal(size=(3, 8))
+    emb = np.vstack([cluster, far]).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    params = KnnParams(k=2, n_trees=20, seed=0)
+    nbrs, sims = knn(emb, params)
+    extra = close_beyond_k(emb, nbrs, sims, threshold=0.99, params=params)
+    assert sorted(extra) == list(range(13))
+    for i in range(13):
+        assert sorted(extra[i].tolist()) == [j for j in range(13) if j != i]
+    drop = near_duplicates(nbrs, sims, 0.99, extra)
+    assert drop.tolist() == [False] + [True] * 12 + [False] * 3
