@@ -196,3 +196,14 @@ def test_a_cluster_larger_than_twice_k_is_found_whole():
         assert sorted(extra[i].tolist()) == [j for j in range(13) if j != i]
     drop = near_duplicates(nbrs, sims, 0.99, extra)
     assert drop.tolist() == [False] + [True] * 12 + [False] * 3
+
+
+def test_dedup_on_one_sided_neighbour_lists():
+    # kNN lists need not be symmetric: a document is dropped when it lists a kept earlier document
+    # above the threshold, even if that one does not list it; dropped documents cause no drop; the
+    # loop goes on past a dropped document.
+    inf = -np.inf
+    nbrs = np.array([[4, -1], [0, -1], [-1, -1], [1, 2], [0, -1], [2, -1]])
+    sims = np.array([[0.999, inf], [0.995, inf], [inf, inf], [0.999, 0.995], [0.999, inf], [0.999, inf]])
+    assert near_duplicates(nbrs, sims, 0.99).tolist() == [False, True, False, True, True, True]
+    assert near_duplicates(nbrs, sims, 0.999).tolist() == [False] * 6  # strictly above the threshold
