@@ -207,3 +207,45 @@ def test_dedup_on_one_sided_neighbour_lists():
     sims = np.array([[0.999, inf], [0.995, inf], [inf, inf], [0.999, 0.995], [0.999, inf], [0.999, inf]])
     assert near_duplicates(nbrs, sims, 0.99).tolist() == [False, True, False, True, True, True]
     assert near_duplicates(nbrs, sims, 0.999).tolist() == [False] * 6  # strictly above the threshold
+
+
+def test_fresh_routers_come_from_the_given_generator_alone():
+    import torch
+
+    from lory_lightning.model import LoryTransformer
+    from lory_lightning.model.upcycle import start_dense_phase, upcycle_in_place, upcycle_state_dict
+
+    dense = LoryTransformer(TINY.replace(ffn="dense")).state_dict()
+    routers = []
+    for global_seed in (1, 2):  # the global RNG differs; the generator's seed does not
+        torch.manual_seed(global_seed)
+        out = upcycle_state_dict(dense, TINY, torch.Generator().manual_seed(5))
+        routers.append(out["blocks.0.ffn.router.weight"])
+    assert torch.equal(routers[0], routers[1])
+    in_place = []
+    for global_seed in (1, 2):
+        torch.manual_seed(0)
+        model = LoryTransformer(TINY)
+        start_dense_phase(model)
+        torch.manual_seed(global_seed)
+        upcycle_in_place(model, torch.Generator().manual_seed(5))
+        in_place.append(model.moe_layers()[0].router.weight.detach().clone())
+    assert torch.equal(in_place[0], in_place[1])
+
+
+def test_the_guard_counts_every_skipped_step_and_logs_the_count():
+    import torch
+    from types import SimpleNamespace
+
+    lm = LoryLM(model=TINY)
+    logged = {}
+    lm.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    guard = NonFiniteGuard("skip")
+    trainer = SimpleNamespace(world_size=1, global_step=0)
+    for _ in range(3):
+        for p in lm.parameters():
+            p.grad = torch.full_like(p, float("nan"))
+        lm.last_loss = torch.tensor(1.0)
+        guard.on_before_optimizer_step(trainer, lm, None)
+    guard.on_train_batch_end(trainer, lm, None, None, 0)
+    assert guard.skipped_steps == 3 and logged["train/skipped_steps"] == 3.0
