@@ -90,6 +90,14 @@ def load_model(path: str | Path) -> tuple["LoryTransformer", dict[str, Any]]:
     return model.eval(), ckpt
 
 
+def end_of_text_id(checkpoint: dict[str, Any], tokenizer: Any) -> int | None:
+    """The end-of-text id the checkpoint's data was packed with (``eod_id``); checkpoints written
+    before it was kept: the ``<|endoftext|>`` token of its (``tokenizers``) tokenizer, or None."""
+    from .data.tokenizer import EOD_TOKEN
+
+    return int(checkpoint["eod_id"]) if "eod_id" in checkpoint else tokenizer.token_to_id(EOD_TOKEN)
+
+
 def rng_state() -> dict[str, Any]:
     """Python, NumPy and torch RNG states as plain data and tensors (loadable with weights_only=True).
     Lightning's checkpoints keep none; exact resume needs them."""

@@ -185,7 +185,7 @@ def _generate(args: argparse.Namespace) -> int:
     import torch
     from tokenizers import Tokenizer
 
-    from .checkpoint_io import load_model
+    from .checkpoint_io import end_of_text_id, load_model
     from .model import generate
 
     model, ckpt = load_model(args.ckpt_path)
@@ -200,7 +200,7 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError("--prompt is empty after tokenization")
     out = generate(model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature,
                    top_k=args.top_k, routing=args.routing,
-                   eos_id=ckpt.get("eod_id", tok.token_to_id("<|endoftext|>")),  # older checkpoints: the name
+                   eos_id=end_of_text_id(ckpt, tok),
                    generator=torch.Generator().manual_seed(args.seed))
     print(tok.decode(out[0].tolist()))
     return 0

@@ -145,13 +145,15 @@ def evaluate(ckpt_path: str | Path, tasks: list[str], num_fewshot: int | None = 
     from lm_eval.tasks import TaskManager
     from tokenizers import Tokenizer
 
-    from .checkpoint_io import load_model
+    from .checkpoint_io import end_of_text_id, load_model
 
     model, ckpt = load_model(ckpt_path)
     if "tokenizer" not in ckpt:
         raise ValueError(f"{ckpt_path} carries no tokenizer (written before checkpoints kept it); lm-eval needs one")
     tok = Tokenizer.from_str(ckpt["tokenizer"])
-    eod = ckpt.get("eod_id", tok.token_to_id("<|endoftext|>"))
+    eod = end_of_text_id(ckpt, tok)
+    if eod is None:
+        raise ValueError(f"{ckpt_path}: its tokenizer has no <|endoftext|> token and the checkpoint names no eod_id")
     lm = LoryEvalLM(model, tok, eod, routing, batch_size)
     manager = TaskManager(include_path=[str(TASKS), *(include_path or [])])
     return simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot, task_manager=manager, limit=limit,

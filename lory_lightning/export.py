@@ -19,11 +19,10 @@ from typing import Any
 
 import torch
 
-from .checkpoint_io import load_model
+from .checkpoint_io import end_of_text_id, load_model
 from .model import LoryTransformer, ModelConfig
 
 MODEL_CODE = Path(__file__).resolve().parent / "model"
-EOD_TOKEN = "<|endoftext|>"
 
 
 def llama_state_dict(model: LoryTransformer) -> dict[str, torch.Tensor]:
@@ -71,9 +70,9 @@ def _write_tokenizer(ckpt: dict[str, Any], output: Path, max_length: int) -> dic
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer.from_str(ckpt["tokenizer"])
-    eod = ckpt.get("eod_id", tok.token_to_id(EOD_TOKEN))
+    eod = end_of_text_id(ckpt, tok)
     if eod is None:
-        raise ValueError(f"the checkpoint's tokenizer has no {EOD_TOKEN} token and the checkpoint names no eod_id")
+        raise ValueError("the checkpoint's tokenizer has no <|endoftext|> token and the checkpoint names no eod_id")
     eos = tok.id_to_token(eod)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token=eos, pad_token=eos,
                                    model_max_length=max_length)
