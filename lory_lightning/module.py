@@ -59,6 +59,7 @@ class LoryLM(L.LightningModule):
         self.unigram_logp: torch.Tensor | None = None
         self.tokens_seen = 0
         self.flops_per_batch: float | None = None  # read by Lightning's ThroughputMonitor
+        self._flops_per_token = training_flops_per_token(model)  # a constant of the config: counted once
 
     def _init_from(self, path: str) -> None:
         if path.startswith("hf:"):  # a saved Hugging Face Llama-architecture model (hf_import.py)
@@ -158,7 +159,7 @@ class LoryLM(L.LightningModule):
         # The rate this step's optimizer update uses: the scheduler moves it after the update.
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         tokens = batch["targets"].numel()  # this rank's
-        self.flops_per_batch = training_flops_per_token(self.config) * tokens
+        self.flops_per_batch = self._flops_per_token * tokens
         self.tokens_seen += tokens * self.trainer.world_size
         self.log("train/tokens", float(self.tokens_seen))
         # Routing goes out with the step's outputs: monitoring callbacks read it in on_train_batch_end.
