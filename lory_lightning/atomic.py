@@ -1,8 +1,10 @@
-"""One atomic, durable file writer for everything the package writes: shards, manifests, checkpoints."""
+"""Atomic, durable writes for everything the package writes: files (shards, manifests, checkpoints)
+and whole folders (sharded checkpoints)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,8 +31,46 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+OLD_SUFFIX = ".old"
+
+
+def replace_folder(new: str | Path, path: str | Path) -> None:
+    """Put the finished folder ``new`` in place of the folder ``path`` (a sharded checkpoint).
+
+    Two renames, ``path`` to ``path.old`` and ``new`` to ``path``, then ``path.old`` is deleted: a
+    folder cannot replace a non-empty one in one rename. A crash between the renames leaves only
+    ``path.old``, whole; ``recover_folder`` (called by every reader) renames it back.
+    """
+    new, path = Path(new), Path(path)
+    old = path.with_name(path.name + OLD_SUFFIX)
+    recover_folder(path)
+    if path.exists():
+        os.replace(path, old)
+        _fsync_dir(path.parent)
+    os.replace(new, path)
+    _fsync_dir(path.parent)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def recover_folder(path: str | Path) -> None:
+    """Finish a ``replace_folder`` that was killed between its two renames: the old folder comes back."""
+    path = Path(path)
+    old = path.with_name(path.name + OLD_SUFFIX)
+    if old.is_dir():
+        if path.exists():
+            shutil.rmtree(old)  # killed after the second rename: the new folder is whole
+        else:
+            os.replace(old, path)
+            _fsync_dir(path.parent)

@@ -1,4 +1,5 @@
-"""Checkpoint files: written atomically and durably, loaded with ``weights_only=True`` and clear errors,
+"""Checkpoints: written atomically and durably, loaded with ``weights_only=True`` and clear errors
+(one file, or a sharded folder from strategies.LoryFSDPStrategy, read without running pickle),
 turned into a model, and the RNG state they carry for exact resume. Plain PyTorch: Lightning's plugin
 over these is lightning_cli.SafeCheckpointIO."""
 
@@ -6,6 +7,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import warnings
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .atomic import atomic_file
+from .atomic import atomic_file, recover_folder
 from .errors import with_path
 
 if TYPE_CHECKING:
@@ -23,8 +25,13 @@ if TYPE_CHECKING:
 def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
     """A checkpoint loaded with ``weights_only=True``: a pickle payload is refused, never run.
 
-    mmap: map the tensors instead of reading them (to look at a few entries of a large file).
+    A sharded checkpoint (a folder) comes back consolidated: its metadata and the full model
+    weights under ``state_dict``, as a one-file checkpoint has them (the optimizer state, which only
+    a sharded resume needs, is left out). mmap: map the tensors instead of reading them (to look at
+    a few entries of a large file).
     """
+    if Path(path).is_dir():
+        return {**read_checkpoint_meta(path), "state_dict": consolidated_weights(path)}
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
     try:
@@ -66,6 +73,126 @@ def _is_zip(path: str | Path) -> bool:
         return zipfile.is_zipfile(path)
     except OSError:
         return False
+
+
+# ------------------------------------------------------------------ sharded checkpoints (folders)
+
+# The folder Lightning's ModelParallelStrategy writes: torch.distributed.checkpoint (DCP) files, one
+# per rank, DCP's own index `.metadata`, and everything else of the checkpoint in `meta.pt`.
+META_FILE = "meta.pt"
+DCP_INDEX = ".metadata"
+STATE_KEY = "state_dict"
+
+
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """A checkpoint without its tensors of weights and optimizer state where it can: a one-file
+    checkpoint memory-mapped, a sharded folder's ``meta.pt`` (step, hyperparameters, callbacks, RNG)."""
+    path = Path(path)
+    if not path.is_dir():
+        return load_checkpoint(path, mmap=True)
+    recover_folder(path)
+    missing = [name for name in (META_FILE, DCP_INDEX) if not (path / name).is_file()]
+    if missing:
+        raise ValueError(f"{path}: not a sharded checkpoint folder (no {' or '.join(missing)}): a save "
+                         "that was interrupted, or another folder; give a checkpoint file or folder")
+    return load_checkpoint(path / META_FILE)
+
+
+class _DCPIndexUnpickler(pickle.Unpickler):
+    """DCP pickles its index (.metadata) and torch reads it with plain pickle, which runs whatever
+    a tampered file names. Here only what an index is made of may be built: DCP's metadata classes,
+    torch dtypes, sizes and layouts, and the path it was saved to."""
+
+    ALLOWED = {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+               ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
+               ("pathlib", "PurePosixPath"), ("collections", "OrderedDict")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if module == "torch.distributed.checkpoint.metadata" or dtype or (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint index")
+
+
+def _dcp_reader(path: Path) -> Any:
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            index = Path(self.path) / DCP_INDEX
+            try:
+                with open(index, "rb") as f:
+                    metadata = _DCPIndexUnpickler(f).load()
+            except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as err:
+                raise ValueError(f"{index}: refused to load the checkpoint index: {one_line_reason(err)}") from err
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader(path)
+
+
+def _dcp_planner(partial: bool) -> Any:
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+    from torch.distributed.checkpoint._traverse import set_element  # what DefaultLoadPlanner uses
+
+    class SafePlanner(DefaultLoadPlanner):
+        # Entries that are not tensors (optimizer steps, param groups) come back with
+        # weights_only=True: DCP's default unpickles them with weights_only=False.
+        def load_bytes(self, read_item: Any, value: Any) -> None:
+            obj = torch.load(value, weights_only=True)
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+            else:
+                self.state_dict[read_item.dest_index.fqn] = obj
+
+    return SafePlanner(allow_partial_load=partial)
+
+
+def load_sharded_state(state: dict[str, Any], path: str | Path, whole: bool = False) -> None:
+    """Fill ``state`` (nested dicts of tensors or DTensors, as saved) in place from a sharded folder.
+
+    whole: this process alone reads whole tensors (consolidation), and entries of the folder that
+    ``state`` lacks are skipped; otherwise every rank of the process group reads its own shards of
+    every entry (a sharded resume).
+    """
+    from torch.distributed.checkpoint import load
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            load(state, storage_reader=_dcp_reader(path), planner=_dcp_planner(partial=whole), no_dist=whole)
+    except CheckpointException as err:  # a BaseException, holding each failed rank's exception
+        cause = next(iter(err.failures.values()))[0]
+        if isinstance(cause, pickle.UnpicklingError):
+            raise ValueError(f"{path}: refused to load: an entry holds objects other than tensors and plain "
+                             f"data ({one_line_reason(cause)})") from cause
+        raise ValueError(f"{path}: not a readable sharded checkpoint (a missing or damaged shard file?): "
+                         f"{one_line_reason(cause)}") from cause
+
+
+def consolidated_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The full (unsharded) weights of a sharded checkpoint folder, in one process, on CPU."""
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    path = Path(path)
+    read_checkpoint_meta(path)  # a clear error for a folder that is not a checkpoint
+    index = _dcp_reader(path).read_metadata()
+    prefix = STATE_KEY + "."
+    weights = {fqn.removeprefix(prefix): torch.empty(md.size, dtype=md.properties.dtype)
+               for fqn, md in index.state_dict_metadata.items()
+               if fqn.startswith(prefix) and isinstance(md, TensorStorageMetadata)}
+    state = {STATE_KEY: weights}
+    load_sharded_state(state, path, whole=True)  # the optimizer's entries are not read
+    return state[STATE_KEY]
+
+
+def one_line_reason(err: BaseException) -> str:
+    return (str(err).splitlines() or [type(err).__name__])[0]
 
 
 def model_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -16,7 +16,8 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.trainer import Trainer
 
-from .checkpoint_io import load_checkpoint, save_atomically
+from .atomic import recover_folder
+from .checkpoint_io import META_FILE, load_checkpoint, read_checkpoint_meta, save_atomically
 from .data.datamodule import LoryDataModule
 from .errors import one_line
 from .callbacks.guard import NonFiniteError
@@ -73,9 +74,9 @@ class LoryCLI(LightningCLI):
         if config.get("ckpt_path") == "last":
             config.ckpt_path, self._resume = resolve_last(config.trainer)
         path = config.get("ckpt_path")
-        if not path or not Path(path).is_file():
+        if not path or not Path(path).exists():
             return
-        hparams = upgrade_hparams(load_checkpoint(path, mmap=True).get("hyper_parameters", {}))
+        hparams = upgrade_hparams(read_checkpoint_meta(path).get("hyper_parameters", {}))
         hparams.pop("_instantiator", None)
         if hparams:
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
@@ -158,7 +159,8 @@ def pin_shared_versions(trainer_config) -> None:  # noqa: ANN001 (jsonargparse N
 
 
 def resolve_last(trainer_config) -> tuple[str, tuple[Path, int] | None]:  # noqa: ANN001
-    """``--ckpt_path last``: the last.ckpt of the latest run of this config, and (run folder, step).
+    """``--ckpt_path last``: the last.ckpt (file, or folder of shards) of the latest run of this
+    config, and (run folder, step).
 
     Lightning alone looks for last.ckpt in the new run's folder, finds none, warns and trains from
     step 0. Here the latest ``save_dir/name/version_N`` with a ``checkpoints/last.ckpt`` is found and
@@ -170,7 +172,7 @@ def resolve_last(trainer_config) -> tuple[str, tuple[Path, int] | None]:  # noqa
         if trainer_config.get("logger") is False:
             root = Path(trainer_config.get("default_root_dir") or ".")
             last = root / "checkpoints" / "last.ckpt"
-            if last.is_file():
+            if _is_checkpoint(last):
                 return str(last), None
             raise FileNotFoundError(f"--ckpt_path last: nothing to resume: no {last}; start without --ckpt_path")
         raise ValueError("--ckpt_path last needs trainer.logger entries with save_dir and name (as the shipped "
@@ -180,7 +182,7 @@ def resolve_last(trainer_config) -> tuple[str, tuple[Path, int] | None]:  # noqa
     found = []
     for folder in runs.glob("version_*"):
         number = folder.name.removeprefix("version_")
-        if number.isdigit() and (folder / "checkpoints" / "last.ckpt").is_file():
+        if number.isdigit() and _is_checkpoint(folder / "checkpoints" / "last.ckpt"):
             found.append((int(number), folder))
     if not found:
         raise FileNotFoundError(f"--ckpt_path last: nothing to resume: no {runs}/version_*/checkpoints/last.ckpt; "
@@ -190,8 +192,14 @@ def resolve_last(trainer_config) -> tuple[str, tuple[Path, int] | None]:  # noqa
         if args.save_dir == first.save_dir and args.name == first.name:
             args.version = version
     last = folder / "checkpoints" / "last.ckpt"
-    step = int(load_checkpoint(last, mmap=True).get("global_step", 0))  # mapped: only the step is read
+    step = int(read_checkpoint_meta(last).get("global_step", 0))  # only the step is read
     return str(last), (folder, step)
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """A checkpoint file, or a sharded checkpoint folder (LoryFSDPStrategy), whole or mid-swap."""
+    recover_folder(path)  # a sharded save killed between its two renames: the old folder comes back
+    return path.is_file() or (path / META_FILE).is_file()
 
 
 def continue_csv_logs(trainer: Trainer, step: int) -> None:

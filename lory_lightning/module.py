@@ -100,6 +100,13 @@ class LoryLM(L.LightningModule):
         self.unigram_logp = None if logp is None else logp.to(self.device)
         self.val_unigram = None if logp is None else DomainPerplexity(len(self.domains)).to(self.device)
 
+    def configure_model(self) -> None:
+        # A sharded strategy (strategies.LoryFSDPStrategy) shards the model here, once the process
+        # group exists; under any other strategy the model stays as built.
+        parallelize = getattr(self.trainer.strategy, "parallelize", None)
+        if parallelize is not None:
+            parallelize(self.model)
+
     def configure_callbacks(self) -> list[L.Callback]:
         # The guard is part of training, not an option of the run config: it is always there.
         return [NonFiniteGuard(self.training_config.nonfinite)]

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from torch.distributed.tensor import DTensor
 from lightning.pytorch.utilities import rank_zero_info
 
 
@@ -15,11 +16,16 @@ class NonFiniteError(RuntimeError):
 
 
 def grad_norm(module: torch.nn.Module) -> torch.Tensor:
-    """The global L2 norm of every gradient (fp32), zero when there is none."""
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    """The global L2 norm of every gradient (fp32), zero when there is none.
+
+    Gradients sharded by FSDP2 (DTensors) count once each: torch's total norm of them is a partial
+    result per rank, summed across the shards by ``full_tensor`` (one all-reduce).
+    """
+    grads = [p.grad.float() for p in module.parameters() if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
 
 class NonFiniteGuard(Callback):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -111,8 +112,16 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn = cfg.ffn_class.from_config(cfg)  # the kind's class, from model/ffn.py's table
+        # Recompute this block's activations in backward instead of keeping them (set by the
+        # sharded strategy's checkpoint_blocks): memory for one extra forward per block.
+        self.checkpoint_activations = False
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Routing | None]:
+        if self.checkpoint_activations and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._forward, x, cos, sin, use_reentrant=False)
+        return self._forward(x, cos, sin)
+
+    def _forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Routing | None]:
         x = x + self.attn(self.attn_norm(x), cos, sin)  # (B, L, d)
         h, routing = self.ffn.forward_with_routing(self.ffn_norm(x))  # (B, L, d)
         return x + h, routing

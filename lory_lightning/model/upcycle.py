@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from .config import ModelConfig
 from .transformer import LoryTransformer
@@ -85,16 +86,39 @@ def in_dense_phase(model: LoryTransformer) -> bool:
     return any(layer.is_dense for layer in model.moe_layers())
 
 
+def _expert0_everywhere(w: Tensor, scale: float = 1.0) -> None:
+    """Set every expert of ``w`` (E, ...) to expert 0 times ``scale``, in place.
+
+    A parameter sharded by FSDP2 is a DTensor split along the experts: expert 0 lives on the first
+    rank, so it is gathered and each rank fills its own experts (its local shard) from it.
+    """
+    if isinstance(w, DTensor):
+        expert0 = w.full_tensor()[:1]  # (1, ...) on every rank
+        local = w.to_local()  # (E_local, ...): this rank's experts
+        src = expert0.expand_as(local)
+    else:
+        local, src = w, w[:1].expand_as(w)  # (E, ...) all equal to expert 0
+    local.copy_(src * scale if scale != 1 else src)
+
+
+def _assign(p: Tensor, value: Tensor) -> None:
+    """``p.copy_(value)`` for a full ``value`` that is equal on every rank, also when ``p`` is sharded."""
+    value = value.to(device=p.device, dtype=p.dtype)
+    if isinstance(p, DTensor):  # each rank keeps its own slice: no communication
+        value = distribute_tensor(value, p.device_mesh, p.placements, src_data_rank=None)
+    p.copy_(value)
+
+
 @torch.no_grad()
 def upcycle_in_place(model: LoryTransformer, generator: torch.Generator | None = None) -> None:
     """End the dense warmup: copy expert 0 (the dense FFN that trained) into every expert and draw
-    fresh routers from N(0, router_init_std^2)."""
+    fresh routers from N(0, router_init_std^2). Works on a model sharded by FSDP2 alike."""
     std = model.config.router_init_std
     for layer in model.moe_layers():
         for w in (layer.w_gate, layer.w_up, layer.w_down):
-            w.copy_(w[:1].expand_as(w))  # (E, ...) all equal to expert 0
-        fresh = torch.randn(layer.router.weight.shape, generator=generator, dtype=torch.float32) * std
-        layer.router.weight.copy_(fresh.to(layer.router.weight))
+            _expert0_everywhere(w)
+        fresh = torch.randn(layer.router.weight.shape, generator=generator, dtype=torch.float32) * std  # (E, d)
+        _assign(layer.router.weight, fresh)
         layer.set_dense_phase(False)
 
 
@@ -122,7 +146,7 @@ def upcycle_optimizer_state(optimizer: torch.optim.Optimizer, experts: list[nn.P
         if state:
             for key, value in state.items():
                 if torch.is_tensor(value) and value.shape == p.shape:
-                    value.copy_(value[:1].expand_as(value) * grad_ratio ** _MOMENT_POWER.get(key, 0))
+                    _expert0_everywhere(value, grad_ratio ** _MOMENT_POWER.get(key, 0))
     for p in routers:
         optimizer.state.pop(p, None)
 
