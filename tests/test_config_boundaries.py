@@ -249,3 +249,73 @@ def test_the_guard_counts_every_skipped_step_and_logs_the_count():
         guard.on_before_optimizer_step(trainer, lm, None)
     guard.on_train_batch_end(trainer, lm, None, None, 0)
     assert guard.skipped_steps == 3 and logged["train/skipped_steps"] == 3.0
+
+
+def test_knn_settings_at_their_bounds():
+    KnnParams(k=1, n_trees=1)  # one neighbour from one tree is a valid (if rough) search
+    for bad in (dict(k=0), dict(n_trees=0)):
+        with pytest.raises(ValueError):
+            KnnParams(**bad)
+
+
+def test_packing_at_its_bounds():
+    from lory_lightning.data.packing import num_sequences
+
+    assert num_sequences(5, 1) == (4, 0)  # sequences of one token: every token but the last is an input
+    assert num_sequences(1, 1) == (0, 1)  # one token is no (input, target) pair
+    assert num_sequences(0, 4) == (0, 0)
+    with pytest.raises(ValueError) as err:
+        num_sequences(10, 0)
+    assert str(err.value) == "seq_len must be >= 1, got 0"
+
+
+def test_the_unigram_baseline_sums_every_document_of_a_domain():
+    from lory_lightning.data.stats import unigram_counts, unigram_log_probs, unigram_ppl
+
+    tokens = np.array([1, 2, 1, 3, 2], dtype=np.uint16)  # eval docs [1, 2], [1], [3, 2]: domains 0, 0, 1
+    offsets, lengths = np.array([0, 2, 3]), np.array([2, 1, 2])
+    counts = unigram_counts(tokens, offsets, lengths, np.array([0, 1, 2]), 4, 0)
+    assert counts.dtype == np.int64 and counts.tolist() == [1 + 3, 1 + 2, 1 + 2, 1 + 1]
+    logp = unigram_log_probs(counts)
+    assert logp.dtype == np.float64
+    ppl = unigram_ppl(counts, tokens, offsets, lengths, np.array([0, 1, 2]), np.array([0, 0, 1]), 0)
+    nll0 = -(logp[1] + logp[2] + logp[0] + logp[1] + logp[0])  # both domain-0 documents, each with its eod
+    nll1 = -(logp[3] + logp[2] + logp[0])
+    assert ppl == {0: pytest.approx(np.exp(nll0 / 5)), 1: pytest.approx(np.exp(nll1 / 3))}
+
+
+def test_nonfinite_skip_is_accepted_and_the_schedule_decays_over_one_step():
+    from lory_lightning.optim import lr_multiplier
+
+    assert TrainingConfig(nonfinite="skip").nonfinite == "skip"
+    # 3 steps, 2 of warmup: one decay step, from 1 at step 2 to the floor at step 3
+    assert lr_multiplier(2, 3, 2, 0.1) == pytest.approx(1.0)
+    assert lr_multiplier(3, 3, 2, 0.1) == pytest.approx(0.1)
+
+
+def test_domain_perplexity_of_one_token_and_of_empty_domains():
+    import math
+
+    import torch
+
+    from lory_lightning.metrics import DomainPerplexity, perplexity_metrics
+
+    metric = DomainPerplexity(3)
+    assert metric.num_domains == 3
+    metric.update(torch.tensor([[2.0]]), torch.tensor([[1]]))  # one token, of domain 1
+    out = perplexity_metrics(metric, ["a", "b", "c"])
+    assert set(out) == {"val/b/ppl", "val/ppl"}  # a and c had no token: left out, domain b with 1 is in
+    assert out["val/ppl"].item() == pytest.approx(math.exp(2.0))
+    assert out["val/b/ppl"].item() == pytest.approx(math.exp(2.0))
+
+
+def test_the_gradient_norm_of_a_module_without_gradients_is_a_zero_scalar():
+    import torch
+
+    from lory_lightning.callbacks.guard import grad_norm
+
+    norm = grad_norm(torch.nn.Linear(2, 2))
+    assert norm.shape == () and norm.item() == 0.0
+    layer = torch.nn.Linear(2, 2).half()  # a bf16/fp16 model's gradients: the norm is taken in fp32
+    layer.weight.grad = torch.full((2, 2), 300.0, dtype=torch.float16)  # squares overflow fp16 (max 65504)
+    assert grad_norm(layer).dtype == torch.float32 and grad_norm(layer).item() == pytest.approx(600.0)
