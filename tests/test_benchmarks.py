@@ -1,0 +1,31 @@
+"""The GPU benchmark of the paper's Table 3 runs end to end at a tiny size on CPU, so a GPU run is one call."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.isolated  # runs the script in a child process
+
+
+def test_table3_runs_end_to_end_at_tiny_size(tmp_path):
+    out = tmp_path / "table3.md"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "table3.py"), "--device", "cpu", "--dtype", "bf16",
+                             "--dim", "32", "--n_head", "2", "--hidden", "48", "--n_layer", "1", "--seq_len", "64",
+                             "--segment_len", "16", "--batch", "2", "--vocab", "64", "--experts", "8", "16",
+                             "--warmup", "1", "--steps", "1", "--passes", "2", "--peak_tflops", "1", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in out.read_text().splitlines() if line.startswith("| ") and not line.startswith("| variant")}
+    assert list(rows) == ["dense", "lory_8e", "lory_16e", "lory_8e_plain"]
+    assert rows["dense"][5] == "1.000"  # step x dense
+    assert rows["lory_8e"][6] == "1.18" and rows["lory_16e"][6] == "1.27"  # the paper's ratios beside ours
+    assert rows["lory_8e_plain"][6] == "-"
+    # FLOP floor: 1 + the merges over dense (model/config.py's count), larger with more experts
+    assert 1.0 < float(rows["lory_8e"][7]) < float(rows["lory_16e"][7])
+    assert all(r[4].endswith("%") for r in rows.values())  # MFU against the given peak
+    assert "2 passes" in out.read_text().splitlines()[0]
