@@ -67,6 +67,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         layer = {a: run_part("layer", a, args.rounds, None, Path(tmp)) for a in allocators}
         model = {a: run_part("model", a, args.rounds, None, Path(tmp)) for a in allocators}
+        adamw = run_part("adamw", main_alloc, args.rounds, None, Path(tmp))
         data = run_part("data", main_alloc, args.rounds, args.data, Path(tmp))
     meta = layer[main_alloc]["meta"]
     lines = [f"Machine: {cpu_model()}, {meta['threads']} threads, torch {meta['torch']}, Python "
@@ -79,6 +80,9 @@ def main() -> None:
     for i, row in enumerate(model[main_alloc]["rows"]):
         times = " | ".join(f"{model[a]['rows'][i]['time_ratio']:.3f}" for a in allocators)
         lines.append(f"| {row['variant']} | {times} | {row['floor']:.3f} | {row['tokens_per_s']:.0f} |")
+    lines += ["", f"### AdamW kernels, whole training step of the tiny model ({main_alloc})", "",
+              "| model | AdamW | step (ms) | time x dense for-loop |", "|---|---|---:|---:|"]
+    lines += [f"| {r['model']} | {r['adamw']} | {r['ms']:.0f} | {r['time_ratio']:.3f} |" for r in adamw["rows"]]
     consume = next(r["tokens_per_s"] for r in model[main_alloc]["rows"] if r["variant"] == "lory_8e")
     stream = data["rows"][0]["tokens_per_s"]
     lines += ["", "### Data side", "",

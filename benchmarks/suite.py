@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One part of the benchmark suite, in one process; `benchmarks/run.py` runs the parts and writes the table.
 
-    python benchmarks/suite.py layer|model|data --out FILE.json [--rounds 7]
+    python benchmarks/suite.py layer|model|adamw|data --out FILE.json [--rounds 7]
 
 Every variant of a part is timed in the same process, threads pinned, after a warm-up, with the
 variants interleaved round by round; the medians are reported as ratios to dense. Saved-activation
@@ -26,7 +26,7 @@ from lory_lightning.model import LoryTransformer, ModelConfig
 from lory_lightning.model.config import training_flops_per_token
 from lory_lightning.model.baselines import TopKMoE
 from lory_lightning.model.moe import LoryMoE, SwiGLU
-from lory_lightning.optim import param_groups
+from lory_lightning.optim import OptimConfig, param_groups
 
 D, FF = 256, 688  # layer width and FFN width of the layer benchmark
 
@@ -99,7 +99,8 @@ def model_part(rounds: int) -> list[dict]:
     for name, cfg in variants.items():
         torch.manual_seed(0)
         model = LoryTransformer(cfg)
-        opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4)
+        # the AdamW kernel LoryLM takes for this precision (fused in fp32)
+        opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, **OptimConfig().adamw_kwargs())
 
         def run(model: LoryTransformer = model, opt: torch.optim.Optimizer = opt) -> None:
             loss = F.cross_entropy(model(idx[:, :-1]).logits.flatten(0, 1), idx[:, 1:].flatten())
@@ -115,6 +116,32 @@ def model_part(rounds: int) -> list[dict]:
         rows.append({"variant": name, "ms": med[name] * 1e3, "time_ratio": med[name] / med["dense"], "floor": floor,
                      "tokens_per_s": 8 * base.seq_len / med[name]})
     print("model: " + ", ".join(f"{r['variant']} {r['time_ratio']:.3f}x" for r in rows), flush=True)
+    return rows
+
+
+def adamw_part(rounds: int) -> list[dict]:
+    """The whole training step of the tiny dense and Lory 32E models with each of torch's AdamW kernels."""
+    base = ModelConfig()
+    idx = torch.randint(0, base.vocab_size, (8, base.seq_len + 1), generator=torch.Generator().manual_seed(0))
+    steps, names = {}, []
+    for model_name, cfg in {"dense": base.replace(ffn="dense"), "lory_32e": base.replace(num_experts=32)}.items():
+        for impl in ("for-loop", "foreach", "fused"):
+            torch.manual_seed(0)
+            model = LoryTransformer(cfg)
+            opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4,
+                                    **OptimConfig(implementation=impl).adamw_kwargs())
+
+            def run(model: LoryTransformer = model, opt: torch.optim.Optimizer = opt) -> None:
+                loss = F.cross_entropy(model(idx[:, :-1]).logits.flatten(0, 1), idx[:, 1:].flatten())
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            steps[f"{model_name} {impl}"] = run
+            names.append((model_name, impl))
+    med = interleaved_medians(steps, rounds)
+    rows = [{"model": m, "adamw": impl, "ms": med[f"{m} {impl}"] * 1e3,
+             "time_ratio": med[f"{m} {impl}"] / med["dense for-loop"]} for m, impl in names]
+    print("adamw: " + ", ".join(f"{r['model']} {r['adamw']} {r['time_ratio']:.3f}x" for r in rows), flush=True)
     return rows
 
 
@@ -142,14 +169,14 @@ def data_part(data_dir: str | None) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["layer", "model", "data"])
+    parser.add_argument("part", choices=["layer", "model", "adamw", "data"])
     parser.add_argument("--out", required=True)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--data", help="a prepared 512-token folder (default: prepare the sample in a temp dir)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("LORY_BENCH_THREADS", os.cpu_count() or 1)))
     rows = {"layer": lambda: layer_part(args.rounds), "model": lambda: model_part(args.rounds),
-            "data": lambda: data_part(args.data)}[args.part]()
+            "adamw": lambda: adamw_part(args.rounds), "data": lambda: data_part(args.data)}[args.part]()
     meta = {"threads": torch.get_num_threads(), "torch": torch.__version__,
             "allocator": "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "glibc"}
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

@@ -225,7 +225,7 @@ def continue_csv_logs(trainer: Trainer, step: int) -> None:
 
 
 OPTIMIZER_KEYS = ("model.optim.lr, model.optim.betas, model.optim.weight_decay, model.optim.eps, "
-                  "model.optim.warmup_fraction, model.optim.min_lr_ratio")
+                  "model.optim.warmup_fraction, model.optim.min_lr_ratio, model.optim.implementation")
 
 
 def refuse_optimizer_flags(argv: list[str]) -> None:

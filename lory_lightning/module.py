@@ -116,7 +116,8 @@ class LoryLM(L.LightningModule):
         if max_steps is None or max_steps <= 0:
             raise ValueError("set trainer.max_steps: the cosine schedule and dense_warmup are sized by it")
         opt = torch.optim.AdamW(param_groups(self.model, self.optim.weight_decay), lr=self.optim.lr,
-                                betas=self.optim.betas, eps=self.optim.eps)
+                                betas=self.optim.betas, eps=self.optim.eps,
+                                **self.optim.adamw_kwargs(self.trainer.precision))
         warmup = int(round(self.optim.warmup_fraction * max_steps))
         schedule = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: lr_multiplier(step, max_steps, warmup, self.optim.min_lr_ratio))

@@ -19,6 +19,11 @@ class OptimConfig:
         warmup_fraction: Share of max_steps spent in linear warmup (paper: 5%).
         min_lr_ratio: The cosine ends at this fraction of the peak (decided: 10%).
         eps: AdamW epsilon.
+        implementation: torch's AdamW kernel: ``fused`` (one kernel over all parameters and their
+            moments: on 2 CPU cores the Lory 32E step of the tiny model took 5% less time than
+            with the per-parameter loop, BENCHMARKS.md), ``foreach``, ``for-loop``, or ``auto``:
+            fused, except under mixed precision (``*-mixed``), where Lightning refuses gradient
+            clipping with a fused optimizer and ``foreach`` (torch's GPU default) is taken.
     """
 
     lr: float = 2e-4
@@ -27,6 +32,7 @@ class OptimConfig:
     warmup_fraction: float = 0.05
     min_lr_ratio: float = 0.1
     eps: float = 1e-8
+    implementation: str = "auto"
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # YAML gives a list
@@ -40,6 +46,20 @@ class OptimConfig:
             raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.weight_decay < 0:
             raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.implementation not in ADAMW_IMPLEMENTATIONS:
+            raise ValueError(f"optim.implementation must be one of {', '.join(ADAMW_IMPLEMENTATIONS)}, "
+                             f"got {self.implementation!r}")
+
+    def adamw_kwargs(self, precision: str = "32-true") -> dict[str, bool]:
+        """torch.optim.AdamW's switch for ``implementation`` under Lightning's ``precision``."""
+        kind = self.implementation
+        if kind == "auto":
+            kind = "foreach" if str(precision).endswith("-mixed") else "fused"
+        return {"fused": {"fused": True}, "foreach": {"foreach": True},
+                "for-loop": {"foreach": False, "fused": False}}[kind]
+
+
+ADAMW_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for-loop")
 
 
 def lr_multiplier(step: int, max_steps: int, warmup_steps: int, min_ratio: float) -> float:

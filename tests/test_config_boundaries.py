@@ -319,3 +319,14 @@ def test_the_gradient_norm_of_a_module_without_gradients_is_a_zero_scalar():
     layer = torch.nn.Linear(2, 2).half()  # a bf16/fp16 model's gradients: the norm is taken in fp32
     layer.weight.grad = torch.full((2, 2), 300.0, dtype=torch.float16)  # squares overflow fp16 (max 65504)
     assert grad_norm(layer).dtype == torch.float32 and grad_norm(layer).item() == pytest.approx(600.0)
+
+
+def test_the_adamw_implementation_follows_the_precision():
+    assert OptimConfig().adamw_kwargs("32-true") == {"fused": True}
+    # Lightning refuses gradient clipping with a fused optimizer under mixed precision
+    assert OptimConfig().adamw_kwargs("bf16-mixed") == {"foreach": True}
+    assert OptimConfig(implementation="fused").adamw_kwargs("bf16-mixed") == {"fused": True}
+    assert OptimConfig(implementation="for-loop").adamw_kwargs() == {"foreach": False, "fused": False}
+    with pytest.raises(ValueError) as err:
+        OptimConfig(implementation="apex")
+    assert str(err.value) == "optim.implementation must be one of auto, fused, foreach, for-loop, got 'apex'"

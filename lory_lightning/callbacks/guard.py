@@ -7,8 +7,8 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch.distributed.tensor import DTensor
 from lightning.pytorch.utilities import rank_zero_info
+from torch.distributed.tensor import DTensor
 
 
 class NonFiniteError(RuntimeError):
