@@ -68,6 +68,7 @@ def main() -> None:
         layer = {a: run_part("layer", a, args.rounds, None, Path(tmp)) for a in allocators}
         model = {a: run_part("model", a, args.rounds, None, Path(tmp)) for a in allocators}
         adamw = run_part("adamw", main_alloc, args.rounds, None, Path(tmp))
+        compiled = run_part("compile", main_alloc, args.rounds, None, Path(tmp))
         data = run_part("data", main_alloc, args.rounds, args.data, Path(tmp))
     meta = layer[main_alloc]["meta"]
     lines = [f"Machine: {cpu_model()}, {meta['threads']} threads, torch {meta['torch']}, Python "
@@ -83,6 +84,10 @@ def main() -> None:
     lines += ["", f"### AdamW kernels, whole training step of the tiny model ({main_alloc})", "",
               "| model | AdamW | step (ms) | time x dense for-loop |", "|---|---|---:|---:|"]
     lines += [f"| {r['model']} | {r['adamw']} | {r['ms']:.0f} | {r['time_ratio']:.3f} |" for r in adamw["rows"]]
+    lines += ["", f"### `model.compile`: forward + backward of the tiny model, blocks compiled ({main_alloc})", "",
+              "| variant | fwd+bwd (ms) | time x eager | saved for backward (MB) |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['variant']} | {r['ms']:.0f} | {r['time_ratio']:.3f} | {r['saved_MB']:.0f} |"
+              for r in compiled["rows"]]
     consume = next(r["tokens_per_s"] for r in model[main_alloc]["rows"] if r["variant"] == "lory_8e")
     stream = data["rows"][0]["tokens_per_s"]
     lines += ["", "### Data side", "",

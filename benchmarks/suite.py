@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One part of the benchmark suite, in one process; `benchmarks/run.py` runs the parts and writes the table.
 
-    python benchmarks/suite.py layer|model|adamw|data --out FILE.json [--rounds 7]
+    python benchmarks/suite.py layer|model|adamw|compile|data --out FILE.json [--rounds 7]
 
 Every variant of a part is timed in the same process, threads pinned, after a warm-up, with the
 variants interleaved round by round; the medians are reported as ratios to dense. Saved-activation
@@ -43,6 +43,35 @@ def saved_bytes(fn: Callable[[], torch.Tensor], params: list[torch.Tensor]) -> i
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
+    return total
+
+
+def graph_saved_bytes(out: torch.Tensor, params: list[torch.Tensor]) -> int:
+    """Bytes the autograd graph behind ``out`` keeps for backward (parameters excluded), each storage
+    once. Walks the graph's nodes, so it sees what compiled graphs save too (saved-tensor hooks do
+    not reach inside them)."""
+    ptrs = {p.data_ptr() for p in params}
+    seen: set[tuple[int, int]] = set()
+    nodes, stack, total = set(), [out.grad_fn], 0
+    while stack:
+        node = stack.pop()
+        if node is None or node in nodes:
+            continue
+        nodes.add(node)
+        tensors = []
+        for name in dir(node):
+            if name.startswith("_saved_"):
+                value = getattr(node, name, None)
+                values = value if isinstance(value, (tuple, list)) else [value]
+                tensors += [t for t in values if torch.is_tensor(t)]
+        if hasattr(node, "saved_tensors"):  # custom and compiled functions
+            tensors += [t for t in node.saved_tensors if torch.is_tensor(t)]
+        for t in tensors:
+            key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+            if t.data_ptr() not in ptrs and key not in seen:
+                seen.add(key)
+                total += key[1]
+        stack += [n for n, _ in node.next_functions]
     return total
 
 
@@ -145,6 +174,39 @@ def adamw_part(rounds: int) -> list[dict]:
     return rows
 
 
+def compile_part(rounds: int) -> list[dict]:
+    """Forward + backward of the tiny dense and Lory 8E models, eager and with compiled blocks
+    (``model.compile``): time, and what the graph saves for backward."""
+    from lory_lightning.model.transformer import compile_blocks
+
+    base = ModelConfig()
+    idx = torch.randint(0, base.vocab_size, (8, base.seq_len + 1), generator=torch.Generator().manual_seed(0))
+    models, steps = {}, {}
+    for name, cfg in {"dense": base.replace(ffn="dense"), "lory_8e": base}.items():
+        for compiled in (False, True):
+            torch.manual_seed(0)
+            model = LoryTransformer(cfg)
+            if compiled:
+                compile_blocks(model)
+            key = f"{name} {'compiled' if compiled else 'eager'}"
+            models[key] = model
+
+            def run(model: LoryTransformer = model) -> None:
+                model.zero_grad(set_to_none=True)
+                F.cross_entropy(model(idx[:, :-1]).logits.flatten(0, 1), idx[:, 1:].flatten()).backward()
+            steps[key] = run
+    med = interleaved_medians(steps, rounds)  # the warm-up rounds compile
+    rows = []
+    for key, model in models.items():
+        saved = graph_saved_bytes(model(idx[:, :-1]).logits, list(model.parameters()))
+        eager = key.split()[0] + " eager"
+        rows.append({"variant": key, "ms": med[key] * 1e3, "time_ratio": med[key] / med[eager],
+                     "saved_MB": saved / 2 ** 20})
+    print("compile: " + ", ".join(f"{r['variant']} {r['time_ratio']:.3f}x {r['saved_MB']:.0f} MB" for r in rows),
+          flush=True)
+    return rows
+
+
 def data_part(data_dir: str | None) -> list[dict]:
     """Tokens/s the LoryDataModule streams from prepared shards (one process, no workers)."""
     from lory_lightning.data.datamodule import LoryDataModule
@@ -169,14 +231,15 @@ def data_part(data_dir: str | None) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["layer", "model", "adamw", "data"])
+    parser.add_argument("part", choices=["layer", "model", "adamw", "compile", "data"])
     parser.add_argument("--out", required=True)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--data", help="a prepared 512-token folder (default: prepare the sample in a temp dir)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("LORY_BENCH_THREADS", os.cpu_count() or 1)))
     rows = {"layer": lambda: layer_part(args.rounds), "model": lambda: model_part(args.rounds),
-            "adamw": lambda: adamw_part(args.rounds), "data": lambda: data_part(args.data)}[args.part]()
+            "adamw": lambda: adamw_part(args.rounds), "compile": lambda: compile_part(args.rounds),
+            "data": lambda: data_part(args.data)}[args.part]()
     meta = {"threads": torch.get_num_threads(), "torch": torch.__version__,
             "allocator": "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "glibc"}
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

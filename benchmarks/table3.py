@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from lory_lightning.model import LoryTransformer, ModelConfig
 from lory_lightning.model.config import training_flops_per_token
+from lory_lightning.model.transformer import compile_blocks
 from lory_lightning.optim import param_groups
 
 PAPER_RATIO = {8: 1.18, 16: 1.27, 32: 1.39}  # LORY.md, Table 3: step time of Lory E / dense
@@ -53,14 +54,20 @@ def variants(args: argparse.Namespace) -> dict[str, ModelConfig]:
     # (model/merged_swiglu.py); the plain one lets autograd keep them: its speed, for the fewest experts.
     e = min(args.experts)
     out[f"lory_{e}e_plain"] = base.replace(num_experts=e, recompute_merge=False)
+    if args.compile:  # model.compile: every block through torch.compile
+        out["dense_compiled"] = out["dense"]
+        out[f"lory_{e}e_compiled"] = out[f"lory_{e}e"]
     return out
 
 
-def build_step(cfg: ModelConfig, args: argparse.Namespace, device: torch.device):  # noqa: ANN201
+def build_step(cfg: ModelConfig, args: argparse.Namespace, device: torch.device,  # noqa: ANN201
+               compiled: bool = False):
     """One training step of a fresh ``cfg`` model as a closure, and a function that frees the model."""
     torch.manual_seed(0)
     with torch.device(device):
         model = LoryTransformer(cfg)
+    if compiled:
+        compile_blocks(model)
     fused = {"fused": True} if device.type == "cuda" else {}
     opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, **fused)
     idx = torch.randint(0, cfg.vocab_size, (args.batch, cfg.seq_len + 1), device=device,
@@ -85,9 +92,10 @@ def build_step(cfg: ModelConfig, args: argparse.Namespace, device: torch.device)
     return step, cleanup
 
 
-def time_variant(cfg: ModelConfig, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+def time_variant(cfg: ModelConfig, args: argparse.Namespace, device: torch.device,
+                 compiled: bool = False) -> dict[str, float]:
     """Seconds per training step (mean of ``args.steps`` after ``args.warmup``) and peak memory."""
-    step, cleanup = build_step(cfg, args, device)
+    step, cleanup = build_step(cfg, args, device, compiled)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(args.warmup):
         step()
@@ -117,7 +125,7 @@ def table(cfgs: dict[str, ModelConfig], runs: dict[str, list[dict]], args: argpa
         flops = training_flops_per_token(cfg)
         mfu = f"{flops * tokens / s / peak:.1%}" if peak else "n/a"
         paper = f"{PAPER_RATIO[cfg.num_experts]:.2f}" if cfg.ffn == "lory" and cfg.num_experts in PAPER_RATIO \
-            and cfg.recompute_merge else "-"
+            and cfg.recompute_merge and not name.endswith("_compiled") else "-"
         memory = max(r["peak_gib"] for r in runs[name])
         lines.append(f"| {name} | {s * 1e3:.1f} | {spread:.1%} | {tokens / s:,.0f} | "
                      f"{'n/a' if memory != memory else f'{memory:.1f}'} | {mfu} | {s / dense_s:.3f} | {paper} | "
@@ -141,6 +149,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--passes", type=int, default=2, help="each pass times every variant; orders alternate")
+    parser.add_argument("--compile", action="store_true", help="also time dense and the fewest experts compiled")
     parser.add_argument("--peak_tflops", type=float, help="the chip's dense peak for MFU (known: H100, H200, A100)")
     parser.add_argument("--out", help="also write the markdown table here")
     return parser.parse_args(argv)
@@ -155,7 +164,7 @@ def main() -> None:
     start = time.perf_counter()
     for p in range(args.passes):
         for name in (list(cfgs) if p % 2 == 0 else list(reversed(cfgs))):
-            runs[name].append(time_variant(cfgs[name], args, device))
+            runs[name].append(time_variant(cfgs[name], args, device, name.endswith("_compiled")))
             print(f"pass {p + 1} {name}: {runs[name][-1]['s'] * 1e3:.1f} ms/step", flush=True)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     header = (f"{where}, torch {torch.__version__}, {args.dtype}; d {args.dim}, {args.n_head} heads, f {args.hidden}, "

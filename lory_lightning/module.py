@@ -16,6 +16,7 @@ from .checkpoint_io import load_checkpoint, model_state, rng_state, set_rng_stat
 from .metrics import DomainPerplexity, perplexity_metrics
 from .model import LoryTransformer, ModelConfig, load_balancing_loss, router_z_loss
 from .model.config import training_flops_per_token
+from .model.transformer import compile_blocks
 from .model.upcycle import (in_dense_phase, router_generator, start_dense_phase, upcycle_model_and_optimizer,
                             upcycle_state_dict)
 from .optim import OptimConfig, lr_multiplier, param_groups
@@ -34,10 +35,14 @@ class LoryLM(L.LightningModule):
             routed model; one of the same architecture is loaded as is. ``hf:FOLDER``: a saved Hugging
             Face Llama-architecture model (the ``hf`` extra), upcycled likewise; the model section must
             have its shape.
+        compile: Compile each decoder block with ``torch.compile`` (once, when the run starts; the
+            first step then takes longer while it compiles). BENCHMARKS.md has the speed and memory
+            it was measured to give.
     """
 
     def __init__(self, model: ModelConfig = ModelConfig(), optim: OptimConfig = OptimConfig(),
-                 training: TrainingConfig = TrainingConfig(), init_from: str | None = None) -> None:
+                 training: TrainingConfig = TrainingConfig(), init_from: str | None = None,
+                 compile: bool = False) -> None:
         super().__init__()
         model = ModelConfig(**model) if isinstance(model, dict) else model
         optim = OptimConfig(**optim) if isinstance(optim, dict) else optim
@@ -45,8 +50,10 @@ class LoryLM(L.LightningModule):
         training.check(model)
         # Plain data only, so checkpoints load with weights_only=True.
         self.save_hyperparameters({"model": dataclasses.asdict(model), "optim": dataclasses.asdict(optim),
-                                   "training": dataclasses.asdict(training), "init_from": init_from})
+                                   "training": dataclasses.asdict(training), "init_from": init_from,
+                                   "compile": compile})
         self.config, self.optim, self.training_config = model, optim, training
+        self.compile_blocks = compile
         self.last_loss: torch.Tensor | None = None  # the step's loss, read by the NonFiniteGuard
         self.model = LoryTransformer(model)
         if init_from:
@@ -101,8 +108,12 @@ class LoryLM(L.LightningModule):
         self.val_unigram = None if logp is None else DomainPerplexity(len(self.domains)).to(self.device)
 
     def configure_model(self) -> None:
-        # A sharded strategy (strategies.LoryFSDPStrategy) shards the model here, once the process
-        # group exists; under any other strategy the model stays as built.
+        # Blocks are compiled in place (state-dict keys unchanged), before sharding as torchtitan
+        # does; then a sharded strategy (strategies.LoryFSDPStrategy) shards the model, once the
+        # process group exists. Under any other strategy the model stays as built. Idempotent:
+        # Lightning calls this hook again for each trainer.fit / validate.
+        if self.compile_blocks:
+            compile_blocks(self.model)
         parallelize = getattr(self.trainer.strategy, "parallelize", None)
         if parallelize is not None:
             parallelize(self.model)

@@ -235,3 +235,21 @@ def test_a_round_1_checkpoint_validates_with_its_training_keys_moved(small_data,
     capsys.readouterr()
     assert main(["validate", "--config", str(cfg), "--ckpt_path", str(legacy)]) == 0
     assert "validation of" in capsys.readouterr().out
+
+
+def test_model_compile_trains_the_same_model_and_its_checkpoint_loads_anywhere(small_data, tmp_path):
+    # model.compile: the blocks run through torch.compile; losses match eager within float noise,
+    # and the checkpoint has the eager model's keys (generate, export, init_from need no compile).
+    cfg = small_config(tmp_path, small_data)
+    losses, states = {}, {}
+    for version, compiled in enumerate(("false", "true")):
+        assert main(["fit", "--config", str(cfg), "--model.compile", compiled, "--trainer.max_steps", "4",
+                     "--trainer.val_check_interval", "4"]) == 0
+        run = tmp_path / "runs" / "lory-tiny" / f"version_{version}"
+        losses[compiled] = [float(r["train/loss"]) for r in metrics(run) if r.get("train/loss")]
+        states[compiled] = load_checkpoint(str(run / "checkpoints" / "last.ckpt"))["state_dict"]
+    assert states["true"].keys() == states["false"].keys()
+    assert len(losses["true"]) == 4
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-4)
+    ckpt = tmp_path / "runs" / "lory-tiny" / "version_1" / "checkpoints" / "last.ckpt"
+    assert main(["generate", "--ckpt_path", str(ckpt), "--prompt", "oven", "--max_new_tokens", "3"]) == 0

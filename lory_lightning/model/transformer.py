@@ -214,3 +214,13 @@ class LoryTransformer(nn.Module):
             x = block.step(x, cos, sin, cache, layer)
         cache.length = start + L
         return self.lm_head(self.norm(x))  # (B, L, V)
+
+
+def compile_blocks(model: LoryTransformer) -> None:
+    """``torch.compile`` each block in place (its forward; parameters and state-dict keys stay as
+    they are). Blocks rather than the whole model: a sharded strategy wraps them one by one, and
+    the embedding and head stay as they are. A second call does nothing."""
+    for block in model.blocks:
+        if not getattr(block, "compiled", False):
+            block.compile()
+            block.compiled = True
