@@ -77,7 +77,7 @@ def test_lr_warmup_is_sized_by_the_optimizer_setting_not_the_dense_warmup():
     from lory_lightning.optim import OptimConfig
 
     lm = LoryLM(model=CFG, optim=OptimConfig(lr=1.0, warmup_fraction=0.5), training=TrainingConfig(dense_warmup=0.1))
-    lm._trainer = SimpleNamespace(max_steps=20)
+    lm._trainer = SimpleNamespace(max_steps=20, precision="32-true")
     schedule = lm.configure_optimizers()["lr_scheduler"]["scheduler"]
     rates = []
     for _ in range(12):
