@@ -171,3 +171,22 @@ def test_the_readme_torchrun_launch(fsdp_config):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "validation after step 2:" in result.stdout
     assert (tmp / "runs" / "torchrun" / "version_0" / "checkpoints" / "last.ckpt" / "__1_0.distcp").is_file()
+
+
+def test_one_file_checkpoints_and_a_sharded_validate(fsdp_config, sharded_runs):
+    # save_distributed_checkpoint: false gathers the weights into one file on rank 0; a run resumes
+    # from it on 2 processes. And `lory validate` of a sharded folder runs sharded too.
+    tmp, config = fsdp_config
+    one_file = ["--trainer.strategy.init_args.save_distributed_checkpoint", "false",
+                "--trainer.logger.init_args.name", "one-file", "--trainer.val_check_interval", "2"]
+    first = lory(tmp, "fit", *config, *one_file, "--trainer.max_steps", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = tmp / "runs" / "one-file" / "version_0" / "checkpoints" / "last.ckpt"
+    assert last.is_file() and model_state(load_checkpoint(last))["blocks.0.ffn.w_up"].shape == (4, 32, 48)
+    resumed = lory(tmp, "fit", *config, *one_file, "--trainer.max_steps", "4", "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "validation after step 4:" in resumed.stdout
+    folder = tmp / "runs" / "lory-1.5b-32e-fsdp" / "version_0" / "checkpoints" / "last.ckpt"
+    validated = lory(tmp, "validate", *config, "--ckpt_path", str(folder))
+    assert validated.returncode == 0, validated.stderr[-3000:]
+    assert "validation of" in validated.stdout
