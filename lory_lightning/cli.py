@@ -130,6 +130,20 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("--output", help="report folder (default: analysis-<checkpoint name> beside the checkpoint)")
     ana.add_argument("--batch_size", type=int, default=8)
     ana.add_argument("--max_batches", type=int, help="stop after this many batches of the held-out split")
+    ppl = commands.add_parser(
+        "perplexity", help="per-domain perplexity of a checkpoint on any jsonl / .txt text",
+        description="Score a checkpoint on documents it never saw (other domains, other corpora): read as "
+                    "`lory prepare` reads them, tokenized with the checkpoint's own tokenizer, packed into "
+                    "the model's sequence length per domain, scored with segment routing as in training.")
+    ppl.add_argument("--ckpt_path", required=True, help="a checkpoint written by `lory fit` (file or sharded folder)")
+    ppl.add_argument("--inputs", nargs="+", required=True, metavar="PATH",
+                     help=".jsonl, .jsonl.gz, .txt files or folders of them (a .txt file's domain is its folder's name)")
+    ppl.add_argument("--text_field", default="text", help="the jsonl key of a document's text")
+    ppl.add_argument("--domain_field", default="domain",
+                     help="the jsonl key of its domain (absent: the file's name)")
+    ppl.add_argument("--batch_size", type=int, default=8)
+    ppl.add_argument("--max_sequences", type=int, help="score at most this many sequences per domain")
+    ppl.add_argument("--output", help="write the numbers (JSON) here")
     rep = commands.add_parser(
         "replicate", help="the paper's claims at small scale: six runs and a report (REPLICATION.md)",
         description="Train dense and Lory 8E with similarity and with random order, and token- and segment-level "
@@ -268,6 +282,24 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _perplexity(args: argparse.Namespace) -> int:
+    from .data.sources import ReadPolicy
+    from .perplexity import perplexity
+
+    report = perplexity(args.ckpt_path, args.inputs, args.batch_size, args.max_sequences,
+                        ReadPolicy(text_field=args.text_field, domain_field=args.domain_field))
+    print(report.table())
+    if report.skipped.total:
+        print(f"{report.skipped.total} documents skipped: {dict(report.skipped.by_reason)} "
+              f"(first: {report.skipped.examples[0]})")
+    for name, entry in report.domains.items():
+        if not entry.scored:
+            print(f"{name}: fewer than seq_len + 1 tokens, nothing scored")
+    if args.output:
+        Path(args.output).write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    return 0
+
+
 def _replicate(args: argparse.Namespace) -> int:
     from .replicate import replicate
 
@@ -279,7 +311,7 @@ def _replicate(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"prepare": _prepare, "generate": _generate, "export": _export, "evaluate": _evaluate,
-            "analyze": _analyze, "replicate": _replicate}
+            "analyze": _analyze, "perplexity": _perplexity, "replicate": _replicate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
