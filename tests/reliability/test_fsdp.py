@@ -190,3 +190,17 @@ def test_one_file_checkpoints_and_a_sharded_validate(fsdp_config, sharded_runs):
     validated = lory(tmp, "validate", *config, "--ckpt_path", str(folder))
     assert validated.returncode == 0, validated.stderr[-3000:]
     assert "validation of" in validated.stdout
+
+
+def test_sharded_training_with_compiled_blocks(fsdp_config):
+    # model.compile under the sharded strategy: blocks compiled, then sharded; the same run as eager
+    tmp, config = fsdp_config
+    tables = {}
+    for compiled in ("false", "true"):
+        result = lory(tmp, "fit", *config, "--model.compile", compiled, "--trainer.max_steps", "4",
+                      "--trainer.val_check_interval", "4", "--trainer.logger.init_args.name", f"compile-{compiled}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        tables[compiled] = {line.split()[0]: float(line.split()[1]) for line in result.stdout.splitlines()
+                            if line.split()[:1] in (["cooking"], ["space"], ["law"], ["all"])}
+    assert set(tables["true"]) == {"cooking", "space", "law", "all"}
+    assert tables["true"] == pytest.approx(tables["false"], rel=1e-3)
