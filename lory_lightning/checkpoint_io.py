@@ -90,12 +90,17 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_dir():
         return load_checkpoint(path, mmap=True)
+    _check_folder(path)
+    return load_checkpoint(path / META_FILE)
+
+
+def _check_folder(path: Path) -> None:
+    """A sharded checkpoint folder, whole (a swap killed half way is finished first), or a clear error."""
     recover_folder(path)
     missing = [name for name in (META_FILE, DCP_INDEX) if not (path / name).is_file()]
     if missing:
         raise ValueError(f"{path}: not a sharded checkpoint folder (no {' or '.join(missing)}): a save "
                          "that was interrupted, or another folder; give a checkpoint file or folder")
-    return load_checkpoint(path / META_FILE)
 
 
 class _DCPIndexUnpickler(pickle.Unpickler):
@@ -180,7 +185,7 @@ def consolidated_weights(path: str | Path) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     path = Path(path)
-    read_checkpoint_meta(path)  # a clear error for a folder that is not a checkpoint
+    _check_folder(path)
     index = _dcp_reader(path).read_metadata()
     prefix = STATE_KEY + "."
     weights = {fqn.removeprefix(prefix): torch.empty(md.size, dtype=md.properties.dtype)

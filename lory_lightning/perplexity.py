@@ -12,6 +12,7 @@ and reported.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,11 +115,12 @@ def perplexity(ckpt_path: str, inputs: Sequence[str], batch_size: int = 8, max_s
         raise ValueError(f"no document to score in {', '.join(map(str, inputs))} "
                          f"({report.skipped.total} skipped: {dict(report.skipped.by_reason)})")
     seq_len = model.config.seq_len
+    documents = Counter(domain for domain, _ in docs)
     for domain, stream in domain_streams(docs, lambda t: tok.encode(t).ids, eod).items():
         seqs = stream_sequences(stream, seq_len)
         if max_sequences is not None:
             seqs = seqs[:max_sequences]
-        entry = DomainScore(documents=sum(1 for d, _ in docs if d == domain), targets=len(stream) - 1,
+        entry = DomainScore(documents=documents[domain], targets=len(stream) - 1,
                             scored=seqs.shape[0] * seq_len, sequences=seqs.shape[0])
         entry.nll = score(model, seqs, batch_size) if len(seqs) else 0.0
         report.domains[domain] = entry

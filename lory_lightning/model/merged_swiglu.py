@@ -46,7 +46,9 @@ def _scratch(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
 
     glibc's malloc maps and unmaps every block above 32 MB (its threshold cannot be raised past
     that), so each merge of that size paid for fresh pages on every call (FACTS.md: 13 ms against
-    1.6 ms for a 50 MB merge). GPU allocators cache blocks themselves: None there.
+    1.6 ms for a 50 MB merge). GPU allocators cache blocks themselves: None there. A buffer is
+    reused by the next call of the same shape, so at most one forward or backward of this layer may
+    run at a time in a process (as in training: Lightning runs them one after another).
     """
     if like.device.type != "cpu":
         return None
