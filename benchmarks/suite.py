@@ -118,25 +118,28 @@ def layer_part(rounds: int) -> list[dict]:
     return rows
 
 
+def training_step(cfg: ModelConfig, optim: OptimConfig, idx: torch.Tensor) -> Callable[[], None]:
+    """One training step (forward, backward, AdamW with ``optim``'s kernel) of a fresh ``cfg`` model on ``idx``."""
+    torch.manual_seed(0)
+    model = LoryTransformer(cfg)
+    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, **optim.adamw_kwargs())
+
+    def run() -> None:
+        loss = F.cross_entropy(model(idx[:, :-1]).logits.flatten(0, 1), idx[:, 1:].flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return run
+
+
 def model_part(rounds: int) -> list[dict]:
     """Whole training step (forward, backward, AdamW) of the tiny decoder: dense, Lory 8E and 32E."""
     base = ModelConfig()  # the tiny model of configs/lory-tiny.yaml
     variants = {"dense": base.replace(ffn="dense"), "lory_8e": base, "lory_8e_plain": base.replace(recompute_merge=False),
                 "lory_32e": base.replace(num_experts=32)}
     idx = torch.randint(0, base.vocab_size, (8, base.seq_len + 1), generator=torch.Generator().manual_seed(0))
-    steps = {}
-    for name, cfg in variants.items():
-        torch.manual_seed(0)
-        model = LoryTransformer(cfg)
-        # the AdamW kernel LoryLM takes for this precision (fused in fp32)
-        opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, **OptimConfig().adamw_kwargs())
-
-        def run(model: LoryTransformer = model, opt: torch.optim.Optimizer = opt) -> None:
-            loss = F.cross_entropy(model(idx[:, :-1]).logits.flatten(0, 1), idx[:, 1:].flatten())
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        steps[name] = run
+    # the AdamW kernel LoryLM takes for this precision (fused in fp32)
+    steps = {name: training_step(cfg, OptimConfig(), idx) for name, cfg in variants.items()}
     med = interleaved_medians(steps, rounds)
     dense_flops = training_flops_per_token(variants["dense"])
     rows = []
@@ -155,17 +158,7 @@ def adamw_part(rounds: int) -> list[dict]:
     steps, names = {}, []
     for model_name, cfg in {"dense": base.replace(ffn="dense"), "lory_32e": base.replace(num_experts=32)}.items():
         for impl in ("for-loop", "foreach", "fused"):
-            torch.manual_seed(0)
-            model = LoryTransformer(cfg)
-            opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4,
-                                    **OptimConfig(implementation=impl).adamw_kwargs())
-
-            def run(model: LoryTransformer = model, opt: torch.optim.Optimizer = opt) -> None:
-                loss = F.cross_entropy(model(idx[:, :-1]).logits.flatten(0, 1), idx[:, 1:].flatten())
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            steps[f"{model_name} {impl}"] = run
+            steps[f"{model_name} {impl}"] = training_step(cfg, OptimConfig(implementation=impl), idx)
             names.append((model_name, impl))
     med = interleaved_medians(steps, rounds)
     rows = [{"model": m, "adamw": impl, "ms": med[f"{m} {impl}"] * 1e3,

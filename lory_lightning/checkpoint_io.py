@@ -53,8 +53,8 @@ def checkpoint_error(path: str | Path, err: BaseException) -> ValueError:
                           "zip archive and this file is none)")
     if isinstance(err, pickle.UnpicklingError):
         return ValueError(f"{path}: refused to load: it holds objects other than tensors and plain data "
-                          f"({str(err).splitlines()[0]})")
-    return ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): {str(err).splitlines()[0]}")
+                          f"({first_line(err)})")
+    return ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): {first_line(err)}")
 
 
 def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
@@ -130,7 +130,7 @@ def _dcp_reader(path: Path) -> Any:
                 with open(index, "rb") as f:
                     metadata = _DCPIndexUnpickler(f).load()
             except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as err:
-                raise ValueError(f"{index}: refused to load the checkpoint index: {one_line_reason(err)}") from err
+                raise ValueError(f"{index}: refused to load the checkpoint index: {first_line(err)}") from err
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()
             metadata.storage_meta.load_id = self.load_id
@@ -175,9 +175,9 @@ def load_sharded_state(state: dict[str, Any], path: str | Path, whole: bool = Fa
         cause = next(iter(err.failures.values()))[0]
         if isinstance(cause, pickle.UnpicklingError):
             raise ValueError(f"{path}: refused to load: an entry holds objects other than tensors and plain "
-                             f"data ({one_line_reason(cause)})") from cause
+                             f"data ({first_line(cause)})") from cause
         raise ValueError(f"{path}: not a readable sharded checkpoint (a missing or damaged shard file?): "
-                         f"{one_line_reason(cause)}") from cause
+                         f"{first_line(cause)}") from cause
 
 
 def consolidated_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -196,7 +196,8 @@ def consolidated_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return state[STATE_KEY]
 
 
-def one_line_reason(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (torch's are often pages long), or its type's name."""
     return (str(err).splitlines() or [type(err).__name__])[0]
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 
 from .callbacks.guard import NonFiniteGuard
-from .checkpoint_io import load_checkpoint, model_state, rng_state, set_rng_state
+from .checkpoint_io import first_line, load_checkpoint, model_state, rng_state, set_rng_state
 from .metrics import DomainPerplexity, perplexity_metrics
 from .model import LoryTransformer, ModelConfig, load_balancing_loss, router_z_loss
 from .model.config import training_flops_per_token
@@ -83,7 +83,7 @@ class LoryLM(L.LightningModule):
             self.model.load_state_dict(state)
         except RuntimeError as err:
             raise ValueError(f"model.init_from {path}: weights do not fit this model config: "
-                             f"{str(err).splitlines()[0]}") from err
+                             f"{first_line(err)}") from err
         rank_zero_info(f"initialized from {path}" + (" (dense, upcycled into experts)" if is_dense else ""))
 
     # ------------------------------------------------------------------ setup
