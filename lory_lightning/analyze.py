@@ -8,7 +8,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from .routing.specialization import SpecializationAccumulator, write_report
-from .data.datamodule import ValStream, folder_unigram_log_probs
+from .data.datamodule import folder_unigram_log_probs
+from .data.location import check_folder
+from .data.shards import ShardReader
+from .data.stream import ValStream
 from .data.manifest import load_manifest
 from .metrics import DomainPerplexity, perplexity_metrics
 from .checkpoint_io import load_model
@@ -21,7 +24,7 @@ def analyze(ckpt_path: str, data: str | None = None, output: str | None = None, 
     """Run the checkpoint over the held-out split of ``data``; write and print the report."""
     model, ckpt = load_model(ckpt_path)
     cfg = model.config
-    data_dir = Path(data or ckpt.get("datamodule_hyper_parameters", {}).get("data_dir") or "")
+    data_dir = check_folder(data or ckpt.get("datamodule_hyper_parameters", {}).get("data_dir") or "")
     manifest = load_manifest(data_dir)
     if manifest["seq_len"] % cfg.segment_len or manifest["vocab_size"] > cfg.vocab_size:
         raise ValueError(f"{data_dir}: sequences of {manifest['seq_len']} tokens / vocab {manifest['vocab_size']} "
@@ -33,8 +36,8 @@ def analyze(ckpt_path: str, data: str | None = None, output: str | None = None, 
     acc = SpecializationAccumulator(len(moe), len(domains), cfg.num_experts, moe[0].segment_len)
     ppl, unigram = DomainPerplexity(len(domains)), DomainPerplexity(len(domains))
     logp = folder_unigram_log_probs(data_dir, manifest)  # the baseline on the same tokens
-    urls = [str(data_dir / s["name"]) for s in manifest["splits"]["val"]["shards"]]
-    for i, batch in enumerate(DataLoader(ValStream(urls, 0, 1), batch_size=batch_size)):
+    val = ValStream(manifest["splits"]["val"]["shards"], 0, 1, ShardReader(data_dir))
+    for i, batch in enumerate(DataLoader(val, batch_size=batch_size)):
         if max_batches is not None and i >= max_batches:
             break
         out = model(batch["input_ids"])

@@ -29,3 +29,21 @@ def test_table3_runs_end_to_end_at_tiny_size(tmp_path):
     assert 1.0 < float(rows["lory_8e"][7]) < float(rows["lory_16e"][7])
     assert all(r[4].endswith("%") for r in rows.values())  # MFU against the given peak
     assert "2 passes" in out.read_text().splitlines()[0]
+
+
+def test_data_scale_benchmark_runs_end_to_end_at_tiny_size(small_data, tmp_path):
+    import json
+
+    out, raw = tmp_path / "data_scale.md", tmp_path / "data_scale.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "data_scale.py"), "--data", str(small_data),
+                             "--batches", "1", "50", "--batch_size", "2", "--rounds", "1", "--out", str(out),
+                             "--json", str(raw)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    numbers = json.loads(raw.read_text())
+    assert [r["batches"] for r in numbers["resume"]] == [1, 50]
+    assert numbers["resume"][1]["replay_seconds"] == pytest.approx(50 * 2 / numbers["stream_sequences_per_s"])
+    assert [r["what"].split(":")[0] for r in numbers["verification"]] == [
+        "setup (manifest + a stat per shard)", f"verify all {numbers['train_shards']} training shards, first start",
+        f"verify all {numbers['train_shards']} training shards, second start",
+        f"parse all {numbers['train_shards']} (decompress, untar, load), either start"]
+    assert "| 50 |" in out.read_text() and "target: within 2x" in out.read_text()

@@ -151,8 +151,9 @@ def test_prepare_takes_a_config_file_and_prints_the_resolved_one(tmp_path, capsy
 def test_the_unigram_column_is_scored_on_the_same_tokens_as_the_model(small_data, tmp_path, capsys):
     import numpy as np
 
-    from lory_lightning.data.datamodule import ValStream
     from lory_lightning.data.manifest import load_manifest
+    from lory_lightning.data.shards import ShardReader
+    from lory_lightning.data.stream import ValStream
 
     cfg = small_config(tmp_path, small_data)
     assert main(["fit", "--config", str(cfg), "--trainer.max_steps", "2", "--trainer.val_check_interval", "2"]) == 0
@@ -161,9 +162,8 @@ def test_the_unigram_column_is_scored_on_the_same_tokens_as_the_model(small_data
     manifest = load_manifest(small_data)
     counts = np.load(small_data / "unigram.npy")
     logp = np.log(counts / counts.sum())
-    urls = [str(small_data / s["name"]) for s in manifest["splits"]["val"]["shards"]]
     nll, n = {}, {}
-    for i, ex in enumerate(ValStream(urls, 0, 1)):
+    for i, ex in enumerate(ValStream(manifest["splits"]["val"]["shards"], 0, 1, ShardReader(str(small_data)))):
         if i == 8:
             break
         for t, d in zip(ex["targets"].tolist(), ex["domains"].tolist()):

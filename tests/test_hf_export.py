@@ -180,7 +180,7 @@ def test_a_hugging_face_tokenizer_folder_with_its_own_eos_prepares_trains_genera
                  "--tokenizer", str(tmp_path / "hf-tok"), "--sequences_per_shard", "4", "--quiet"]) == 0
     manifest = load_manifest(data)
     assert manifest["eod_id"] == eos == 2 and manifest["vocab_size"] == 280
-    tokens = np.concatenate([np.load(io.BytesIO(s["tokens.npy"])) for shard in sorted(data.glob("train-*.tar"))
+    tokens = np.concatenate([np.load(io.BytesIO(s["tokens.npy"])) for shard in sorted(data.glob("train-*.tar.gz"))
                              for s in wds.WebDataset(str(shard), shardshuffle=False)])
     assert (tokens == eos).sum() > 10  # documents are separated by the tokenizer's own eos
     cfg = small_config(tmp_path, data)

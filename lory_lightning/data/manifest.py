@@ -11,10 +11,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .location import check_folder, is_url, member, read_bytes
+
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 SPLITS = ("train", "val")
-SHARD_NAME = re.compile(r"^(train|val)-\d{5}\.tar$")
+SHARD_SUFFIX = ".tar.gz"  # gzip-compressed WebDataset tar: 1.5 bytes per token, 9.0 uncompressed
+SHARD_NAME = re.compile(r"^(train|val)-\d{5}\.tar\.gz$")
+# 2: gzip-compressed shards (.tar.gz). 1 (round 1): plain .tar shards, 9.0 bytes per token.
+FORMAT_VERSION = 2
 
 # key -> type of every top-level entry the readers rely on
 _TOP = {"format_version": int, "config": dict, "domains": list, "vocab_size": int, "eod_id": int,
@@ -26,13 +31,20 @@ class ManifestError(ValueError):
     """A manifest that is not what `lory prepare` writes."""
 
 
+def shard_name(split: str, i: int) -> str:
+    return f"{split}-{i:05d}{SHARD_SUFFIX}"
+
+
 def load_manifest(folder: str | Path) -> dict[str, Any]:
-    """The manifest of a prepared folder, checked against its schema; a ManifestError names file and key."""
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no prepared data; run `lory prepare --output {folder}`")
+    """The manifest of a prepared folder (local or URL), checked against its schema; a ManifestError
+    names file and key."""
+    path = member(check_folder(folder), MANIFEST)
     try:
-        manifest = json.loads(path.read_text("utf-8"))
+        data = read_bytes(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no prepared data; run `lory prepare --output {folder}`") from None
+    try:
+        manifest = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ManifestError(f"{path}: not valid JSON ({err}); the file is truncated or damaged: "
                             f"rerun `lory prepare --output {folder} --overwrite`") from err
@@ -40,9 +52,15 @@ def load_manifest(folder: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def _folder_of(path: Path | str) -> str:
+    return str(path).rsplit("/", 1)[0] if is_url(path) else str(Path(path).parent)
+
+
 def check_manifest(manifest: Any, path: Path | str = MANIFEST) -> None:
+    # Shard names must be exactly ``{split}-{i:05d}.tar.gz``: the only files a reader opens, so a
+    # tampered name (``pipe:...``, ``../x``, ``https://other/x``) is refused here, by key.
     """Raise ManifestError unless ``manifest`` has every key, type and count `lory prepare` writes."""
-    fix = f"the manifest was edited or damaged: rerun `lory prepare --output {Path(path).parent} --overwrite`"
+    fix = f"the manifest was edited or damaged: rerun `lory prepare --output {_folder_of(path)} --overwrite`"
 
     def need(value: Any, key: str, kind: type) -> Any:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -53,6 +71,11 @@ def check_manifest(manifest: Any, path: Path | str = MANIFEST) -> None:
     need(manifest, "(top level)", dict)
     for key, kind in _TOP.items():
         need(manifest.get(key), key, kind)
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise ManifestError(f"{path}: format_version {manifest['format_version']} (this version of lory reads "
+                            f"{FORMAT_VERSION}: gzip-compressed .tar.gz shards); prepare the folder again: "
+                            f"`lory prepare --output {_folder_of(path)} --overwrite` (`lory fit` on the "
+                            "folder it prepares itself rebuilds it)")
     for i, name in enumerate(manifest["domains"]):
         need(name, f"domains[{i}]", str)
     if not manifest["domains"]:
@@ -65,7 +88,10 @@ def check_manifest(manifest: Any, path: Path | str = MANIFEST) -> None:
             need(shard, f"splits.{split}.shards[{i}]", dict)
             for key, kind in _SHARD.items():
                 need(shard.get(key), f"splits.{split}.shards[{i}].{key}", kind)
-            expected = f"{split}-{i:05d}.tar"
+            if shard["sequences"] < 1 or shard["bytes"] < 1:
+                raise ManifestError(f"{path}: key 'splits.{split}.shards[{i}]' lists {shard['sequences']} sequences "
+                                    f"in {shard['bytes']} bytes (prepare writes no empty shard); {fix}")
+            expected = shard_name(split, i)
             if shard["name"] != expected:
                 raise ManifestError(f"{path}: key 'splits.{split}.shards[{i}].name' is {shard['name']!r}, "
                                     f"expected {expected!r} (an entry removed or reordered?); {fix}")

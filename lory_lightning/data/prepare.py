@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -32,7 +33,7 @@ import numpy as np
 from ..atomic import TMP_SUFFIX
 from ..errors import with_path
 from .embed import sentence_transformer_embed, tfidf_svd_embed
-from .manifest import MANIFEST, SHARD_NAME, SPLITS, TOKENIZER, ManifestError, load_manifest
+from .manifest import FORMAT_VERSION, MANIFEST, SHARD_NAME, SPLITS, TOKENIZER, ManifestError, load_manifest
 from .ordering import KnnParams, close_beyond_k, greedy_path, knn, near_duplicates, random_order
 from .packing import documents_in, num_sequences, pack_stream, sequence_slice
 from .shards import Sample, atomic_write_bytes, npy_bytes, sha256_file, verify_shards, write_shards
@@ -41,10 +42,10 @@ from .stats import unigram_counts, unigram_ppl
 from .tokenizer import eod_id, load_tokenizer, tokenizer_files, train_tokenizer
 
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_data"
-FORMAT_VERSION = 1
 OWNER_MARK = ".lory-prepare"  # marks a folder as prepare's own; also the lock file
 UNIGRAM = "unigram.npy"  # training-token counts, for the unigram baseline on any validated tokens
 WORK_DIR = "_work" + TMP_SUFFIX
+_FORMAT_1_SHARD = re.compile(r"^(train|val)-\d{5}\.tar$")  # round-1 plain shards: replaced on a rebuild
 
 
 def sample_inputs(split: str) -> list[str]:
@@ -81,7 +82,7 @@ class PrepareConfig:
         dedup_threshold: Drop the later of two documents with cosine above this (1.0 keeps all).
         min_chars, max_chars: Documents outside [min_chars, max_chars] are skipped and counted.
         text_field, domain_field: jsonl field names.
-        sequences_per_shard: Samples per .tar shard.
+        sequences_per_shard: Samples per .tar.gz shard.
         seed: Seeds the SVD, the Annoy index, the random order and the sequence shuffle.
         strict: Any skipped document is an error instead.
     """
@@ -253,7 +254,7 @@ class _OutputLock:
 def _is_own(name: str) -> bool:
     """A file name `lory prepare` writes (finished, or under its temporary name)."""
     base = name.removesuffix(TMP_SUFFIX)
-    return base in (MANIFEST, TOKENIZER, UNIGRAM) or bool(SHARD_NAME.match(base))
+    return base in (MANIFEST, TOKENIZER, UNIGRAM) or bool(SHARD_NAME.match(base) or _FORMAT_1_SHARD.match(base))
 
 
 def _clean(out: Path) -> None:

@@ -7,11 +7,11 @@ import pytest
 
 from lory_lightning.data.manifest import ManifestError, check_manifest, load_manifest
 
-SHARD = {"name": "train-00000.tar", "sha256": "ab", "sequences": 3, "bytes": 10}
-GOOD = {"format_version": 1, "config": {}, "domains": ["wiki", "code"], "vocab_size": 300, "eod_id": 0,
+SHARD = {"name": "train-00000.tar.gz", "sha256": "ab", "sequences": 3, "bytes": 10}
+GOOD = {"format_version": 2, "config": {}, "domains": ["wiki", "code"], "vocab_size": 300, "eod_id": 0,
         "seq_len": 32, "token_dtype": "uint16",
-        "splits": {"train": {"sequences": 5, "shards": [SHARD, {**SHARD, "name": "train-00001.tar", "sequences": 2}]},
-                   "val": {"sequences": 3, "shards": [{**SHARD, "name": "val-00000.tar"}]}}}
+        "splits": {"train": {"sequences": 5, "shards": [SHARD, {**SHARD, "name": "train-00001.tar.gz", "sequences": 2}]},
+                   "val": {"sequences": 3, "shards": [{**SHARD, "name": "val-00000.tar.gz"}]}}}
 
 
 def edited(edit) -> dict:
@@ -26,12 +26,12 @@ def edited(edit) -> dict:
     (lambda m: m["splits"].pop("val"), "key 'splits.val' is missing"),
     (lambda m: m["splits"]["train"].__setitem__("sequences", "5"), "key 'splits.train.sequences' is a str, not a int"),
     (lambda m: m["splits"]["val"].__setitem__("shards", {}), "key 'splits.val.shards' is a dict, not a list"),
-    (lambda m: m["splits"]["train"]["shards"].__setitem__(1, "train-00001.tar"),
+    (lambda m: m["splits"]["train"]["shards"].__setitem__(1, "train-00001.tar.gz"),
      "key 'splits.train.shards[1]' is a str, not a dict"),
     (lambda m: m["splits"]["train"]["shards"][1].__setitem__("bytes", 1.5),
      "key 'splits.train.shards[1].bytes' is a float, not a int"),
     (lambda m: m["splits"]["train"]["shards"].pop(0),
-     "key 'splits.train.shards[0].name' is 'train-00001.tar', expected 'train-00000.tar' (an entry removed or "
+     "key 'splits.train.shards[0].name' is 'train-00001.tar.gz', expected 'train-00000.tar.gz' (an entry removed or "
      "reordered?)"),
     (lambda m: m["splits"]["train"].__setitem__("sequences", 6),
      "key 'splits.train.shards' lists 5 sequences, 'splits.train.sequences' says 6 (a shard entry removed?)"),

@@ -125,7 +125,7 @@ def test_a_killed_run_leaves_nothing_that_looks_finished_and_reruns(tmp_path):
     def dies_midway(out, prefix, samples, per_shard):
         it = iter(samples)
         real(out, prefix, [next(it) for _ in range(per_shard)], per_shard)  # one shard completes
-        with open(out / f"{prefix}-00001.tar.tmp", "wb") as f:  # the next one is half written
+        with open(out / f"{prefix}-00001.tar.gz.tmp", "wb") as f:  # the next one is half written
             f.write(b"partial")
         raise KeyboardInterrupt
 

@@ -92,13 +92,13 @@ def test_up_to_date_verifies_the_shards_and_a_rerun_repairs_them(tmp_path, input
     out = tmp_path / "o"
     cfg = PrepareConfig(output=str(out), inputs=inputs, **SMALL)
     manifest = prepare(cfg, quiet=True)
-    good = (out / "train-00001.tar").read_bytes()
-    (out / "train-00001.tar").write_bytes(good[:100] + bytes([good[100] ^ 0xFF]) + good[101:])  # one flipped byte
-    (out / "val-00000.tar").unlink()
+    good = (out / "train-00001.tar.gz").read_bytes()
+    (out / "train-00001.tar.gz").write_bytes(good[:100] + bytes([good[100] ^ 0xFF]) + good[101:])  # one flipped byte
+    (out / "val-00000.tar.gz").unlink()
     capsys.readouterr()
     again = prepare(cfg, quiet=True)
     assert "2 shard(s) fail verification" in capsys.readouterr().err
-    assert (out / "train-00001.tar").read_bytes() == good
+    assert (out / "train-00001.tar.gz").read_bytes() == good
     assert again["splits"] == manifest["splits"]
     # --overwrite rebuilds even an intact folder
     stamp = (out / "manifest.json").stat().st_mtime_ns
@@ -185,7 +185,7 @@ def test_a_given_tokenizer_records_its_own_size(tmp_path, inputs):
 
 @pytest.mark.parametrize("damage, message", [
     (lambda m: m.pop("splits"), "key 'splits' is missing"),
-    (lambda m: m["splits"]["train"]["shards"].pop(1), "splits.train.shards[1].name' is 'train-00002.tar'"),
+    (lambda m: m["splits"]["train"]["shards"].pop(1), "splits.train.shards[1].name' is 'train-00002.tar.gz'"),
     (lambda m: m["splits"]["train"]["shards"].pop(), "a shard entry removed?"),
     (lambda m: m["splits"]["val"]["shards"][0].pop("sha256"), "splits.val.shards[0].sha256' is missing"),
     (lambda m: m.update(seq_len="64"), "key 'seq_len' is a str, not a int"),
@@ -213,3 +213,25 @@ def test_a_truncated_manifest_names_the_file(tmp_path, inputs, capsys):
     # prepare itself rebuilds a damaged manifest's folder (its own) rather than stopping
     assert prepare(PrepareConfig(output=str(out), inputs=inputs, **SMALL), quiet=True)["seq_len"] == 64
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_a_folder_of_the_first_format_is_named_and_rebuilt_by_the_data_module(tmp_path, inputs):
+    from lory_lightning.data.datamodule import LoryDataModule
+
+    out = tmp_path / "o"
+    prepare(PrepareConfig(output=str(out), inputs=inputs, **SMALL), quiet=True)
+    # what round 1 left: format 1 and plain .tar shards
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    for p in out.glob("*.tar.gz"):
+        p.rename(p.with_name(p.name.removesuffix(".gz")))
+    with pytest.raises(ManifestError, match=r"format_version 1 \(this version of lory reads 2: gzip-compressed "
+                                            r".tar.gz shards\); prepare the folder again"):
+        load_manifest(out)
+    dm = LoryDataModule(data_dir=str(out), inputs=inputs, seq_len=64, vocab_size=400,
+                        prepare_args={"sequences_per_shard": 4, "val_fraction": 0.1})
+    dm.prepare_data()
+    dm.setup("fit")
+    assert load_manifest(out)["format_version"] == 2
+    assert not list(out.glob("*.tar"))  # the old shards are prepare's own: replaced, not left beside

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from conftest import make_corpus
-from lory_lightning.data.datamodule import TrainStream
+from lory_lightning.data.shards import ShardReader
+from lory_lightning.data.stream import TrainStream
 from lory_lightning.data.manifest import load_manifest
 from lory_lightning.data.ordering import greedy_path
 from lory_lightning.data.prepare import PrepareConfig, prepare
@@ -25,17 +26,19 @@ CFG = ModelConfig(vocab_size=64, seq_len=32, segment_len=8, n_layer=2, n_head=2,
                   num_experts=4)
 
 
-def test_shuffle_buffer_breaks_shard_order(small_data):
-    # Mutant: the buffer hands sequences back in the order it got them (all asserts on sets passed).
+def test_block_shuffle_breaks_shard_order(small_data):
+    # Mutant: a block hands its sequences back in shard order (all asserts on sets passed).
     manifest = load_manifest(small_data)
-    shards = [str(small_data / s["name"]) for s in manifest["splits"]["train"]["shards"]]
+    shards = manifest["splits"]["train"]["shards"]
     n = manifest["splits"]["train"]["sequences"]
-    stream = TrainStream(shards, 0, 1, seed=1, shuffle_buffer=16)._samples(0, 1)
+    stream = TrainStream(shards, 0, 1, seed=1, shuffle_block=4, reader=ShardReader(str(small_data))).samples(0, 1)
     keys = [next(stream)["key"] for _ in range(n)]
-    plain = TrainStream(shards, 0, 1, seed=1, shuffle_buffer=0)._samples(0, 1)
-    position = {next(plain)["key"]: i for i in range(n)}
+    plain = [s["key"] for e in TrainStream(shards, 0, 1, seed=1, shuffle_block=4).shards_for(0, 0, 1)
+             for s in ShardReader(str(small_data)).read(e)]
+    position = {k: i for i, k in enumerate(plain)}
     neighbours = np.mean([abs(position[a] - position[b]) == 1 for a, b in zip(keys, keys[1:])])
     assert neighbours < 0.3  # in shard order it would be ~1.0
+    assert sorted(keys) == sorted(plain)  # and a pass is still every sequence once
 
 
 def test_an_end_of_document_id_other_than_zero_separates_documents(tmp_path):
@@ -54,10 +57,11 @@ def test_an_end_of_document_id_other_than_zero_separates_documents(tmp_path):
     manifest = prepare(PrepareConfig(output=str(out), inputs=inputs, tokenizer=str(tmp_path / "tokenizer.json"),
                                      seq_len=64, sequences_per_shard=8, val_fraction=0.1), quiet=True)
     assert manifest["eod_id"] == 2
-    from lory_lightning.data.datamodule import read_shards
+    from lory_lightning.data.shards import ShardReader
 
     seen = 0
-    for sample in read_shards([str(out / s["name"]) for s in manifest["splits"]["train"]["shards"]]):
+    reader = ShardReader(str(out))
+    for sample in (s for entry in manifest["splits"]["train"]["shards"] for s in reader.read(entry)):
         for _, start in sample["meta"]["documents"][1:]:  # every document after the first in a sequence
             if 0 < start <= 64:
                 assert sample["tokens"][start - 1] == 2  # ... follows an end-of-document token

@@ -55,7 +55,7 @@ def looks_finished_only_if_complete(folder):
     if not manifest_path.exists():
         # Without a manifest nothing claims completion; any shard under its final name is whole
         # (shards are written under *.tmp and renamed when complete).
-        for shard in folder.glob("*.tar"):
+        for shard in folder.glob("*.tar.gz"):
             with tarfile.open(shard) as tar:
                 assert all(tar.extractfile(m).read() is not None for m in tar.getmembers())
         return False

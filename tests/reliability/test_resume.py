@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lory_lightning.data.datamodule import samples_consumed_by_worker
+from lory_lightning.data.stream import samples_consumed_by_worker
 from test_cli_lightning import small_config
 
 HERE = Path(__file__).resolve().parent
@@ -69,7 +69,7 @@ def test_resumed_loader_continues_with_no_duplicate_and_no_gap(small_data, worke
 
     def batches(resume_after, n):
         dm = LoryDataModule(data_dir=str(small_data), seq_len=32, vocab_size=300, batch_size=4, num_workers=workers,
-                            shuffle_buffer=8, seed=3)
+                            shuffle_block=2, seed=3)
         dm.setup("fit")
         dm.load_state_dict({"train_batches": resume_after})
         return [tuple(map(tuple, b["input_ids"].tolist())) for b in islice(iter(dm.train_dataloader()), n)]
