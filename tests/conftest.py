@@ -1,7 +1,10 @@
+import functools
 import json
 import os
 import random
 import tempfile
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
@@ -59,3 +62,20 @@ def small_data(tmp_path_factory):
     prepare(PrepareConfig(output=str(out), inputs=inputs, seq_len=32, vocab_size=300, sequences_per_shard=4,
                           val_fraction=0.1), quiet=True)
     return out
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """(root folder, base URL, list of requested paths) of an HTTP server on 127.0.0.1."""
+    requested = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # quiet, but remember what was asked for
+            requested.append(self.path)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}", requested
+    server.shutdown()
+    server.server_close()

@@ -107,7 +107,7 @@ class LoryDataModule(L.LightningDataModule):
                                  "data.data_dir (it is prepared on first use)")
         if ours.inputs:
             names = sorted(f["name"] for f in manifest["inputs"]["train"])
-            if names != sorted(Path(p).name for p in input_files(ours.inputs)):
+            if names != sorted(f.name for f in input_files(ours.inputs)):
                 raise ValueError(f"{self.data_dir} was prepared from {names}, not from data.inputs: choose "
                                  "another data.data_dir")
 

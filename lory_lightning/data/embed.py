@@ -24,11 +24,13 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
 
 
 def tfidf_svd_embed(texts: Iterable[str], dim: int = 128, n_features: int = 2 ** 16, seed: int = 0,
-                    batch_size: int = 2048) -> np.ndarray:
+                    batch_size: int = 2048, fit_sample: int | None = None) -> np.ndarray:
     """(N, dim) unit vectors: hashed word 1-2-grams, sublinear TF-IDF, truncated SVD.
 
     The text is streamed in batches into a sparse matrix (memory grows with the non-zeros, not the
-    text); the SVD is seeded, so the same texts give the same vectors.
+    text). The IDF weights and the SVD are fit on a seeded sample of ``fit_sample`` documents (all
+    of them when there are fewer, or with None) and applied to every document: a corpus of any size
+    is embedded by one fitted map, which parallel tasks can share.
     """
     import scipy.sparse as sp
     from sklearn.decomposition import TruncatedSVD
@@ -47,11 +49,15 @@ def tfidf_svd_embed(texts: Iterable[str], dim: int = 128, n_features: int = 2 **
     if not chunks:
         return np.zeros((0, dim), dtype=np.float32)
     counts = sp.vstack(chunks).tocsr()  # (N, n_features)
-    tfidf = TfidfTransformer(sublinear_tf=True).fit_transform(counts)  # (N, n_features), rows L2-normed
-    n_components = min(dim, counts.shape[0] - 1, counts.shape[1] - 1)
+    n = counts.shape[0]
+    rows = np.arange(n) if fit_sample is None or fit_sample >= n else \
+        np.sort(np.random.default_rng(seed).choice(n, size=fit_sample, replace=False))
+    idf = TfidfTransformer(sublinear_tf=True).fit(counts[rows])
+    tfidf = idf.transform(counts)  # (N, n_features), rows L2-normed
+    n_components = min(dim, len(rows) - 1, counts.shape[1] - 1)
     if n_components < 1:  # one document: nothing to reduce; any unit vector will do
-        return normalize_rows(np.ones((counts.shape[0], dim)))
-    reduced = TruncatedSVD(n_components=n_components, random_state=seed, n_iter=3).fit_transform(tfidf)
+        return normalize_rows(np.ones((n, dim)))
+    reduced = TruncatedSVD(n_components=n_components, random_state=seed, n_iter=3).fit(tfidf[rows]).transform(tfidf)
     out = np.zeros((counts.shape[0], dim), dtype=np.float32)
     out[:, :n_components] = reduced
     return normalize_rows(out)

@@ -70,6 +70,23 @@ def read_bytes(location: str) -> bytes:
         raise _remote_error(location, err) from err
 
 
+def sha256_of(location: str) -> str:
+    """sha256 of a local file's or a URL's content, streamed in 1 MB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    if is_url(location):
+        import fsspec
+
+        opened = fsspec.open(location, "rb")
+    else:
+        opened = open(location, "rb")
+    with opened as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def exists(location: str) -> bool:
     if not is_url(location):
         return Path(location).is_file()

@@ -34,10 +34,11 @@ from ..atomic import TMP_SUFFIX
 from ..errors import with_path
 from .embed import sentence_transformer_embed, tfidf_svd_embed
 from .manifest import FORMAT_VERSION, MANIFEST, SHARD_NAME, SPLITS, TOKENIZER, ManifestError, load_manifest
-from .ordering import KnnParams, close_beyond_k, greedy_path, knn, near_duplicates, random_order
+from .ordering import KnnParams, order_documents
 from .packing import documents_in, num_sequences, pack_stream, sequence_slice
+from .location import sha256_of
 from .shards import Sample, atomic_write_bytes, npy_bytes, sha256_file, verify_shards, write_shards
-from .sources import Document, ReadPolicy, SkipLog, input_files, read_documents
+from .sources import Document, InputFile, ReadPolicy, SkipLog, input_files, read_documents
 from .stats import unigram_counts, unigram_ppl
 from .tokenizer import eod_id, load_tokenizer, tokenizer_files, train_tokenizer
 
@@ -75,11 +76,16 @@ class PrepareConfig:
         embedder: ``tfidf-svd`` (offline default) or ``sentence-transformers`` (``embed_model``).
         embed_model: sentence-transformers model name or local path.
         embed_dim: Dimension of tfidf-svd embeddings.
+        embed_sample: Training documents the tfidf-svd map (IDF weights, SVD) is fit on, a seeded
+            sample (all of them when there are fewer); every document is then embedded by it.
         knn_k: Neighbours found per document: the graph the greedy path walks and the candidates
             for near-duplicates.
         knn_trees: Annoy trees: more trees find truer neighbours (recall) and build slower.
         knn_search_k: Annoy nodes inspected per query; -1 is Annoy's default, trees x k.
         dedup_threshold: Drop the later of two documents with cosine above this (1.0 keeps all).
+        partition_size: At most this many documents are ordered together (kNN, near-duplicates,
+            path); a larger corpus is cut into partitions of similar documents, chained by their
+            centroids (data/partition.py). Near-copies in two partitions are both kept.
         min_chars, max_chars: Documents outside [min_chars, max_chars] are skipped and counted.
         text_field, domain_field: jsonl field names.
         sequences_per_shard: Samples per .tar.gz shard.
@@ -98,10 +104,12 @@ class PrepareConfig:
     embedder: Literal["tfidf-svd", "sentence-transformers"] = "tfidf-svd"
     embed_model: str | None = None
     embed_dim: int = 128
+    embed_sample: int = 100_000
     knn_k: int = 10
     knn_trees: int = 50
     knn_search_k: int = -1
     dedup_threshold: float = 0.99
+    partition_size: int = 100_000
     min_chars: int = 16
     max_chars: int = 1_000_000
     text_field: str = "text"
@@ -123,6 +131,10 @@ class PrepareConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not -1.0 <= self.dedup_threshold <= 1.0:
             raise ValueError(f"dedup_threshold is a cosine in [-1, 1] (1.0 disables it), got {self.dedup_threshold}")
+        if self.embed_sample < 2:
+            raise ValueError(f"embed_sample must be >= 2 documents, got {self.embed_sample}")
+        if self.partition_size < 2:
+            raise ValueError(f"partition_size must be >= 2 documents, got {self.partition_size}")
         ReadPolicy(min_chars=self.min_chars, max_chars=self.max_chars)  # validates the bounds
         KnnParams(self.knn_k, self.knn_trees, self.knn_search_k, self.seed)
 
@@ -136,11 +148,11 @@ class PrepareConfig:
         return sample_inputs("train"), (list(self.val_inputs) or sample_inputs("val"))
 
 
-def _fingerprint(cfg: PrepareConfig, train_files: list[Path], val_files: list[Path]) -> dict:
+def _fingerprint(cfg: PrepareConfig, train_files: list[InputFile], val_files: list[InputFile]) -> dict:
     """What the output depends on: the config (output folder aside) and the inputs' content."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("output", "inputs", "val_inputs")}
-    files = {"train": [{"name": p.name, "sha256": sha256_file(p)} for p in train_files],
-             "val": [{"name": p.name, "sha256": sha256_file(p)} for p in val_files]}
+    files = {"train": [{"name": p.name, "sha256": sha256_of(p.location)} for p in train_files],
+             "val": [{"name": p.name, "sha256": sha256_of(p.location)} for p in val_files]}
     if cfg.tokenizer:
         files["tokenizer"] = [{"name": p.name, "sha256": sha256_file(p)} for p in tokenizer_files(cfg.tokenizer)]
         # The given tokenizer's size is the truth; --vocab_size is not used and must not be recorded.
@@ -266,7 +278,7 @@ def _clean(out: Path) -> None:
             p.unlink()
 
 
-def _run(cfg: PrepareConfig, fingerprint: dict, train_files: list[Path], val_files: list[Path],
+def _run(cfg: PrepareConfig, fingerprint: dict, train_files: list[InputFile], val_files: list[InputFile],
          out: Path, work: Path, log: _Log) -> dict:
     policy = cfg.policy
     skips = SkipLog()
@@ -341,7 +353,7 @@ def _run(cfg: PrepareConfig, fingerprint: dict, train_files: list[Path], val_fil
             flush()
 
         if cfg.embedder == "tfidf-svd":
-            embeddings = tfidf_svd_embed(train_texts(), dim=cfg.embed_dim, seed=cfg.seed)
+            embeddings = tfidf_svd_embed(train_texts(), dim=cfg.embed_dim, seed=cfg.seed, fit_sample=cfg.embed_sample)
         else:
             embeddings = sentence_transformer_embed(list(train_texts()), cfg.embed_model)
     if i != n_docs:
@@ -354,20 +366,15 @@ def _run(cfg: PrepareConfig, fingerprint: dict, train_files: list[Path], val_fil
     # Order the training documents: kNN, near-duplicates, greedy path (or random).
     train_ids = np.flatnonzero(~doc_val_a)
     params = KnnParams(cfg.knn_k, cfg.knn_trees, cfg.knn_search_k, cfg.seed)
-    nbrs, sims = knn(embeddings, params)
-    if cfg.dedup_threshold < 1.0:
-        extra = close_beyond_k(embeddings, nbrs, sims, cfg.dedup_threshold, params)
-        drop = near_duplicates(nbrs, sims, cfg.dedup_threshold, extra)
-    else:
-        drop = np.zeros(len(train_ids), dtype=bool)
+    local, drop, n_partitions = order_documents(embeddings, params, cfg.dedup_threshold, cfg.order, cfg.partition_size)
     for j in np.flatnonzero(drop):
         skips.add("near_duplicate", doc_where[train_ids[j]], domains[doc_domain_a[train_ids[j]]],
                   f"cosine > {cfg.dedup_threshold}")
-    local = greedy_path(nbrs, ~drop) if cfg.order == "similarity" else random_order(~drop, cfg.seed)
     train_order = train_ids[local]
     neighbour_same_domain = float(np.mean(doc_domain_a[train_order[1:]] == doc_domain_a[train_order[:-1]])) \
         if len(train_order) > 1 else 1.0
-    log.stage("order", f"{cfg.order}: {len(train_order)} documents, {int(drop.sum())} near-duplicates dropped, "
+    log.stage("order", f"{cfg.order}: {len(train_order)} documents in {n_partitions} partition(s), "
+                       f"{int(drop.sum())} near-duplicates dropped, "
                        f"{neighbour_same_domain:.1%} of path steps stay in a domain")
 
     # Validation: each domain packed on its own (single-domain sequences, in reading order), the
@@ -406,6 +413,7 @@ def _run(cfg: PrepareConfig, fingerprint: dict, train_files: list[Path], val_fil
         "ordering": {"order": cfg.order, "embedder": cfg.embedder, "embed_dim": int(embeddings.shape[1]),
                      "knn": dataclasses.asdict(params), "annoy_build_threads": 1,
                      "dedup_threshold": cfg.dedup_threshold, "near_duplicates_dropped": int(drop.sum()),
+                     "partition_size": cfg.partition_size, "partitions": n_partitions,
                      "path_same_domain_fraction": round(neighbour_same_domain, 6)},
         "splits": splits,
         "baselines": {"unigram_val_ppl": {domains[d]: round(p, 3) for d, p in unigram.items()},

@@ -1,29 +1,36 @@
-"""Read documents from jsonl / jsonl.gz files and folders of .txt, validating every one.
+"""Read documents from jsonl / jsonl.gz / jsonl.zst, parquet, folders of .txt and Hugging Face datasets
+saved to disk (``save_to_disk``), local or at any fsspec URL, validating every one.
 
 Policy (stated here, in `lory prepare --help` and in the README, and counted in the manifest):
 - a line that is not valid UTF-8, not valid JSON, not a JSON object, or lacks a string text field
-  is skipped and reported as ``file:line`` with the reason; the rest of the file is still read;
+  is skipped and reported as ``file:line`` with the reason; the rest of the file is still read (a
+  parquet or arrow row is numbered like a line, from 1);
 - a document that is empty (only whitespace), shorter than ``min_chars`` or longer than
   ``max_chars`` is skipped;
 - the second and later copies of an exactly equal text are skipped;
-- a truncated or corrupt compressed file (``.jsonl.gz``) keeps the lines read before the damage;
+- a truncated or corrupt compressed file (``.jsonl.gz``, ``.jsonl.zst``) keeps the lines read before the damage;
   the rest of the file is lost, counted once as ``unreadable_rest_of_file`` at the line where
   reading stopped, and the other files are still read;
 - ``strict=True`` turns the first of any of these into an error instead.
 A record without the domain field takes the file's name as its domain (``wiki.jsonl.gz`` -> ``wiki``);
-a .txt file takes the name of the folder it is in.
+a .txt file takes the name of the folder it is in, a saved dataset's row the dataset folder's name.
+Parquet, arrow and zstd need ``pip install 'lory-lightning[io]'`` (pyarrow, zstandard).
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib
+import io
 import json
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .location import is_url, read_bytes
 
 SKIP_REASONS = ("bad_utf8", "malformed_json", "not_an_object", "missing_text", "bad_domain", "empty",
                 "too_short", "too_long", "exact_duplicate", "near_duplicate", "unreadable_rest_of_file")
@@ -83,47 +90,163 @@ class SkipLog:
                 "by_domain": dict(sorted(self.by_domain.items())), "first": list(self.examples)}
 
 
-def input_files(paths: Sequence[str | Path]) -> list[Path]:
-    """Expand inputs to a sorted, de-duplicated list of files; a missing path is an error."""
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and _kind(f) is not None)
-            if not found:
-                raise DataError(f"{p}: folder holds no .jsonl, .jsonl.gz or .txt files")
-            files.extend(found)
-        elif p.is_file():
-            if _kind(p) is None:
-                raise DataError(f"{p}: unsupported input; give .jsonl, .jsonl.gz, .txt files or folders of them")
-            files.append(p)
-        else:
-            raise DataError(f"{p}: no such file or folder")
-    return list(dict.fromkeys(files))
+@dataclass(frozen=True)
+class InputFile:
+    """One input file: where it is (local path or fsspec URL), how to read it, and the domain its
+    records take when they carry no domain field."""
+
+    location: str
+    kind: str  # jsonl | jsonl.gz | jsonl.zst | txt | parquet | arrow
+    default_domain: str
+
+    @property
+    def name(self) -> str:
+        return self.location.rstrip("/").rsplit("/", 1)[-1]
+
+    def __str__(self) -> str:
+        return self.location
 
 
-def _kind(path: Path) -> str | None:
-    name = path.name
-    if name.endswith(".jsonl.gz"):
-        return "jsonl.gz"
-    if name.endswith(".jsonl"):
-        return "jsonl"
-    if name.endswith(".txt"):
-        return "txt"
+_KINDS = (("jsonl.gz", ".jsonl.gz"), ("jsonl.zst", ".jsonl.zst"), ("jsonl", ".jsonl"), ("txt", ".txt"),
+          ("parquet", ".parquet"))
+SUPPORTED = ".jsonl, .jsonl.gz, .jsonl.zst, .parquet, .txt files, folders of them, or a Hugging Face dataset saved to disk"
+
+
+def _kind(name: str) -> str | None:
+    for kind, suffix in _KINDS:
+        if name.endswith(suffix):
+            return kind
     return None
 
 
-def _raw_records(path: Path, policy: ReadPolicy, skips: SkipLog) -> Iterator[tuple[str, str, str]]:
-    """(text, domain, where) of every well-formed record of one file; malformed ones are logged."""
-    kind = _kind(path)
+def _default_domain(location: str, kind: str) -> str:
+    parts = location.rstrip("/").rsplit("/", 2)
     if kind == "txt":
-        data = path.read_bytes()
+        return parts[-2] if len(parts) > 1 else "txt"  # a .txt file's folder names its domain
+    name = parts[-1]
+    for _, suffix in _KINDS:
+        name = name.removesuffix(suffix)
+    return name
+
+
+def _hf_dataset_files(folder: str, state_json: bytes) -> list[InputFile]:
+    """The arrow files of a Hugging Face dataset saved with ``save_to_disk`` (state.json lists them)."""
+    files = [f["filename"] for f in json.loads(state_json).get("_data_files", [])]
+    if not files:
+        raise DataError(f"{folder}/state.json lists no data files: not a dataset saved with save_to_disk")
+    folder = folder.rstrip("/")
+    domain = folder.rsplit("/", 1)[-1]
+    return [InputFile(f"{folder}/{name}", "arrow", domain) for name in files]
+
+
+def _expand(given: str) -> list[InputFile]:
+    """The input files one path or URL stands for."""
+    if is_url(given):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(given)
+        is_dir, is_file = fs.isdir(path), fs.isfile(path)
+        listing = lambda: sorted(fs.unstrip_protocol(p) for p in fs.find(path))  # noqa: E731
+        has = lambda name: fs.isfile(f"{path.rstrip('/')}/{name}")  # noqa: E731
+    else:
+        p = Path(given)
+        is_dir, is_file = p.is_dir(), p.is_file()
+        listing = lambda: sorted(str(f) for f in p.rglob("*") if f.is_file())  # noqa: E731
+        has = lambda name: (p / name).is_file()  # noqa: E731
+    if is_dir:
+        if has("state.json"):
+            return _hf_dataset_files(given, read_bytes(f"{given.rstrip('/')}/state.json"))
+        if has("dataset_dict.json"):
+            raise DataError(f"{given}: a Hugging Face DatasetDict; give one split's folder, e.g. {given}/train")
+        found = [f for f in listing() if _kind(f) is not None]
+        if not found:
+            raise DataError(f"{given}: folder holds no input files ({SUPPORTED})")
+        return [InputFile(f, _kind(f), _default_domain(f, _kind(f))) for f in found]
+    if is_file:
+        kind = _kind(given)
+        if kind is None:
+            raise DataError(f"{given}: unsupported input; give {SUPPORTED}")
+        return [InputFile(given, kind, _default_domain(given, kind))]
+    raise DataError(f"{given}: no such file or folder")
+
+
+def input_files(paths: Sequence[str | Path | InputFile]) -> list[InputFile]:
+    """Expand inputs (local paths or fsspec URLs) to a sorted, de-duplicated list of files; a missing
+    path is an error. A folder holding ``state.json`` is a Hugging Face dataset saved to disk."""
+    files: list[InputFile] = []
+    for given in paths:
+        files.extend([given] if isinstance(given, InputFile) else _expand(str(given)))
+    return list(dict.fromkeys(files))
+
+
+def _open(location: str):  # noqa: ANN202 (a binary file object)
+    if not is_url(location):
+        return open(location, "rb")
+    import fsspec
+
+    return fsspec.open(location, "rb").open()
+
+
+def _lines(raw, kind: str) -> Iterator[bytes]:  # noqa: ANN001 (a binary file object)
+    """The lines of a (compressed) jsonl file; a truncated or corrupt stream raises where it stops."""
+    if kind == "jsonl.gz":
+        with gzip.open(raw, "rb") as f:
+            yield from f
+    elif kind == "jsonl.zst":
+        yield from _zstd_lines(raw)
+    else:
+        yield from raw
+
+
+def _zstd_lines(raw) -> Iterator[bytes]:  # noqa: ANN001 (a binary file object)
+    # zstandard's stream_reader ends quietly at a truncated frame, which would turn the cut into a
+    # malformed last line; a decompressor object says whether its frame was complete (eof).
+    zstd = _optional("zstandard", "a .jsonl.zst input")
+    d, fed, pending = zstd.ZstdDecompressor().decompressobj(), False, b""
+    for chunk in iter(lambda: raw.read(1 << 20), b""):
+        while chunk:
+            pending += d.decompress(chunk)
+            fed = True
+            chunk, d, fed = (d.unused_data, zstd.ZstdDecompressor().decompressobj(), False) if d.eof else (b"", d, fed)
+            *complete, pending = pending.split(b"\n")
+            for line in complete:
+                yield line + b"\n"
+    if fed and not d.eof:
+        raise EOFError("the zstd stream ends inside a frame (truncated)")
+    if pending:
+        yield pending
+
+
+def _optional(module: str, what: str):  # noqa: ANN202 (a module)
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"{what} needs the {module} package: pip install 'lory-lightning[io]'") from err
+
+
+def _damaged_stream_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (EOFError, zlib.error, gzip.BadGzipFile)
+    try:
+        import zstandard
+
+        errors += (zstandard.ZstdError,)
+    except ImportError:
+        pass
+    return errors
+
+
+def _raw_records(file: InputFile, policy: ReadPolicy, skips: SkipLog) -> Iterator[tuple[str, str, str]]:
+    """(text, domain, where) of every well-formed record of one file; malformed ones are logged."""
+    if file.kind == "txt":
+        data = read_bytes(file.location)
         try:
-            yield data.decode("utf-8"), path.parent.name, str(path)
+            yield data.decode("utf-8"), file.default_domain, file.location
         except UnicodeDecodeError as err:
-            _skip(policy, skips, "bad_utf8", f"{path}", path.parent.name, f"byte {err.start}")
+            _skip(policy, skips, "bad_utf8", file.location, file.default_domain, f"byte {err.start}")
         return
-    default_domain = path.name.removesuffix(".gz").removesuffix(".jsonl")
-    opener = gzip.open if kind == "jsonl.gz" else open
+    if file.kind in ("parquet", "arrow"):
+        yield from _table_records(file, policy, skips)
+        return
     read = 0  # lines read so far: where reading stopped if the file turns out damaged
 
     def lines(raw) -> Iterator[tuple[int, bytes]]:  # noqa: ANN001 (a binary file)
@@ -132,46 +255,70 @@ def _raw_records(path: Path, policy: ReadPolicy, skips: SkipLog) -> Iterator[tup
             yield read, line
 
     try:
-        with opener(path, "rb") as raw:
-            yield from _records(path, lines(raw), policy, skips, default_domain)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
-        # Truncated (EOFError) or corrupt (zlib.error, BadGzipFile) compressed data: the lines read
-        # before it stay, the rest of the file is lost and counted once, where reading stopped.
-        _skip(policy, skips, "unreadable_rest_of_file", f"{path}:{read + 1}", None,
+        with _open(file.location) as raw:
+            for lineno, line in lines(_lines(raw, file.kind)):
+                if line.strip():  # blank lines separate nothing in jsonl; not a document
+                    yield from _record_of_line(f"{file.location}:{lineno}", line, policy, skips, file.default_domain)
+    except _damaged_stream_errors() as err:
+        # Truncated or corrupt compressed data: the lines read before it stay, the rest of the file
+        # is lost and counted once, where reading stopped.
+        _skip(policy, skips, "unreadable_rest_of_file", f"{file.location}:{read + 1}", None,
               f"{type(err).__name__}: {err} (after {read} lines; the rest of this file is lost)")
 
 
-def _records(path: Path, lines: Iterator[tuple[int, bytes]], policy: ReadPolicy, skips: SkipLog,
-             default_domain: str) -> Iterator[tuple[str, str, str]]:
-    """(text, domain, where) of the well-formed jsonl records among numbered lines; malformed ones are logged."""
-    for lineno, line in lines:
-        where = f"{path}:{lineno}"
-        if not line.strip():
-            continue  # blank lines separate nothing in jsonl; not a document
-        try:
-            decoded = line.decode("utf-8")
-        except UnicodeDecodeError as err:
-            _skip(policy, skips, "bad_utf8", where, None, f"byte {err.start} of the line")
-            continue
-        try:
-            record = json.loads(decoded)
-        except json.JSONDecodeError as err:
-            _skip(policy, skips, "malformed_json", where, None, err.msg)
-            continue
-        if not isinstance(record, dict):
-            _skip(policy, skips, "not_an_object", where, None, type(record).__name__)
-            continue
-        text = record.get(policy.text_field)
-        domain = record.get(policy.domain_field, default_domain)
-        if not isinstance(domain, str) or not domain.strip():
-            _skip(policy, skips, "bad_domain", where, None,
-                  f"field {policy.domain_field!r} must be a non-empty string, got {domain!r}")
-            continue
-        if not isinstance(text, str):
-            _skip(policy, skips, "missing_text", where, domain,
-                  f"no string field {policy.text_field!r} (keys: {', '.join(sorted(record)[:8])})")
-            continue
-        yield text, domain, where
+def _record_of_line(where: str, line: bytes, policy: ReadPolicy, skips: SkipLog,
+                    default_domain: str) -> Iterator[tuple[str, str, str]]:
+    try:
+        decoded = line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        _skip(policy, skips, "bad_utf8", where, None, f"byte {err.start} of the line")
+        return
+    try:
+        record = json.loads(decoded)
+    except json.JSONDecodeError as err:
+        _skip(policy, skips, "malformed_json", where, None, err.msg)
+        return
+    if not isinstance(record, dict):
+        _skip(policy, skips, "not_an_object", where, None, type(record).__name__)
+        return
+    yield from _record(where, record, policy, skips, default_domain)
+
+
+def _table_records(file: InputFile, policy: ReadPolicy, skips: SkipLog) -> Iterator[tuple[str, str, str]]:
+    """Rows of a parquet file or a saved dataset's arrow file, numbered from 1 like lines."""
+    pa = _optional("pyarrow", f"a .{file.kind} input")
+    row = 0
+    try:
+        with _open(file.location) as raw:
+            if file.kind == "parquet":
+                batches = _optional("pyarrow.parquet", "a .parquet input").ParquetFile(raw).iter_batches()
+            else:
+                batches = pa.ipc.open_stream(raw)
+            for batch in batches:
+                for record in batch.to_pylist():
+                    row += 1
+                    yield from _record(f"{file.location}:{row}", record, policy, skips, file.default_domain)
+    except pa.ArrowException as err:  # a damaged or truncated file: keep the rows read, count the rest once
+        _skip(policy, skips, "unreadable_rest_of_file", f"{file.location}:{row + 1}", None,
+              f"{type(err).__name__}: {err} (after {row} rows; the rest of this file is lost)")
+
+
+def _record(where: str, record: dict, policy: ReadPolicy, skips: SkipLog,
+            default_domain: str) -> Iterator[tuple[str, str, str]]:
+    """(text, domain, where) of a well-formed record (a jsonl object or a table row), else logged."""
+    text = record.get(policy.text_field)
+    domain = record.get(policy.domain_field)
+    if domain is None:  # no such field, or a table column without a value in this row
+        domain = default_domain
+    if not isinstance(domain, str) or not domain.strip():
+        _skip(policy, skips, "bad_domain", where, None,
+              f"field {policy.domain_field!r} must be a non-empty string, got {domain!r}")
+        return
+    if not isinstance(text, str):
+        _skip(policy, skips, "missing_text", where, domain,
+              f"no string field {policy.text_field!r} (keys: {', '.join(sorted(record)[:8])})")
+        return
+    yield text, domain, where
 
 
 def _skip(policy: ReadPolicy, skips: SkipLog, reason: str, where: str, domain: str | None, detail: str) -> None:
@@ -181,7 +328,7 @@ def _skip(policy: ReadPolicy, skips: SkipLog, reason: str, where: str, domain: s
     skips.add(reason, where, domain, detail)
 
 
-def read_documents(paths: Sequence[str | Path], policy: ReadPolicy = ReadPolicy(),
+def read_documents(paths: Sequence[str | Path | InputFile], policy: ReadPolicy = ReadPolicy(),
                    skips: SkipLog | None = None, seen: set[bytes] | None = None) -> Iterator[Document]:
     """Stream valid documents from files and folders in a fixed order, skipping and logging the rest.
 
@@ -190,8 +337,8 @@ def read_documents(paths: Sequence[str | Path], policy: ReadPolicy = ReadPolicy(
     """
     skips = SkipLog() if skips is None else skips
     seen = set() if seen is None else seen  # 16-byte digests: memory grows with documents, not with text
-    for path in input_files(paths):
-        for text, domain, where in _raw_records(path, policy, skips):
+    for file in input_files(paths):
+        for text, domain, where in _raw_records(file, policy, skips):
             if not text.strip():
                 _skip(policy, skips, "empty", where, domain, "")
                 continue

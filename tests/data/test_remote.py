@@ -1,12 +1,9 @@
 """Prepared folders at a URL: served over HTTP by a server the test starts on 127.0.0.1, and a
 tampered manifest that must not reach a command, another host or a file outside the folder."""
 
-import functools
 import json
 import shutil
 import socket
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from itertools import islice
 
 import pytest
@@ -14,23 +11,6 @@ import pytest
 from lory_lightning.data.datamodule import LoryDataModule
 from lory_lightning.data.location import check_folder, member
 from lory_lightning.data.manifest import ManifestError, load_manifest
-
-
-@pytest.fixture
-def http_root(tmp_path):
-    """(root folder, base URL, list of requested paths) of an HTTP server on 127.0.0.1."""
-    requested = []
-
-    class Handler(SimpleHTTPRequestHandler):
-        def log_message(self, *args):  # quiet, but remember what was asked for
-            requested.append(self.path)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(tmp_path)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}", requested
-    server.shutdown()
-    server.server_close()
 
 
 def batches(dm, n, val=False):

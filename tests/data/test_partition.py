@@ -1,0 +1,123 @@
+"""Partitioned similarity ordering: partitions of bounded size that follow the clusters, the exact
+global order with one partition, and what near-copies in two partitions become."""
+
+import numpy as np
+import pytest
+
+from lory_lightning.data.embed import tfidf_svd_embed
+from lory_lightning.data.ordering import (KnnParams, close_beyond_k, greedy_path, knn, near_duplicates,
+                                          order_documents, random_order)
+from lory_lightning.data.partition import assign, centroid_path, partition, spherical_kmeans, split_oversized
+from lory_lightning.data.prepare import PrepareConfig
+
+
+def clusters(sizes, dim=16, seed=0, spread=0.15):
+    """Unit rows around len(sizes) random directions, shuffled; and each row's cluster."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(sizes), dim))
+    x = np.concatenate([c + spread * np.linalg.norm(c) * rng.normal(size=(n, dim)) for c, n in zip(centres, sizes)])
+    truth = np.repeat(np.arange(len(sizes)), sizes)
+    perm = rng.permutation(len(x))
+    x = x[perm] / np.linalg.norm(x[perm], axis=1, keepdims=True)
+    return x.astype(np.float32), truth[perm]
+
+
+def test_a_corpus_within_the_size_is_one_partition():
+    x, _ = clusters([30, 30])
+    assert partition(x, 60, seed=0).tolist() == [0] * 60
+    with pytest.raises(ValueError, match="partition_size must be >= 2 documents, got 1"):
+        partition(x, 1, seed=0)
+    with pytest.raises(ValueError, match="partition_size must be >= 2 documents, got 1"):
+        PrepareConfig(partition_size=1)
+
+
+def test_partitions_follow_the_clusters_and_respect_the_size():
+    x, truth = clusters([50] * 6)
+    labels = partition(x, 60, seed=1)
+    assert labels.max() + 1 == 6 and np.bincount(labels).max() <= 60
+    for p in range(6):  # each partition is one cluster, whole
+        assert len(set(truth[labels == p])) == 1
+    assert np.array_equal(labels, partition(x, 60, seed=1))  # seeded
+
+
+def test_an_oversized_cluster_is_cut_into_equal_runs_along_its_main_direction():
+    t = np.linspace(-1, 1, 10)
+    x = np.stack([np.ones(10), t, np.zeros(10)], axis=1)  # points along a line, shuffled
+    perm = np.random.default_rng(0).permutation(10)
+    labels = split_oversized(x[perm], np.zeros(10, dtype=np.int64), 4)
+    assert np.bincount(labels).tolist() == [4, 3, 3]
+    along = t[perm]
+    runs = [sorted(along[labels == p]) for p in range(3)]
+    assert runs[0][-1] < runs[1][0] and runs[1][-1] < runs[2][0] or \
+        runs[0][0] > runs[1][-1] and runs[1][0] > runs[2][-1]  # contiguous runs, neighbours together
+
+
+def test_kmeans_assigns_to_the_nearest_unit_centroid():
+    x, truth = clusters([20, 20, 20])
+    c = spherical_kmeans(x, 3, seed=0)
+    np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1.0, atol=1e-5)
+    labels = assign(x, c)
+    assert np.array_equal(labels, np.argmax(x @ c.T, axis=1))
+    assert all(len(set(truth[labels == k])) == 1 for k in range(3))
+    with pytest.raises(ValueError, match="k=61 for 60 rows"):
+        spherical_kmeans(x, 61, seed=0)
+
+
+def test_the_centroid_path_walks_neighbouring_partitions_in_turn():
+    # three groups along an arc: A - B - C; the walk starts at an end and passes B between A and C
+    angles = {0: 0.0, 1: 0.6, 2: 1.2}
+    x = np.array([[np.cos(angles[g] + d), np.sin(angles[g] + d)] for g in (0, 1, 2) for d in (-0.05, 0.0, 0.05)])
+    labels = np.repeat([0, 1, 2], 3)
+    assert centroid_path(x, labels).tolist() in ([0, 1, 2], [2, 1, 0])
+    assert centroid_path(x, np.zeros(9, dtype=np.int64)).tolist() == [0]
+
+
+@pytest.mark.parametrize("order", ["similarity", "random"])
+def test_one_partition_gives_exactly_the_global_order(order):
+    x, _ = clusters([40, 40, 40], seed=3)
+    x[5] = x[6]  # a near-copy pair
+    params, threshold = KnnParams(k=5, n_trees=20, seed=2), 0.99
+    nbrs, sims = knn(x, params)
+    drop = near_duplicates(nbrs, sims, threshold, close_beyond_k(x, nbrs, sims, threshold, params))
+    expected = greedy_path(nbrs, ~drop) if order == "similarity" else random_order(~drop, params.seed)
+    got, got_drop, parts = order_documents(x, params, threshold, order, partition_size=120)
+    assert parts == 1 and np.array_equal(got, expected) and np.array_equal(got_drop, drop) and drop[6]
+
+
+def test_partitioned_order_visits_each_kept_document_once_partition_by_partition():
+    x, truth = clusters([50] * 6, seed=4)
+    got, drop, parts = order_documents(x, KnnParams(k=5, n_trees=20), 0.99, "similarity", partition_size=60)
+    assert parts == 6 and sorted(got.tolist()) == np.flatnonzero(~drop).tolist()
+    changes = np.count_nonzero(truth[got[1:]] != truth[got[:-1]])
+    assert changes == 5  # one cluster after another: five steps between partitions, none inside
+    random, _, _ = order_documents(x, KnnParams(k=5, n_trees=20), 0.99, "random", partition_size=60)
+    assert sorted(random.tolist()) == sorted(got.tolist()) and np.count_nonzero(truth[random[1:]] != truth[random[:-1]]) > 100
+
+
+def test_near_copies_in_two_partitions_are_both_kept(monkeypatch):
+    from lory_lightning.data import partition as partition_module
+
+    x, truth = clusters([30, 30], seed=5)
+    a, b = np.flatnonzero(truth == 0)[:2]
+    x[b] = x[a]  # an exact pair in embedding space
+    got, drop, _ = order_documents(x, KnnParams(k=5, n_trees=20), 0.99, "similarity", partition_size=60)
+    assert drop[max(a, b)] and not drop[min(a, b)]  # one partition: the later copy is dropped
+    split = np.zeros(60, dtype=np.int64)
+    split[b] = 1  # the pair on two sides of a boundary
+    monkeypatch.setattr(partition_module, "partition", lambda x, size, seed: split)
+    got, drop, parts = order_documents(x, KnnParams(k=5, n_trees=20), 0.99, "similarity", partition_size=59)
+    assert parts == 2 and not drop[a] and not drop[b]  # documented: not seen across partitions
+
+
+def test_the_embedder_fit_on_a_sample_of_all_documents_is_the_full_fit():
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(300)]
+    texts = [" ".join(rng.choice(words[(d % 3) * 100:(d % 3 + 1) * 100], 40)) for d in range(90)]
+    full = tfidf_svd_embed(texts, dim=8, seed=1)
+    np.testing.assert_allclose(tfidf_svd_embed(texts, dim=8, seed=1, fit_sample=90), full, atol=1e-5)
+    sampled = tfidf_svd_embed(texts, dim=8, seed=1, fit_sample=30)
+    np.testing.assert_allclose(np.linalg.norm(sampled, axis=1), 1.0, atol=1e-5)
+    topic = np.arange(90) % 3
+    sims = sampled @ sampled.T
+    same, other = sims[topic[:, None] == topic[None, :]].mean(), sims[topic[:, None] != topic[None, :]].mean()
+    assert same > other + 0.3  # a map fit on a third of the documents still separates the topics
