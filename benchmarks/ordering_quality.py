@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
 from lory_lightning.data.embed import tfidf_svd_embed  # noqa: E402
-from lory_lightning.data.ordering import KnnParams, order_documents  # noqa: E402
+from lory_lightning.data.ordering import KnnParams  # noqa: E402
+from lory_lightning.data.partition import order_documents  # noqa: E402
 from synthetic_corpus import documents  # noqa: E402
 
 

@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
-"""How `lory prepare` scales: stage speeds on the sample corpus, and the ordering step on N synthetic documents.
+"""How `lory prepare` scales: end to end on synthetic corpora with 1 and 2 workers, stage speeds on the
+sample corpus, and the ordering step alone on N synthetic vectors.
 
-    python benchmarks/prepare_scale.py                    # sample corpus + ordering at 10k, 100k, 1M
-    python benchmarks/prepare_scale.py --sizes 10000 100000
+    python benchmarks/prepare_scale.py --sizes 100000 300000 --workers 1 2   # end to end (benchmarks/synthetic_corpus.py)
+    python benchmarks/prepare_scale.py --sizes --ordering_sizes 10000 100000 1000000   # the ordering step alone
+
+End to end, each run is `lory prepare` in its own process (L 512, vocab 8192, --partition_size
+50,000): documents/s, documents/s per worker, the seconds of every stage, and the peak resident
+memory of the largest process (the run, or one of its workers).
 
 The ordering step is kNN (Annoy, single-threaded build) + near-duplicate removal + greedy path on
 clustered random unit vectors (the embedding step is not part of it). If it grows as N log N, the
@@ -13,8 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import resource
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -42,13 +52,48 @@ def order_time(n: int, dim: int, params: KnnParams) -> dict:
             "total_s": round(t2 - t0, 2), "us_per_doc": round((t2 - t0) / n * 1e6, 1)}
 
 
+def end_to_end(n: int, workers: int, tmp: Path, partition_size: int) -> dict:
+    """One `lory prepare` of n synthetic documents in a child process: seconds, stages, peak RSS."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from synthetic_corpus import write
+
+    corpus = tmp / f"corpus-{n}"
+    if not corpus.exists():
+        write(corpus, n, topics=300, seed=0)
+    out = tmp / f"out-{n}-{workers}"
+    cmd = [sys.executable, "-m", "lory_lightning", "prepare", "--inputs", str(corpus), "--output", str(out),
+           "--workers", str(workers), "--partition_size", str(partition_size), "--seq_len", "512"]
+    t0 = time.perf_counter()
+    run = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    seconds = time.perf_counter() - t0
+    stages = {m.group(1): float(m.group(2)) for m in re.finditer(r"\[prepare\] (\w+)\s+([\d.]+)s", run.stderr)}
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child so far (KiB on Linux)
+    return {"documents": n, "workers": workers, "seconds": round(seconds, 1), "docs_per_s": round(n / seconds),
+            "docs_per_s_per_worker": round(n / seconds / workers), "peak_rss_mb_so_far": round(peak_mb),
+            "stages_s": stages}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[100_000], help="end-to-end corpus sizes")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--partition_size", type=int, default=50_000)
+    parser.add_argument("--ordering_sizes", type=int, nargs="*", default=[])
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--trees", type=int, default=10)
     parser.add_argument("--skip_sample", action="store_true")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = []
+        for n in args.sizes:
+            for w in args.workers:
+                runs.append(end_to_end(n, w, Path(tmp), args.partition_size))
+                print("end to end: " + json.dumps(runs[-1]), flush=True)
+        for a in runs:
+            for b in runs:
+                if a["documents"] == b["documents"] and a["workers"] == 1 and b["workers"] > 1:
+                    print(f"  {a['documents']:,} documents: {b['workers']} workers {a['seconds'] / b['seconds']:.2f}x "
+                          "the speed of 1", flush=True)
     if not args.skip_sample:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
@@ -59,9 +104,11 @@ def main() -> None:
         print(f"sample corpus: {n_docs} documents in {total:.1f} s end to end = {n_docs / total:.0f} docs/s")
         for stage, seconds in manifest["timings_s"].items():
             print(f"  {stage:10s} {seconds:6.2f} s  {n_docs / max(seconds, 1e-9):10.0f} docs/s")
+    if not args.ordering_sizes:
+        return
     print(f"ordering on synthetic documents (dim {args.dim}, {args.trees} trees, k 10):")
     rows = []
-    for n in args.sizes:
+    for n in args.ordering_sizes:
         row = order_time(n, args.dim, KnnParams(k=10, n_trees=args.trees))
         rows.append(row)
         print("  " + json.dumps(row), flush=True)

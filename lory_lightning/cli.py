@@ -188,6 +188,10 @@ def _prepare(args: argparse.Namespace) -> int:
         print(OmegaConf.to_yaml({**dataclasses.asdict(cfg), "overwrite": args.overwrite}), end="")
         return 0
     manifest = prepare(cfg, quiet=args.quiet, overwrite=args.overwrite)
+    if "submitted" in manifest:  # --executor slurm: the jobs run on; the manifest comes last
+        print(f"{cfg.output}: submitted Slurm jobs {', '.join(manifest['submitted'])}; finished when "
+              f"{manifest['manifest']} appears")
+        return 0
     splits = manifest["splits"]
     print(f"{cfg.output}: {splits['train']['sequences']} train / {splits['val']['sequences']} val sequences "
           f"of {manifest['seq_len']} tokens, {len(manifest['domains'])} domains "

@@ -162,27 +162,3 @@ def order_partition(embeddings: np.ndarray, params: KnnParams, threshold: float)
     if threshold < 1.0:
         drop = near_duplicates(nbrs, sims, threshold, close_beyond_k(embeddings, nbrs, sims, threshold, params))
     return greedy_path(nbrs, ~drop), drop
-
-
-def order_documents(embeddings: np.ndarray, params: KnnParams, threshold: float, order: str,
-                    partition_size: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """The visit order of a corpus: (kept documents in order (M,), drop mask (N,), partitions).
-
-    embeddings (N, dim) unit rows. ``order`` "similarity": each partition's greedy path, partitions
-    in the order of the greedy path over their centroids (``partition``); "random": the same
-    near-duplicates dropped, the kept documents in one seeded random order over the whole corpus.
-    With one partition (N <= partition_size) this is kNN, dedup and path over all documents at once.
-    """
-    from .partition import centroid_path, partition
-
-    labels = partition(embeddings, partition_size, params.seed)
-    visit = centroid_path(embeddings, labels)
-    drop = np.zeros(embeddings.shape[0], dtype=bool)
-    pieces = []
-    for p in visit:
-        members = np.flatnonzero(labels == p)
-        local, drop[members] = order_partition(embeddings[members], params, threshold)
-        pieces.append(members[local])
-    if order == "random":
-        return random_order(~drop, params.seed), drop, len(visit)
-    return np.concatenate(pieces), drop, len(visit)

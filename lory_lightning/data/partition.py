@@ -24,6 +24,7 @@ import math
 import numpy as np
 
 from .embed import normalize_rows
+from .ordering import KnnParams, greedy_path, order_partition, random_order
 
 
 def spherical_kmeans(x: np.ndarray, k: int, seed: int, iters: int = 10) -> np.ndarray:
@@ -96,8 +97,6 @@ def partition(x: np.ndarray, size: int, seed: int, sample: int = 100_000) -> np.
 def centroid_path(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """The order in which to visit the partitions: a greedy path over their unit centroids (exact
     neighbours, most similar first), as documents are walked inside a partition."""
-    from .ordering import greedy_path
-
     n_parts = int(labels.max()) + 1
     sums = np.zeros((n_parts, x.shape[1]), dtype=np.float64)
     np.add.at(sums, labels, x)
@@ -109,3 +108,25 @@ def centroid_path(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
     k = min(n_parts - 1, 10)
     nbrs = np.argsort(-sims, axis=1, kind="stable")[:, :k]  # (P, k) most similar first
     return greedy_path(nbrs)
+
+
+def order_documents(embeddings: np.ndarray, params: KnnParams, threshold: float, order: str,
+                    partition_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The visit order of a corpus: (kept documents in order (M,), drop mask (N,), partitions).
+
+    embeddings (N, dim) unit rows. ``order`` "similarity": each partition's greedy path, partitions
+    in the order of the greedy path over their centroids (``partition``); "random": the same
+    near-duplicates dropped, the kept documents in one seeded random order over the whole corpus.
+    With one partition (N <= partition_size) this is kNN, dedup and path over all documents at once.
+    """
+    labels = partition(embeddings, partition_size, params.seed)
+    visit = centroid_path(embeddings, labels)
+    drop = np.zeros(embeddings.shape[0], dtype=bool)
+    pieces = []
+    for p in visit:
+        members = np.flatnonzero(labels == p)
+        local, drop[members] = order_partition(embeddings[members], params, threshold)
+        pieces.append(members[local])
+    if order == "random":
+        return random_order(~drop, params.seed), drop, len(visit)
+    return np.concatenate(pieces), drop, len(visit)

@@ -1,10 +1,11 @@
 """`lory prepare`: raw documents -> tokenizer, similarity-ordered packed sequences, WebDataset shards.
 
-Steps (LORY.md section 4): read and validate -> train (or load) the tokenizer -> embed -> Annoy kNN ->
-drop near-duplicates -> greedy path (or random order) -> pack -> shuffle whole sequences -> shards ->
-tokenizer.json -> manifest.json, written last. Every file is written under a temporary name and
-renamed when complete, so a killed run leaves nothing that looks finished; running it again
-rebuilds, and a folder whose manifest matches the config and whose shards verify is left as it is.
+This module owns the command: its config, the output folder, and the order of the stages
+(data/stages.py: read -> merge -> encode -> partition -> order -> pack -> shards -> finish, LORY.md
+section 4) on an engine (data/engine.py: datatrove, local or Slurm). Every file is written under a
+temporary name and renamed when complete, and the manifest comes last, so a killed run leaves
+nothing that looks finished; running it again continues from the stage tasks that completed, and
+a folder whose manifest matches the config and whose shards verify is left as it is.
 
 The output folder is prepare's own: it refuses a non-empty folder it did not write (no manifest,
 no ``.lory-prepare`` mark), deletes only the files it writes, and holds a lock on the folder while
@@ -16,14 +17,12 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -32,20 +31,22 @@ import numpy as np
 
 from ..atomic import TMP_SUFFIX
 from ..errors import with_path
-from .embed import sentence_transformer_embed, tfidf_svd_embed
-from .manifest import FORMAT_VERSION, MANIFEST, SHARD_NAME, SPLITS, TOKENIZER, ManifestError, load_manifest
-from .ordering import KnnParams, order_documents
-from .packing import documents_in, num_sequences, pack_stream, sequence_slice
 from .location import sha256_of
-from .shards import Sample, atomic_write_bytes, npy_bytes, sha256_file, verify_shards, write_shards
-from .sources import Document, InputFile, ReadPolicy, SkipLog, input_files, read_documents
-from .stats import unigram_counts, unigram_ppl
-from .tokenizer import eod_id, load_tokenizer, tokenizer_files, train_tokenizer
+from .manifest import FORMAT_VERSION, MANIFEST, SHARD_NAME, SPLITS, TOKENIZER, ManifestError, load_manifest
+from .ordering import KnnParams
+from .shards import verify_shards
+from .sources import InputFile, ReadPolicy, input_files
+from . import stages
+from .stages import PLAN, STAGES, UNIGRAM, Work
+from .tokenizer import load_tokenizer, tokenizer_files
 
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_data"
 OWNER_MARK = ".lory-prepare"  # marks a folder as prepare's own; also the lock file
-UNIGRAM = "unigram.npy"  # training-token counts, for the unigram baseline on any validated tokens
 WORK_DIR = "_work" + TMP_SUFFIX
+# Settings that do not decide the output (where it goes, the inputs, recorded by content, and how
+# many tasks make it): kept out of the manifest's config.
+ENGINE_SETTINGS = ("output", "inputs", "val_inputs", "workers", "tasks", "executor", "slurm_partition", "slurm_time",
+                   "slurm_cpus_per_task", "slurm_mem_per_cpu_gb", "slurm_env_command")
 _FORMAT_1_SHARD = re.compile(r"^(train|val)-\d{5}\.tar$")  # round-1 plain shards: replaced on a rebuild
 
 
@@ -63,7 +64,8 @@ class PrepareConfig:
 
     Args:
         output: Folder to write shards, tokenizer.json and manifest.json into.
-        inputs: jsonl / jsonl.gz files or folders of .txt (a .txt folder's name is its domain).
+        inputs: jsonl / jsonl.gz / jsonl.zst / parquet files, folders of them or of .txt (a .txt
+            folder's name is its domain), Hugging Face datasets saved to disk; paths or fsspec URLs.
             Empty: the shipped sample corpus.
         val_inputs: Held-out validation documents. Empty: with the sample corpus its fixed
             validation split; otherwise ``val_fraction`` of the documents, chosen by a text hash.
@@ -91,6 +93,14 @@ class PrepareConfig:
         sequences_per_shard: Samples per .tar.gz shard.
         seed: Seeds the SVD, the Annoy index, the random order and the sequence shuffle.
         strict: Any skipped document is an error instead.
+        workers: Stage tasks run at once on this machine (the local engine); 1 runs them in this
+            process. Not part of the output: any number gives the same bytes.
+        tasks: Tasks of each parallel stage (input files, partitions and shards are dealt to them);
+            0: as many as workers. Not part of the output either.
+        executor: ``local`` (this machine, ``workers`` at once) or ``slurm`` (each stage an array job of
+            ``tasks`` tasks after the one before; `lory prepare` submits them and returns).
+        slurm_partition, slurm_time, slurm_cpus_per_task, slurm_mem_per_cpu_gb: sbatch directives.
+        slurm_env_command: Run before each Slurm task, e.g. ``source /shared/lory/.venv/bin/activate``.
     """
 
     output: str = "data/sample"
@@ -117,8 +127,22 @@ class PrepareConfig:
     sequences_per_shard: int = 256
     seed: int = 0
     strict: bool = False
+    workers: int = 1
+    tasks: int = 0
+    executor: Literal["local", "slurm"] = "local"
+    slurm_partition: str | None = None
+    slurm_time: str = "24:00:00"
+    slurm_cpus_per_task: int = 1
+    slurm_mem_per_cpu_gb: int = 4
+    slurm_env_command: str | None = None
 
     def __post_init__(self) -> None:
+        if self.executor not in ("local", "slurm"):
+            raise ValueError(f"executor must be 'local' or 'slurm', got {self.executor!r}")
+        if self.executor == "slurm" and not self.slurm_partition:
+            raise ValueError("executor 'slurm' needs slurm_partition (the partition its array jobs run on)")
+        if self.workers < 1 or self.tasks < 0:
+            raise ValueError(f"workers must be >= 1 and tasks >= 0, got workers={self.workers}, tasks={self.tasks}")
         if self.seq_len < 2:
             raise ValueError(f"seq_len must be >= 2, got {self.seq_len}")
         if self.order not in ("similarity", "random"):
@@ -150,19 +174,14 @@ class PrepareConfig:
 
 def _fingerprint(cfg: PrepareConfig, train_files: list[InputFile], val_files: list[InputFile]) -> dict:
     """What the output depends on: the config (output folder aside) and the inputs' content."""
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("output", "inputs", "val_inputs")}
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ENGINE_SETTINGS}
     files = {"train": [{"name": p.name, "sha256": sha256_of(p.location)} for p in train_files],
              "val": [{"name": p.name, "sha256": sha256_of(p.location)} for p in val_files]}
     if cfg.tokenizer:
-        files["tokenizer"] = [{"name": p.name, "sha256": sha256_file(p)} for p in tokenizer_files(cfg.tokenizer)]
+        files["tokenizer"] = [{"name": p.name, "sha256": sha256_of(str(p))} for p in tokenizer_files(cfg.tokenizer)]
         # The given tokenizer's size is the truth; --vocab_size is not used and must not be recorded.
         settings["vocab_size"] = load_tokenizer(cfg.tokenizer)[0].get_vocab_size()
     return {"format_version": FORMAT_VERSION, "config": settings, "inputs": files}
-
-
-def _is_val(doc: Document, fraction: float) -> bool:
-    h = int.from_bytes(hashlib.blake2b(doc.text.encode("utf-8"), digest_size=8).digest(), "big")
-    return h < fraction * 2 ** 64
 
 
 class _Log:
@@ -184,27 +203,78 @@ def prepare(cfg: PrepareConfig, quiet: bool = False, overwrite: bool = False, wa
     overwrite: rebuild even a folder that is up to date or was prepared with another config.
     wait: if another process is preparing the folder, wait for it (the data module, where every
         node may prepare one shared folder) instead of stopping with a message (the CLI).
+    A run killed midway leaves its work folder: the same command continues from the stage tasks
+    it had completed (another config or other inputs start over).
     """
     out = Path(cfg.output)
     train_inputs, val_inputs = cfg.resolved_inputs()
     train_files, val_files = input_files(train_inputs), (input_files(val_inputs) if val_inputs else [])
     fingerprint = _fingerprint(cfg, train_files, val_files)
     with _OutputLock(out, wait):
-        shutil.rmtree(out / WORK_DIR, ignore_errors=True)  # scratch of a run killed after its manifest
+        work = out / WORK_DIR
         if (out / MANIFEST).is_file() and not overwrite:
+            shutil.rmtree(work, ignore_errors=True)  # scratch of a run killed after its manifest
             existing = _up_to_date(out, fingerprint, quiet)
             if existing is not None:
                 return existing
-        _clean(out)
-        log = _Log(quiet)
-        work = out / WORK_DIR
-        work.mkdir(exist_ok=True)
+        settings = dataclasses.asdict(cfg)
+        resumed = not overwrite and _same_plan(work, settings, fingerprint)
+        if not resumed:
+            _clean(out)
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir()
+            Work.write_plan(work, settings, str(out), fingerprint, train_files, val_files)
+        elif not quiet:
+            print(f"[prepare] continuing the run in {work}: completed stage tasks are kept", file=sys.stderr)
+        if cfg.executor == "slurm":
+            return submit(work, cfg, quiet)
         try:
-            return _run(cfg, fingerprint, train_files, val_files, out, work, log)
+            timings = run_stages(work, cfg, _Log(quiet))
         except OSError as err:  # a full disk names no file: name the folder being written
             raise with_path(err, out) from err
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        manifest = load_manifest(out)
+        shutil.rmtree(work, ignore_errors=True)  # only once the manifest is written
+        manifest["timings_s"] = timings  # returned for reports; kept out of the file (determinism)
+        return manifest
+
+
+def _same_plan(work: Path, settings: dict, fingerprint: dict) -> bool:
+    """Whether ``work`` holds a killed run of these settings on these inputs (then it continues)."""
+    try:
+        plan = json.loads((work / PLAN).read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return plan.get("fingerprint") == fingerprint and plan.get("config") == settings
+
+
+def run_stages(work: Path, cfg: PrepareConfig, log: "_Log") -> dict[str, float]:
+    """Every stage of data/stages.py on the chosen engine, in order; a completed task is skipped.
+
+    executor "local": datatrove's LocalPipelineExecutor, ``workers`` tasks at once (1: in this
+    process). The parallel stages run ``tasks`` tasks (0: as many as workers); what they write
+    does not depend on either number.
+    """
+    from concurrent.futures.process import BrokenProcessPool
+
+    from loguru import logger
+
+    from .engine import local_stage
+
+    tasks = cfg.tasks or cfg.workers
+    logger.disable("datatrove")  # our own one line per stage; datatrove's task logs stay in the work folder
+    try:
+        for name, split in STAGES:
+            n = tasks if split else 1
+            try:
+                local_stage(getattr(stages, name), work, name, n, cfg.workers).run()
+            except BrokenProcessPool as err:
+                raise ChildProcessError(f"a `lory prepare` worker process died in stage {name!r} (killed, or out of "
+                                   "memory): run the same command again, it continues from the tasks that "
+                                   "completed") from err
+            log.stage(name, stage_summary(name, work))
+    finally:
+        logger.enable("datatrove")
+    return dict(log.stages)
 
 
 def _up_to_date(out: Path, fingerprint: dict, quiet: bool) -> dict | None:
@@ -278,203 +348,51 @@ def _clean(out: Path) -> None:
             p.unlink()
 
 
-def _run(cfg: PrepareConfig, fingerprint: dict, train_files: list[InputFile], val_files: list[InputFile],
-         out: Path, work: Path, log: _Log) -> dict:
-    policy = cfg.policy
-    skips = SkipLog()
-    held_out_by_hash = not val_files
+def submit(work: Path, cfg: PrepareConfig, quiet: bool) -> dict:
+    """Submit the stages to Slurm and return at once: {"submitted": job ids, "manifest": where it will be}."""
+    from .engine import SlurmSettings, submit_slurm
 
-    def documents(record: bool) -> Iterator[tuple[Document, bool]]:
-        """(document, is_val) in a fixed order; skips are counted on the recording pass only."""
-        log_ = skips if record else SkipLog()
-        seen: set[bytes] = set()  # shared by both splits: a validation text seen in training is a duplicate
-        for files, is_val_file in ((train_files, False), (val_files, True)):
-            for doc in read_documents(files, policy, log_, seen):
-                yield doc, (is_val_file or (held_out_by_hash and _is_val(doc, cfg.val_fraction)))
-
-    # Pass 1: validate, record metadata, stream the training texts to the tokenizer trainer.
-    domains: list[str] = []
-    doc_domain, doc_val, doc_where = [], [], []
-
-    def texts_for_tokenizer() -> Iterator[str]:
-        for doc, is_val in documents(record=True):
-            if doc.domain not in domains:
-                domains.append(doc.domain)
-            doc_domain.append(domains.index(doc.domain))
-            doc_val.append(is_val)
-            doc_where.append(doc.where)
-            if not is_val:
-                yield doc.text
-
-    if cfg.tokenizer:
-        tok, eod = load_tokenizer(cfg.tokenizer)
-        for _ in texts_for_tokenizer():
-            pass
-    else:
-        tok = train_tokenizer(texts_for_tokenizer(), cfg.vocab_size)
-        eod = eod_id(tok)
-    if not doc_domain:
-        raise ValueError(f"no valid documents in {[str(p) for p in train_files]}: see the skipped counts "
-                         f"{skips.as_dict()['by_reason']}")
-    if len(domains) > 255:
-        raise ValueError(f"{len(domains)} domains; per-token domain ids are stored as uint8 (at most 255)")
-    n_docs = len(doc_domain)
-    vocab = tok.get_vocab_size()
-    token_dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.int32
-    log.stage("read+bpe", f"{n_docs} documents in {len(domains)} domains, vocab {vocab}, "
-                          f"{skips.total} skipped")
-
-    # Pass 2: tokenize into a file-backed array (memory stays bounded by the index, not the text);
-    # the training texts also go to the embedder here.
-    doc_domain_a = np.asarray(doc_domain, dtype=np.uint8)
-    doc_val_a = np.asarray(doc_val, dtype=bool)
-    lengths = np.zeros(n_docs, dtype=np.int64)
-    token_file = work / "tokens.bin"
-    with open(token_file, "wb") as f:
-        batch: list[str] = []
-        i = 0
-
-        def flush() -> None:
-            nonlocal i
-            for enc in tok.encode_batch(batch, add_special_tokens=False):
-                ids = np.asarray(enc.ids, dtype=token_dtype)
-                f.write(ids.tobytes())
-                lengths[i] = len(ids)
-                i += 1
-            batch.clear()
-
-        def train_texts() -> Iterator[str]:
-            for doc, is_val in documents(record=False):
-                batch.append(doc.text)
-                if len(batch) == 512:
-                    flush()
-                if not is_val:
-                    yield doc.text
-            flush()
-
-        if cfg.embedder == "tfidf-svd":
-            embeddings = tfidf_svd_embed(train_texts(), dim=cfg.embed_dim, seed=cfg.seed, fit_sample=cfg.embed_sample)
-        else:
-            embeddings = sentence_transformer_embed(list(train_texts()), cfg.embed_model)
-    if i != n_docs:
-        raise RuntimeError(f"inputs changed while preparing: read {i} documents, then {n_docs}")
-    offsets = np.zeros(n_docs, dtype=np.int64)
-    np.cumsum(lengths[:-1], out=offsets[1:])
-    tokens = np.memmap(token_file, dtype=token_dtype, mode="r", shape=(int(lengths.sum()),))
-    log.stage("tokenize", f"{int(lengths.sum()):,} tokens; embedded {embeddings.shape[0]} training documents")
-
-    # Order the training documents: kNN, near-duplicates, greedy path (or random).
-    train_ids = np.flatnonzero(~doc_val_a)
-    params = KnnParams(cfg.knn_k, cfg.knn_trees, cfg.knn_search_k, cfg.seed)
-    local, drop, n_partitions = order_documents(embeddings, params, cfg.dedup_threshold, cfg.order, cfg.partition_size)
-    for j in np.flatnonzero(drop):
-        skips.add("near_duplicate", doc_where[train_ids[j]], domains[doc_domain_a[train_ids[j]]],
-                  f"cosine > {cfg.dedup_threshold}")
-    train_order = train_ids[local]
-    neighbour_same_domain = float(np.mean(doc_domain_a[train_order[1:]] == doc_domain_a[train_order[:-1]])) \
-        if len(train_order) > 1 else 1.0
-    log.stage("order", f"{cfg.order}: {len(train_order)} documents in {n_partitions} partition(s), "
-                       f"{int(drop.sum())} near-duplicates dropped, "
-                       f"{neighbour_same_domain:.1%} of path steps stay in a domain")
-
-    # Validation: each domain packed on its own (single-domain sequences, in reading order), the
-    # domains' sequences then dealt round-robin, so any prefix of the split covers every domain.
-    val_ids = np.flatnonzero(doc_val_a)
-    val_groups = [val_ids[doc_domain_a[val_ids] == d] for d in range(len(domains))]
-    val_order = np.concatenate(val_groups) if val_groups else val_ids
-
-    _check_splits_fill_a_sequence(cfg, lengths, train_order, [g for g in val_groups if len(g)], bool(val_files))
-    pack = dict(offsets=offsets, lengths=lengths, doc_domain=doc_domain_a, tokens=tokens, eod=eod,
-                token_dtype=token_dtype, cfg=cfg, work=work, out=out)
-    splits = {"train": _pack_and_write("train", [train_order], shuffle=True, **pack),
-              "val": _pack_and_write("val", [g for g in val_groups if len(g)], shuffle=False, **pack)}
-    log.stage("pack+shard", f"train {splits['train']['sequences']} sequences in {len(splits['train']['shards'])} "
-                            f"shards, val {splits['val']['sequences']} in {len(splits['val']['shards'])}")
-
-    counts = unigram_counts(tokens, offsets, lengths, train_order, vocab, eod)
-    unigram = unigram_ppl(counts, tokens, offsets, lengths, val_order, doc_domain_a, eod)
-    atomic_write_bytes(out / UNIGRAM, npy_bytes(counts))
-    atomic_write_bytes(out / TOKENIZER, tok.to_str().encode("utf-8"))
-    by_domain: dict[str, dict] = {d: {"train_documents": 0, "val_documents": 0, "train_tokens": 0, "val_tokens": 0}
-                               for d in domains}
-    for ids, split in ((train_order, "train"), (val_order, "val")):
-        for d, n in zip(doc_domain_a[ids], lengths[ids]):
-            by_domain[domains[d]][f"{split}_documents"] += 1
-            by_domain[domains[d]][f"{split}_tokens"] += int(n) + 1
-    manifest = {
-        **fingerprint,
-        "domains": domains,
-        "vocab_size": vocab,
-        "eod_id": eod,
-        "seq_len": cfg.seq_len,
-        "token_dtype": np.dtype(token_dtype).name,
-        "counts_by_domain": by_domain,
-        "skipped": skips.as_dict(),
-        "ordering": {"order": cfg.order, "embedder": cfg.embedder, "embed_dim": int(embeddings.shape[1]),
-                     "knn": dataclasses.asdict(params), "annoy_build_threads": 1,
-                     "dedup_threshold": cfg.dedup_threshold, "near_duplicates_dropped": int(drop.sum()),
-                     "partition_size": cfg.partition_size, "partitions": n_partitions,
-                     "path_same_domain_fraction": round(neighbour_same_domain, 6)},
-        "splits": splits,
-        "baselines": {"unigram_val_ppl": {domains[d]: round(p, 3) for d, p in unigram.items()},
-                      "unigram_counts": {"name": UNIGRAM, "sha256": sha256_file(out / UNIGRAM)}},
-    }
-    atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-    log.stage("manifest", f"{out / MANIFEST}")
-    manifest["timings_s"] = dict(log.stages)  # returned for reports; kept out of the file (determinism)
-    return manifest
+    tasks = cfg.tasks or 1
+    settings = SlurmSettings(cfg.slurm_partition, cfg.slurm_time, cfg.slurm_cpus_per_task, cfg.slurm_mem_per_cpu_gb,
+                             cfg.slurm_env_command)
+    jobs = submit_slurm([(name, getattr(stages, name), tasks if split else 1) for name, split in STAGES], work, settings)
+    manifest = str(Path(cfg.output) / MANIFEST)
+    if not quiet:
+        print(f"[prepare] submitted {len(jobs)} Slurm jobs ({', '.join(jobs)}); the folder is finished when {manifest} "
+              f"appears (task logs: {work / 'logs'}); the same command again continues a stopped run", file=sys.stderr)
+    return {"submitted": jobs, "manifest": manifest}
 
 
-def _check_splits_fill_a_sequence(cfg: PrepareConfig, lengths: np.ndarray, train_order: np.ndarray,
-                                  val_groups: list[np.ndarray], has_val_files: bool) -> None:
-    """Refuse, before writing, a split that would hold no full sequence (fit and validate need both)."""
-    train_tokens = int(lengths[train_order].sum()) + len(train_order)
-    if num_sequences(train_tokens, cfg.seq_len)[0] == 0:
-        raise ValueError(f"the training documents hold {train_tokens} tokens, not one sequence of "
-                         f"--seq_len {cfg.seq_len} + 1: give more documents or a smaller --seq_len")
-    val = sum(num_sequences(int(lengths[g].sum()) + len(g), cfg.seq_len)[0] for g in val_groups)
-    if val == 0:
-        where = "the --val_inputs" if has_val_files else f"--val_fraction {cfg.val_fraction} of the documents"
-        raise ValueError(f"{where} hold(s) no full validation sequence of --seq_len {cfg.seq_len} + 1 tokens "
-                         "(validation and the per-domain table need one): give more held-out text "
-                         "(--val_inputs, a larger --val_fraction) or a smaller --seq_len")
-
-
-def _pack_and_write(split: str, groups: list[np.ndarray], offsets: np.ndarray, lengths: np.ndarray,
-                    doc_domain: np.ndarray, tokens: np.ndarray, eod: int, token_dtype: type,
-                    cfg: PrepareConfig, work: Path, out: Path, shuffle: bool) -> dict:
-    """Pack each group of documents (in its order) into its own stream, cut sequences, write shards.
-
-    shuffle: one seeded permutation of all sequences (training: whole sequences, never documents);
-    otherwise the groups' sequences are interleaved round-robin, each group in order.
-    """
-    streams = []
-    tail = 0
-    for g, order in enumerate(groups):
-        total = int(lengths[order].sum()) + len(order)
-        size = max(total, 1)
-        stream = np.memmap(work / f"{split}-{g}-tokens.bin", dtype=token_dtype, mode="w+", shape=(size,))[:total]
-        stream_domains = np.memmap(work / f"{split}-{g}-domains.bin", dtype=np.uint8, mode="w+", shape=(size,))[:total]
-        starts = pack_stream(order, offsets, lengths, doc_domain, tokens, eod, stream, stream_domains)
-        n_seq, dropped = num_sequences(total, cfg.seq_len)
-        tail += dropped
-        streams.append((order, stream, stream_domains, starts, n_seq))
-    if shuffle:
-        entries = [(g, i) for g, (*_, n) in enumerate(streams) for i in range(n)]
-        entries = [entries[j] for j in np.random.default_rng(cfg.seed).permutation(len(entries))]
-    else:
-        longest = max((n for *_, n in streams), default=0)
-        entries = [(g, i) for i in range(longest) for g, (*_, n) in enumerate(streams) if i < n]
-
-    def samples() -> Iterator[Sample]:
-        for g, i in entries:
-            order, stream, stream_domains, starts, _ = streams[g]
-            s = sequence_slice(i, cfg.seq_len)
-            first, last = documents_in(i, cfg.seq_len, starts)
-            docs = [[int(order[p]), int(starts[p]) - s.start] for p in range(first, last)]
-            yield Sample(f"{split}-{g:03d}-{i:07d}", np.array(stream[s]), np.array(stream_domains[s]),
-                         {"split": split, "group": g, "sequence": i, "documents": docs})
-
-    shards = write_shards(out, split, samples(), cfg.sequences_per_shard)
-    return {"sequences": len(entries), "tail_tokens_dropped": tail,
-            "documents": int(sum(len(o) for o in groups)), "shards": shards}
+def stage_summary(name: str, work: Path) -> str:
+    """One line on what a finished stage produced (read back from its outputs)."""
+    w = Work(work)
+    if name == "read":
+        return f"{len(w.files)} input file(s) read"
+    meta = json.loads((work / "merge" / "meta.json").read_text("utf-8"))
+    if name == "merge":
+        with np.load(work / "merge" / "docs.npz", allow_pickle=False) as z:
+            n = len(z["source"])
+        return (f"{n} documents in {len(meta['domains'])} domains, vocab {meta['vocab_size']}, "
+                f"{meta['skipped']['total']} skipped")
+    if name == "encode":
+        lengths = [np.load(work / "encode" / f"{f:06d}.lengths.npy") for f in range(len(w.files))]
+        return f"{int(sum(x.sum() for x in lengths)):,} tokens"
+    if name == "partition":
+        labels = np.load(work / "partition" / "labels.npy")
+        return f"{len(labels)} training documents embedded, {int(labels.max()) + 1} partition(s)"
+    if name == "order":
+        return f"{w.cfg['order']}: {len(list((work / 'order').glob('*.npz')))} partition(s) ordered"
+    summary = json.loads((work / "pack" / "summary.json").read_text("utf-8"))
+    entries = {s: len(np.load(work / "pack" / f"{s}-entries.npy")) for s in SPLITS}
+    if name == "pack":
+        train_order = np.load(work / "pack" / "train_order.npy")
+        with np.load(work / "merge" / "docs.npz", allow_pickle=False) as z:
+            dom = z["domain"][train_order]
+        same = float(np.mean(dom[1:] == dom[:-1])) if len(dom) > 1 else 1.0
+        return (f"{len(train_order)} documents in {summary['partitions']} partition(s), "
+                f"{len(np.load(work / 'pack' / 'dropped.npy'))} near-duplicates dropped, {same:.1%} of path "
+                f"steps stay in a domain; train {entries['train']} sequences, val {entries['val']}")
+    if name == "shards":
+        per = w.cfg["sequences_per_shard"]
+        return f"train {-(-entries['train'] // per)} shards, val {-(-entries['val'] // per)}"
+    return str(w.out / MANIFEST)

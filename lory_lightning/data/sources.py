@@ -85,6 +85,12 @@ class SkipLog:
     def total(self) -> int:
         return sum(self.by_reason.values())
 
+    def absorb(self, logged: dict) -> None:
+        """Add the counts and first places of another log's ``as_dict()`` (a task's, in task order)."""
+        self.by_reason.update(logged["by_reason"])
+        self.by_domain.update(logged["by_domain"])
+        self.examples.extend(logged["first"][: self.max_examples - len(self.examples)])
+
     def as_dict(self) -> dict:
         return {"total": self.total, "by_reason": dict(sorted(self.by_reason.items())),
                 "by_domain": dict(sorted(self.by_domain.items())), "first": list(self.examples)}
@@ -328,6 +334,29 @@ def _skip(policy: ReadPolicy, skips: SkipLog, reason: str, where: str, domain: s
     skips.add(reason, where, domain, detail)
 
 
+def text_digest(text: str) -> bytes:
+    """The 16-byte digest exact duplicates are recognised by."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+def file_documents(file: InputFile, policy: ReadPolicy, skips: SkipLog) -> Iterator[Document]:
+    """The valid documents of one file in order (exact duplicates not yet removed), the rest logged."""
+    for text, domain, where in _raw_records(file, policy, skips):
+        if not text.strip():
+            _skip(policy, skips, "empty", where, domain, "")
+        elif len(text) < policy.min_chars:
+            _skip(policy, skips, "too_short", where, domain, f"{len(text)} < min_chars {policy.min_chars}")
+        elif len(text) > policy.max_chars:
+            _skip(policy, skips, "too_long", where, domain, f"{len(text)} > max_chars {policy.max_chars}")
+        else:
+            yield Document(text, domain, where)
+
+
+def skip_duplicate(policy: ReadPolicy, skips: SkipLog, doc: Document) -> None:
+    """Log ``doc`` as an exact duplicate of an earlier document (an error under ``strict``)."""
+    _skip(policy, skips, "exact_duplicate", doc.where, doc.domain, "")
+
+
 def read_documents(paths: Sequence[str | Path | InputFile], policy: ReadPolicy = ReadPolicy(),
                    skips: SkipLog | None = None, seen: set[bytes] | None = None) -> Iterator[Document]:
     """Stream valid documents from files and folders in a fixed order, skipping and logging the rest.
@@ -338,19 +367,10 @@ def read_documents(paths: Sequence[str | Path | InputFile], policy: ReadPolicy =
     skips = SkipLog() if skips is None else skips
     seen = set() if seen is None else seen  # 16-byte digests: memory grows with documents, not with text
     for file in input_files(paths):
-        for text, domain, where in _raw_records(file, policy, skips):
-            if not text.strip():
-                _skip(policy, skips, "empty", where, domain, "")
-                continue
-            if len(text) < policy.min_chars:
-                _skip(policy, skips, "too_short", where, domain, f"{len(text)} < min_chars {policy.min_chars}")
-                continue
-            if len(text) > policy.max_chars:
-                _skip(policy, skips, "too_long", where, domain, f"{len(text)} > max_chars {policy.max_chars}")
-                continue
-            digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+        for doc in file_documents(file, policy, skips):
+            digest = text_digest(doc.text)
             if digest in seen:
-                _skip(policy, skips, "exact_duplicate", where, domain, "")
+                skip_duplicate(policy, skips, doc)
                 continue
             seen.add(digest)
-            yield Document(text, domain, where)
+            yield doc

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from lory_lightning.data.embed import tfidf_svd_embed
-from lory_lightning.data.ordering import (KnnParams, close_beyond_k, greedy_path, knn, near_duplicates,
-                                          order_documents, random_order)
-from lory_lightning.data.partition import assign, centroid_path, partition, spherical_kmeans, split_oversized
+from lory_lightning.data.ordering import KnnParams, close_beyond_k, greedy_path, knn, near_duplicates, random_order
+from lory_lightning.data.partition import (assign, centroid_path, order_documents, partition, spherical_kmeans,
+                                           split_oversized)
 from lory_lightning.data.prepare import PrepareConfig
 
 

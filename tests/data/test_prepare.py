@@ -107,7 +107,7 @@ def test_prepared_folder_is_reused_and_a_changed_config_is_refused(tmp_path):
     cfg = PrepareConfig(output=str(tmp_path / "o"), inputs=inputs, **SMALL)
     prepare(cfg, quiet=True)
     stamp = (tmp_path / "o" / "manifest.json").stat().st_mtime_ns
-    with mock.patch.object(prepare_mod, "_run") as run:
+    with mock.patch.object(prepare_mod, "run_stages") as run:
         prepare(cfg, quiet=True)
         run.assert_not_called()
     assert (tmp_path / "o" / "manifest.json").stat().st_mtime_ns == stamp
@@ -117,26 +117,37 @@ def test_prepared_folder_is_reused_and_a_changed_config_is_refused(tmp_path):
     assert prepare(changed, quiet=True, overwrite=True)["seq_len"] == 32
 
 
-def test_a_killed_run_leaves_nothing_that_looks_finished_and_reruns(tmp_path):
+def test_a_killed_run_leaves_nothing_that_looks_finished_and_continues_where_it_stopped(tmp_path):
+    from lory_lightning.data import stages as stages_mod
+
     inputs = [str(p) for p in make_corpus(tmp_path / "in")]
     cfg = PrepareConfig(output=str(tmp_path / "o"), inputs=inputs, **SMALL)
-    real = prepare_mod.write_shards
+    real, calls = stages_mod._write_one, []
 
-    def dies_midway(out, prefix, samples, per_shard):
-        it = iter(samples)
-        real(out, prefix, [next(it) for _ in range(per_shard)], per_shard)  # one shard completes
-        with open(out / f"{prefix}-00001.tar.gz.tmp", "wb") as f:  # the next one is half written
-            f.write(b"partial")
-        raise KeyboardInterrupt
+    def dies_midway(path, samples):
+        calls.append(path.name)
+        if len(calls) == 2:  # the second shard is half written when the run stops
+            with open(path.with_name(path.name + ".tmp"), "wb") as f:
+                f.write(b"partial")
+            raise KeyboardInterrupt
+        return real(path, samples)
 
-    with mock.patch.object(prepare_mod, "write_shards", dies_midway), pytest.raises(KeyboardInterrupt):
+    with mock.patch.object(stages_mod, "_write_one", dies_midway), pytest.raises(KeyboardInterrupt):
         prepare(cfg, quiet=True)
-    assert not (tmp_path / "o" / "manifest.json").exists()
-    assert not (tmp_path / "o" / "tokenizer.json").exists()
-    manifest = prepare(cfg, quiet=True)
-    names = sorted(p.name for p in (tmp_path / "o").iterdir())
+    out = tmp_path / "o"
+    assert not (out / "manifest.json").exists() and not (out / "tokenizer.json").exists()
+    read_output = out / "_work.tmp" / "read" / "000000.npz"
+    stamp = read_output.stat().st_mtime_ns
+    manifest = prepare(cfg, quiet=True)  # continues: the completed stages are not run again
+    assert not (out / "_work.tmp").exists()
+    assert calls == ["train-00000.tar.gz", "train-00001.tar.gz"]
+    names = sorted(p.name for p in out.iterdir())
     assert not [n for n in names if n.endswith(".tmp")]
-    assert list(verify_shards(tmp_path / "o", manifest["splits"]["train"]["shards"])) == []
+    assert list(verify_shards(out, manifest["splits"]["train"]["shards"])) == []
+    # the same bytes as a run never interrupted
+    fresh = prepare(PrepareConfig(**{**cfg.__dict__, "output": str(tmp_path / "fresh")}), quiet=True)
+    assert fresh["splits"] == manifest["splits"]
+    assert stamp  # (the read stage's output was kept: the rerun found its completion record)
 
 
 def test_given_tokenizer_is_used(tmp_path):
@@ -168,3 +179,22 @@ def test_shipped_sample_prepares_with_no_inputs(tmp_path, capsys):
     assert manifest["ordering"]["path_same_domain_fraction"] > 0.9
     sample = read_split(tmp_path / "sample", manifest, "val")[0]
     assert sample["tokens.npy"].dtype == np.uint16
+
+
+@pytest.mark.isolated  # runs `lory prepare` with two worker processes in a child
+def test_the_number_of_workers_and_tasks_does_not_change_a_byte(tmp_path):
+    import subprocess
+    import sys
+
+    inputs = [str(p) for p in make_corpus(tmp_path / "in")]
+    args = ["--inputs", *inputs, "--seq_len", "64", "--vocab_size", "400", "--sequences_per_shard", "4",
+            "--val_fraction", "0.1", "--partition_size", "50", "--quiet"]
+    for name, engine in (("one", []), ("many", ["--workers", "2", "--tasks", "3"])):
+        done = subprocess.run([sys.executable, "-m", "lory_lightning", "prepare", "--output", str(tmp_path / name),
+                               *args, *engine], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    one = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert one == sorted(p.name for p in (tmp_path / "many").iterdir())
+    assert json.loads((tmp_path / "one" / "manifest.json").read_text())["ordering"]["partitions"] == 3  # the training documents, at most 50 a partition
+    for name in one:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "many" / name).read_bytes(), name

@@ -69,7 +69,7 @@ def test_a_second_prepare_on_a_locked_folder_exits_with_one_line(tmp_path, input
     out = tmp_path / "o"
     cfg = PrepareConfig(output=str(out), inputs=inputs, **SMALL)
     # The first run holds the lock while the second starts: the second stops, the first completes.
-    real_run = prepare_mod._run
+    real_run = prepare_mod.run_stages
     results = {}
 
     def first_run(*args, **kwargs):
@@ -77,11 +77,11 @@ def test_a_second_prepare_on_a_locked_folder_exits_with_one_line(tmp_path, input
                                  "400", "--overwrite"], capsys)
         return real_run(*args, **kwargs)
 
-    prepare_mod._run = first_run
+    prepare_mod.run_stages = first_run
     try:
         manifest = prepare(cfg, quiet=True)
     finally:
-        prepare_mod._run = real_run
+        prepare_mod.run_stages = real_run
     code, err = results["second"]
     assert code == 1 and "being prepared by another process" in err
     assert manifest["seq_len"] == 64
@@ -132,7 +132,9 @@ def test_a_full_disk_while_writing_shards_names_the_folder(tmp_path, inputs, cap
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(prepare_mod, "write_shards", full)
+    from lory_lightning.data import stages as stages_mod
+
+    monkeypatch.setattr(stages_mod, "_write_one", full)
     out = tmp_path / "o"
     code, err = run(["--output", str(out), "--inputs", *inputs, "--seq_len", "64", "--vocab_size", "400"], capsys)
     assert code == 1 and err == f"lory prepare: error: {out}: No space left on device"

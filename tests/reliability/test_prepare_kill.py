@@ -21,11 +21,11 @@ pytestmark = pytest.mark.isolated  # runs lory code in child processes (pyprojec
 DRIVER = """
 import os, signal, sys
 import lory_lightning.data.prepare as prepare_mod
-import lory_lightning.data.shards as shards_mod
+import lory_lightning.data.stages as stages_mod
 from lory_lightning.cli import main
 
 module, name, when, nth = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-target = {"prepare": prepare_mod, "shards": shards_mod}[module]
+target = {"prepare": prepare_mod, "stages": stages_mod}[module]
 real, calls = getattr(target, name), [0]
 
 def killing(*args, **kwargs):
@@ -41,13 +41,15 @@ setattr(target, name, killing)
 sys.exit(main(["prepare", *sys.argv[5:]]))
 """
 
-STAGES = {  # id: (module, function, before/after, n-th call)
-    "while-training-the-tokenizer": ("prepare", "train_tokenizer", "before", 1),
-    "while-embedding": ("prepare", "tfidf_svd_embed", "before", 1),
-    "after-two-shards": ("shards", "_write_one", "after", 2),
-    "after-tokenizer-before-manifest": ("prepare", "atomic_write_bytes", "after", 2),  # unigram.npy, tokenizer.json
-    "after-the-manifest": ("prepare", "atomic_write_bytes", "after", 3),  # finished, killed before exit
+STAGES = {  # id: (module, function, before/after, n-th call); stages run in this process with one worker
+    "while-training-the-tokenizer": ("stages", "train_tokenizer", "before", 1),
+    "while-encoding": ("stages", "encode", "before", 1),
+    "while-ordering": ("stages", "order_partition", "before", 1),
+    "after-two-shards": ("stages", "_write_one", "after", 2),
+    "after-unigram-before-manifest": ("stages", "sha256_file", "after", 1),  # unigram.npy written, then its hash
+    "after-the-manifest": ("prepare", "load_manifest", "before", 1),  # finished, killed before cleaning up
 }
+ARGS = ["--seq_len", "32", "--vocab_size", "300", "--sequences_per_shard", "4", "--val_fraction", "0.1", "--quiet"]
 
 
 def looks_finished_only_if_complete(folder):
@@ -69,15 +71,39 @@ def looks_finished_only_if_complete(folder):
 def test_kill_9_during_prepare(tmp_path, stage):
     inputs = [str(p) for p in make_corpus(tmp_path / "in", docs_per_domain=60)]
     out = tmp_path / "data"
-    args = ["--output", str(out), "--inputs", *inputs, "--seq_len", "32", "--vocab_size", "300",
-            "--sequences_per_shard", "4", "--val_fraction", "0.1", "--quiet"]
+    args = ["--output", str(out), "--inputs", *inputs, *ARGS]
     killed = subprocess.run([sys.executable, "-c", DRIVER, *map(str, STAGES[stage]), *args], capture_output=True, text=True,
                             timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
     finished = looks_finished_only_if_complete(out) if out.exists() else False
     assert finished == (stage == "after-the-manifest")  # only a written manifest claims completion
+    if not finished:  # the work folder stays, with the stage tasks that completed
+        assert (out / "_work.tmp" / "logs" / "read" / "completions" / "00000").is_file()
     again = subprocess.run([sys.executable, "-m", "lory_lightning", "prepare", *args], capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert looks_finished_only_if_complete(out)
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    fresh = subprocess.run([sys.executable, "-m", "lory_lightning", "prepare", "--output", str(tmp_path / "fresh"),
+                            "--inputs", *inputs, *ARGS], capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    for name in sorted(p.name for p in (tmp_path / "fresh").iterdir() if p.name != ".lory-prepare"):
+        assert (out / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes(), name  # as if never killed
+
+
+def test_a_killed_worker_stops_the_run_with_a_message_and_a_rerun_continues(tmp_path):
+    inputs = [str(p) for p in make_corpus(tmp_path / "in", docs_per_domain=60)]
+    out = tmp_path / "data"
+    args = ["--output", str(out), "--inputs", *inputs, *ARGS, "--workers", "2", "--tasks", "2"]
+    # encode runs in the two worker processes: the first call in each SIGKILLs that worker, not the run
+    killed = subprocess.run([sys.executable, "-c", DRIVER, "stages", "encode", "before", "1", *args],
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == 1, killed.stderr[-2000:]
+    assert killed.stderr.strip().splitlines()[-1] == (
+        "lory prepare: error: a `lory prepare` worker process died in stage 'encode' (killed, or out of memory): "
+        "run the same command again, it continues from the tasks that completed")
+    assert not (out / "manifest.json").exists()
+    again = subprocess.run([sys.executable, "-m", "lory_lightning", "prepare", *args], capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert looks_finished_only_if_complete(out)

@@ -1,0 +1,80 @@
+"""The engine `lory prepare` runs its stages on: datatrove executors (completion records per task, so
+a killed run continues; task logs in the work folder).
+
+Slurm: datatrove's SlurmPipelineExecutor, one array job per stage, each depending on the one before;
+`lory prepare` submits them and returns, and the folder is finished when its manifest.json appears.
+
+Local: datatrove's LocalPipelineExecutor with its pool replaced. Its pool (multiprocess.Pool's
+imap_unordered) waits forever for a task whose process was killed (measured: a SIGKILLed task hung
+the run); concurrent.futures raises BrokenProcessPool instead, which `lory prepare` turns into a
+message. Completion records, task logs and the skipping of completed tasks are datatrove's.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
+
+
+@dataclass(frozen=True)
+class StageTask:
+    """One stage as a datatrove pipeline step: ``(data, rank, world_size)`` -> runs the stage's task."""
+
+    function: Callable[[Path, int, int], None]
+    work: str
+
+    def __call__(self, data: object, rank: int = 0, world_size: int = 1) -> None:
+        self.function(Path(self.work), rank, world_size)
+
+
+class LocalExecutor(LocalPipelineExecutor):
+    """``workers`` tasks at once on this machine (1: one after another in this process)."""
+
+    def run(self) -> None:
+        ranks = self.get_incomplete_ranks(range(self.tasks))
+        if self.workers == 1:
+            for rank in ranks:
+                self._run_for_rank(rank)
+            return
+        with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            for done in as_completed([pool.submit(self._run_for_rank, rank) for rank in ranks]):
+                done.result()  # a task's exception, or BrokenProcessPool if a worker died
+
+
+def local_stage(function: Callable[[Path, int, int], None], work: Path, name: str, tasks: int,
+                workers: int) -> LocalExecutor:
+    return LocalExecutor(pipeline=[StageTask(function, str(work))], tasks=tasks, workers=min(workers, tasks),
+                         logging_dir=str(work / "logs" / name))
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    """Where and how each stage's array job runs (sbatch directives)."""
+
+    partition: str
+    time: str = "24:00:00"
+    cpus_per_task: int = 1
+    mem_per_cpu_gb: int = 4
+    env_command: str | None = None  # run before each task, e.g. "source /shared/lory/.venv/bin/activate"
+    job_name: str = "lory-prepare"
+
+
+def submit_slurm(stages: list[tuple[str, Callable[[Path, int, int], None], int]], work: Path,
+                 settings: SlurmSettings) -> list[str]:
+    """Submit every stage as a Slurm array job of its tasks, each after the one before; returns the
+    job ids (stages whose tasks all completed are not submitted: their id is -1)."""
+    previous, executors = None, []
+    for name, function, tasks in stages:
+        previous = SlurmPipelineExecutor(
+            pipeline=[StageTask(function, str(work))], tasks=tasks, time=settings.time, partition=settings.partition,
+            cpus_per_task=settings.cpus_per_task, mem_per_cpu_gb=settings.mem_per_cpu_gb,
+            job_name=f"{settings.job_name}-{name}", env_command=settings.env_command, depends=previous,
+            logging_dir=str(work / "logs" / name), slurm_logs_folder=str(work / "slurm" / name), with_srun=False)
+        executors.append(previous)
+    previous.run()  # launches its dependencies first
+    return [str(e.job_id) for e in executors]

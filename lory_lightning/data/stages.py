@@ -1,0 +1,482 @@
+"""The stages of `lory prepare`, each a task function ``stage(work, rank, tasks)`` an engine runs.
+
+A stage reads what earlier stages left in the work folder and writes its own outputs there (each
+file atomically), so a task killed midway is simply run again, and a finished task is skipped
+(the engine's completion records). Parallel stages split their work by a key that does not depend
+on the number of tasks (input file, partition, shard), and every merge is in that key's order: the
+same inputs and config give byte-identical shards and manifest with any number of tasks or workers.
+
+    read       (parallel, by input file)  validate records; text, domain, place, digest per document
+    merge      (one task)   exact duplicates across all files, domains, splits, tokenizer, embedding map
+    encode     (parallel, by input file)  token ids of every document, embeddings of training ones
+    partition  (one task)   one token array, one embedding array, partitions and their visiting order
+    order      (parallel, by partition)   kNN, near-duplicates and greedy path inside each partition
+    pack       (one task)   documents in order -> token streams -> the sequences of every shard
+    shards     (parallel, by shard)       write the .tar.gz shards
+    finish     (one task)   unigram baseline, tokenizer.json, manifest.json (last)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_file
+from .embed import TfidfSvdMap, fit_tfidf_svd, sample_rows, sentence_transformer_embed
+from .manifest import MANIFEST, TOKENIZER
+from .ordering import KnnParams, order_partition, random_order
+from .packing import documents_in, num_sequences, pack_stream, sequence_slice
+from . import partition as partitions
+from .shards import Sample, _write_one, atomic_write_bytes, npy_bytes, sha256_file
+from .sources import InputFile, ReadPolicy, SkipLog, file_documents, skip_duplicate, text_digest
+from .stats import unigram_counts, unigram_ppl
+from .tokenizer import eod_id, load_tokenizer, train_tokenizer
+
+UNIGRAM = "unigram.npy"  # training-token counts, for the unigram baseline on any validated tokens
+PLAN = "plan.json"
+
+
+class Work:
+    """Paths of the work folder, and the plan every stage reads: the config and the input files."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        plan = json.loads((self.folder / PLAN).read_text("utf-8"))
+        self.cfg = plan["config"]
+        self.out = Path(plan["output"])
+        self.fingerprint = plan["fingerprint"]
+        self.files = [InputFile(f["location"], f["kind"], f["default_domain"]) for f in plan["files"]]
+        self.val_file = [bool(f["val"]) for f in plan["files"]]  # a --val_inputs file (else held out by hash)
+
+    @staticmethod
+    def write_plan(folder: Path, cfg: dict, output: str, fingerprint: dict, train: list[InputFile],
+                   val: list[InputFile]) -> None:
+        files = [{**dataclasses.asdict(f), "val": is_val} for group, is_val in ((train, False), (val, True))
+                 for f in group]
+        plan = {"config": cfg, "output": output, "fingerprint": fingerprint, "files": files}
+        atomic_json(folder / PLAN, plan)
+
+    def path(self, *parts: str) -> Path:
+        p = self.folder.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    @property
+    def policy(self) -> ReadPolicy:
+        c = self.cfg
+        return ReadPolicy(c["text_field"], c["domain_field"], c["min_chars"], c["max_chars"], c["strict"])
+
+
+def atomic_json(path: Path, value: object) -> None:
+    atomic_write_bytes(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def atomic_npy(path: Path, array: np.ndarray) -> None:
+    atomic_write_bytes(path, npy_bytes(array))
+
+
+def load_npy(path: Path, mmap: bool = False) -> np.ndarray:
+    return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+
+
+def mine(n: int, rank: int, tasks: int) -> range:
+    """The keys 0..n-1 task ``rank`` of ``tasks`` owns: every tasks-th one (the split does not change
+    what a key's output is, only who writes it)."""
+    return range(rank, n, tasks)
+
+
+# -- read ------------------------------------------------------------------------------------------
+
+def _is_val(text: str, fraction: float) -> bool:
+    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+    return h < fraction * 2 ** 64
+
+
+def read(folder: Path, rank: int, tasks: int) -> None:
+    """Per input file: its valid documents (read/NNNNNN.jsonl.gz) and their digests, places and
+    domains (read/NNNNNN.npz); what was skipped, by reason (read/NNNNNN.skips.json)."""
+    work = Work(folder)
+    policy = work.policy
+    for f in mine(len(work.files), rank, tasks):
+        skips = SkipLog(max_examples=20)
+        digests, wheres, domains, held_out = [], [], [], []
+        with atomic_file(work.path("read", f"{f:06d}.jsonl.gz")) as raw, \
+                gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=1, mtime=0) as gz:
+            for doc in file_documents(work.files[f], policy, skips):
+                gz.write((json.dumps(doc.text) + "\n").encode("utf-8"))
+                digests.append(np.frombuffer(text_digest(doc.text), dtype=np.uint8))
+                wheres.append(doc.where)
+                domains.append(doc.domain)
+                held_out.append(_is_val(doc.text, work.cfg["val_fraction"]))
+        with atomic_file(work.path("read", f"{f:06d}.npz")) as out:
+            np.savez(out, digest=np.array(digests, dtype=np.uint8).reshape(-1, 16), where=np.array(wheres, dtype=str),
+                     domain=np.array(domains, dtype=str), held_out=np.array(held_out, dtype=bool))
+        atomic_json(work.path("read", f"{f:06d}.skips.json"), skips.as_dict())
+
+
+def _texts(work: Work, f: int) -> Iterator[str]:
+    with gzip.open(work.folder / "read" / f"{f:06d}.jsonl.gz", "rt", encoding="utf-8") as lines:
+        for line in lines:
+            yield json.loads(line)
+
+
+# -- merge -----------------------------------------------------------------------------------------
+
+def merge(folder: Path, rank: int, tasks: int) -> None:
+    """One task: exact duplicates across all files (the first copy in reading order stays), the
+    domains in order of first appearance, each document's split, the tokenizer, the embedding map."""
+    work = Work(folder)
+    cfg, policy = work.cfg, work.policy
+    skips = SkipLog()
+    held_out_by_hash = not any(work.val_file)
+    seen: set[bytes] = set()
+    domains: list[str] = []
+    table = {k: [] for k in ("source", "row", "domain", "val")}
+    for f, file in enumerate(work.files):
+        skips.absorb(json.loads((work.folder / "read" / f"{f:06d}.skips.json").read_text("utf-8")))
+        with np.load(work.folder / "read" / f"{f:06d}.npz", allow_pickle=False) as z:
+            digest, where, domain, held_out = z["digest"], z["where"], z["domain"], z["held_out"]
+        for row in range(len(digest)):
+            d = digest[row].tobytes()
+            if d in seen:
+                skip_duplicate(policy, skips, _Doc(str(domain[row]), str(where[row])))
+                continue
+            seen.add(d)
+            if domain[row] not in domains:
+                domains.append(str(domain[row]))
+            table["source"].append(f)
+            table["row"].append(row)
+            table["domain"].append(domains.index(domain[row]))
+            table["val"].append(work.val_file[f] or (held_out_by_hash and bool(held_out[row])))
+    train_names = [str(work.files[f]) for f in range(len(work.files)) if not work.val_file[f]]
+    if not table["source"]:
+        raise ValueError(f"no valid documents in {train_names}: see the skipped counts {skips.as_dict()['by_reason']}")
+    if len(domains) > 255:
+        raise ValueError(f"{len(domains)} domains; per-token domain ids are stored as uint8 (at most 255)")
+    docs = {"source": np.array(table["source"], dtype=np.int64), "row": np.array(table["row"], dtype=np.int64),
+            "domain": np.array(table["domain"], dtype=np.uint8), "val": np.array(table["val"], dtype=bool)}
+
+    def training_texts(rows: np.ndarray | None = None) -> Iterator[str]:
+        """Texts of the training documents in order (only the ``rows``-th ones, if given)."""
+        wanted = None if rows is None else set(rows.tolist())
+        i = 0
+        for f, part in enumerate(by_file(docs["source"], len(work.files))):
+            keep = set(docs["row"][part][~docs["val"][part]].tolist())
+            for row, text in enumerate(_texts(work, f)):
+                if row in keep:
+                    if wanted is None or i in wanted:
+                        yield text
+                    i += 1
+
+    if cfg["tokenizer"]:
+        tok, eod = load_tokenizer(cfg["tokenizer"])
+    else:
+        tok = train_tokenizer(training_texts(), cfg["vocab_size"])
+        eod = eod_id(tok)
+    n_train = int((~docs["val"]).sum())
+    if cfg["embedder"] == "tfidf-svd":
+        rows = sample_rows(n_train, cfg["embed_sample"], cfg["seed"])
+        fit_tfidf_svd(training_texts(rows), cfg["embed_dim"], seed=cfg["seed"]).save(work.path("merge", "embed.npz"))
+    with atomic_file(work.path("merge", "docs.npz")) as out:
+        np.savez(out, **docs)
+    atomic_write_bytes(work.path("merge", TOKENIZER), tok.to_str().encode("utf-8"))
+    atomic_json(work.path("merge", "meta.json"), {"domains": domains, "eod_id": eod, "vocab_size": tok.get_vocab_size(),
+                                                  "skipped": skips.as_dict()})
+
+
+@dataclasses.dataclass(frozen=True)
+class _Doc:  # what skip_duplicate needs of a document
+    domain: str
+    where: str
+
+
+def by_file(source: np.ndarray, n_files: int) -> list[slice]:
+    """The slice of the document table (in reading order, so sorted by input file) of each file."""
+    bounds = np.searchsorted(source, np.arange(n_files + 1))
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _meta(work: Work) -> dict:
+    return json.loads((work.folder / "merge" / "meta.json").read_text("utf-8"))
+
+
+def token_dtype(vocab: int) -> type:
+    return np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.int32
+
+
+# -- encode ----------------------------------------------------------------------------------------
+
+def encode(folder: Path, rank: int, tasks: int) -> None:
+    """Per input file: the token ids of its kept documents (encode/NNNNNN.tokens.bin, .lengths.npy)
+    and the embeddings of its training documents (encode/NNNNNN.embed.npy)."""
+    from tokenizers import Tokenizer
+
+    work = Work(folder)
+    meta = _meta(work)
+    tok = Tokenizer.from_str((work.folder / "merge" / TOKENIZER).read_text("utf-8"))
+    dtype = token_dtype(meta["vocab_size"])
+    with np.load(work.folder / "merge" / "docs.npz", allow_pickle=False) as z:
+        docs = {k: z[k] for k in ("source", "row", "val")}
+    parts = by_file(docs["source"], len(work.files))
+    embed_map = TfidfSvdMap.load(work.folder / "merge" / "embed.npz") if work.cfg["embedder"] == "tfidf-svd" else None
+    for f in mine(len(work.files), rank, tasks):
+        rows, is_val = docs["row"][parts[f]], docs["val"][parts[f]]
+        keep = set(rows.tolist())
+        texts = [t for row, t in enumerate(_texts(work, f)) if row in keep]  # one file's kept texts
+        lengths = np.zeros(len(texts), dtype=np.int64)
+        with atomic_file(work.path("encode", f"{f:06d}.tokens.bin")) as out:
+            for a in range(0, len(texts), 512):
+                for i, enc in enumerate(tok.encode_batch(texts[a:a + 512], add_special_tokens=False), start=a):
+                    ids = np.asarray(enc.ids, dtype=dtype)
+                    out.write(ids.tobytes())
+                    lengths[i] = len(ids)
+        atomic_npy(work.path("encode", f"{f:06d}.lengths.npy"), lengths)
+        train_texts = [t for t, v in zip(texts, is_val) if not v]
+        if embed_map is not None:
+            vectors = embed_map.transform(train_texts) if train_texts else np.zeros((0, embed_map.dim), np.float32)
+        else:
+            vectors = sentence_transformer_embed(train_texts, work.cfg["embed_model"]) if train_texts \
+                else np.zeros((0, 1), np.float32)
+        atomic_npy(work.path("encode", f"{f:06d}.embed.npy"), vectors.astype(np.float32))
+
+
+# -- partition -------------------------------------------------------------------------------------
+
+def _concatenate(parts: list[Path], out: Path, dtype: type) -> None:
+    with atomic_file(out) as dst:
+        for p in parts:
+            dst.write(np.fromfile(p, dtype=dtype).tobytes())
+
+
+def partition(folder: Path, rank: int, tasks: int) -> None:
+    """One task: all token ids in one array (documents in reading order), all training embeddings in
+    one array, their partitions (at most ``partition_size`` documents) and the partitions' visiting order."""
+    work = Work(folder)
+    meta = _meta(work)
+    n_files = len(work.files)
+    dtype = token_dtype(meta["vocab_size"])
+    _concatenate([work.folder / "encode" / f"{f:06d}.tokens.bin" for f in range(n_files)],
+                 work.path("partition", "tokens.bin"), dtype)
+    atomic_npy(work.path("partition", "lengths.npy"),
+               np.concatenate([load_npy(work.folder / "encode" / f"{f:06d}.lengths.npy") for f in range(n_files)]))
+    parts = [load_npy(work.folder / "encode" / f"{f:06d}.embed.npy") for f in range(n_files)]
+    embeddings = np.concatenate([p for p in parts if len(p)])  # a file of validation documents only has none
+    atomic_npy(work.path("partition", "embeddings.npy"), embeddings)
+    labels = partitions.partition(embeddings, work.cfg["partition_size"], work.cfg["seed"])
+    atomic_npy(work.path("partition", "labels.npy"), labels)
+    atomic_npy(work.path("partition", "visit.npy"), partitions.centroid_path(embeddings, labels))
+
+
+# -- order -----------------------------------------------------------------------------------------
+
+def order(folder: Path, rank: int, tasks: int) -> None:
+    """Per partition: its documents' greedy path and near-duplicates (order/NNNNNN.npz, training ids)."""
+    work = Work(folder)
+    cfg = work.cfg
+    embeddings = load_npy(work.folder / "partition" / "embeddings.npy", mmap=True)
+    labels = load_npy(work.folder / "partition" / "labels.npy")
+    params = KnnParams(cfg["knn_k"], cfg["knn_trees"], cfg["knn_search_k"], cfg["seed"])
+    for p in mine(int(labels.max()) + 1, rank, tasks):
+        members = np.flatnonzero(labels == p)
+        local, drop = order_partition(np.asarray(embeddings[members]), params, cfg["dedup_threshold"])
+        with atomic_file(work.path("order", f"{p:06d}.npz")) as out:
+            np.savez(out, path=members[local], dropped=members[drop])
+
+
+# -- pack ------------------------------------------------------------------------------------------
+
+def _visit_order(work: Work, train_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(training documents in visiting order, near-duplicates dropped, partitions), as document ids."""
+    visit = load_npy(work.folder / "partition" / "visit.npy")
+    paths, dropped = [], []
+    for p in visit:
+        with np.load(work.folder / "order" / f"{p:06d}.npz", allow_pickle=False) as z:
+            paths.append(z["path"])
+            dropped.append(z["dropped"])
+    drop = np.zeros(len(train_ids), dtype=bool)
+    drop[np.concatenate(dropped)] = True
+    if work.cfg["order"] == "random":
+        local = random_order(~drop, work.cfg["seed"])
+    else:
+        local = np.concatenate(paths)
+    return train_ids[local], train_ids[drop], len(visit)
+
+
+def pack(folder: Path, rank: int, tasks: int) -> None:
+    """One task: the visiting order, the packed token streams of both splits, and the list of sequences
+    (stream, index) in shard order: training sequences in one seeded permutation of all of them (so
+    every shard mixes the whole corpus), validation domains dealt round-robin."""
+    work = Work(folder)
+    cfg, meta = work.cfg, _meta(work)
+    with np.load(work.folder / "merge" / "docs.npz", allow_pickle=False) as z:
+        doc_domain, doc_val = z["domain"], z["val"]
+    lengths = load_npy(work.folder / "partition" / "lengths.npy")
+    offsets = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=offsets[1:])
+    dtype = token_dtype(meta["vocab_size"])
+    tokens = np.memmap(work.folder / "partition" / "tokens.bin", dtype=dtype, mode="r", shape=(int(lengths.sum()),))
+    train_ids = np.flatnonzero(~doc_val)
+    train_order, dropped, n_parts = _visit_order(work, train_ids)
+    val_ids = np.flatnonzero(doc_val)
+    val_groups = [g for g in (val_ids[doc_domain[val_ids] == d] for d in range(len(meta["domains"]))) if len(g)]
+    check_splits_fill_a_sequence(cfg, lengths, train_order, val_groups, any(work.val_file))
+    summary = {"train_order": train_order, "dropped": dropped, "partitions": n_parts}
+    for split, groups, shuffle in (("train", [train_order], True), ("val", val_groups, False)):
+        entries, tail = [], 0
+        for g, ids in enumerate(groups):
+            total = int(lengths[ids].sum()) + len(ids)
+            stream = np.memmap(work.path("pack", f"{split}-{g}.tokens"), dtype=dtype, mode="w+", shape=(max(total, 1),))
+            stream_domains = np.memmap(work.path("pack", f"{split}-{g}.domains"), dtype=np.uint8, mode="w+",
+                                       shape=(max(total, 1),))
+            starts = pack_stream(ids, offsets, lengths, doc_domain, tokens, meta["eod_id"], stream[:total],
+                                 stream_domains[:total])
+            stream.flush()
+            stream_domains.flush()
+            atomic_npy(work.path("pack", f"{split}-{g}.starts.npy"), starts)
+            atomic_npy(work.path("pack", f"{split}-{g}.ids.npy"), ids)
+            n_seq, dropped_tail = num_sequences(total, cfg["seq_len"])
+            tail += dropped_tail
+            entries.append([(g, i) for i in range(n_seq)])
+        if shuffle:
+            flat = [e for group in entries for e in group]
+            flat = [flat[j] for j in np.random.default_rng(cfg["seed"]).permutation(len(flat))]
+        else:
+            longest = max((len(e) for e in entries), default=0)
+            flat = [group[i] for i in range(longest) for group in entries if i < len(group)]
+        atomic_npy(work.path("pack", f"{split}-entries.npy"), np.array(flat, dtype=np.int64).reshape(-1, 2))
+        summary[f"{split}_tail"] = tail
+        summary[f"{split}_groups"] = len(groups)
+        summary[f"{split}_documents"] = int(sum(len(ids) for ids in groups))
+    atomic_npy(work.path("pack", "train_order.npy"), train_order)
+    atomic_npy(work.path("pack", "dropped.npy"), dropped)
+    atomic_json(work.path("pack", "summary.json"), {k: v for k, v in summary.items() if not isinstance(v, np.ndarray)})
+
+
+def check_splits_fill_a_sequence(cfg: dict, lengths: np.ndarray, train_order: np.ndarray,
+                                 val_groups: list[np.ndarray], has_val_files: bool) -> None:
+    """Refuse, before writing, a split that would hold no full sequence (fit and validate need both)."""
+    train_tokens = int(lengths[train_order].sum()) + len(train_order)
+    if num_sequences(train_tokens, cfg["seq_len"])[0] == 0:
+        raise ValueError(f"the training documents hold {train_tokens} tokens, not one sequence of "
+                         f"--seq_len {cfg['seq_len']} + 1: give more documents or a smaller --seq_len")
+    val = sum(num_sequences(int(lengths[g].sum()) + len(g), cfg["seq_len"])[0] for g in val_groups)
+    if val == 0:
+        where = "the --val_inputs" if has_val_files else f"--val_fraction {cfg['val_fraction']} of the documents"
+        raise ValueError(f"{where} hold(s) no full validation sequence of --seq_len {cfg['seq_len']} + 1 tokens "
+                         "(validation and the per-domain table need one): give more held-out text "
+                         "(--val_inputs, a larger --val_fraction) or a smaller --seq_len")
+
+
+# -- shards ----------------------------------------------------------------------------------------
+
+def shards(folder: Path, rank: int, tasks: int) -> None:
+    """Per shard: its sequences, written as {split}-NNNNN.tar.gz into the output folder."""
+    work = Work(folder)
+    cfg, meta = work.cfg, _meta(work)
+    dtype, per_shard, seq_len = token_dtype(meta["vocab_size"]), cfg["sequences_per_shard"], cfg["seq_len"]
+    for split in ("train", "val"):
+        entries = load_npy(work.folder / "pack" / f"{split}-entries.npy")
+        groups = {}
+        for j in mine(-(-len(entries) // per_shard), rank, tasks):
+            samples = []
+            for g, i in entries[j * per_shard:(j + 1) * per_shard]:
+                if g not in groups:
+                    groups[g] = (np.memmap(work.folder / "pack" / f"{split}-{g}.tokens", dtype=dtype, mode="r"),
+                                 np.memmap(work.folder / "pack" / f"{split}-{g}.domains", dtype=np.uint8, mode="r"),
+                                 load_npy(work.folder / "pack" / f"{split}-{g}.starts.npy"),
+                                 load_npy(work.folder / "pack" / f"{split}-{g}.ids.npy"))
+                stream, stream_domains, starts, ids = groups[g]
+                s = sequence_slice(int(i), seq_len)
+                first, last = documents_in(int(i), seq_len, starts)
+                docs = [[int(ids[p]), int(starts[p]) - s.start] for p in range(first, last)]
+                samples.append(Sample(f"{split}-{g:03d}-{i:07d}", np.array(stream[s]), np.array(stream_domains[s]),
+                                      {"split": split, "group": int(g), "sequence": int(i), "documents": docs}))
+            entry = _write_one(work.out / shard_file(split, j), samples)
+            atomic_json(work.path("shards", f"{split}-{j:05d}.json"), entry)
+
+
+def shard_file(split: str, j: int) -> str:
+    from .manifest import shard_name
+
+    return shard_name(split, j)
+
+
+# -- finish ----------------------------------------------------------------------------------------
+
+def finish(folder: Path, rank: int, tasks: int) -> None:
+    """One task: unigram.npy, tokenizer.json, then manifest.json, written last."""
+    work = Work(folder)
+    cfg, meta = work.cfg, _meta(work)
+    out = work.out
+    with np.load(work.folder / "merge" / "docs.npz", allow_pickle=False) as z:
+        doc_domain, doc_val, doc_file, doc_row = z["domain"], z["val"], z["source"], z["row"]
+    domains = meta["domains"]
+    lengths = load_npy(work.folder / "partition" / "lengths.npy")
+    offsets = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=offsets[1:])
+    tokens = np.memmap(work.folder / "partition" / "tokens.bin", dtype=token_dtype(meta["vocab_size"]), mode="r",
+                       shape=(int(lengths.sum()),))
+    train_order = load_npy(work.folder / "pack" / "train_order.npy")
+    dropped = load_npy(work.folder / "pack" / "dropped.npy")
+    summary = json.loads((work.folder / "pack" / "summary.json").read_text("utf-8"))
+    skips = SkipLog()
+    skips.absorb(meta["skipped"])
+    where = {}
+    for f in sorted(set(doc_file[dropped].tolist())):
+        with np.load(work.folder / "read" / f"{f:06d}.npz", allow_pickle=False) as z:
+            where[f] = z["where"]
+    for d in dropped:
+        skips.add("near_duplicate", str(where[int(doc_file[d])][doc_row[d]]), domains[doc_domain[d]],
+                  f"cosine > {cfg['dedup_threshold']}")
+    val_ids = np.flatnonzero(doc_val)
+    val_order = np.concatenate([val_ids[doc_domain[val_ids] == d] for d in range(len(domains))])
+    counts = unigram_counts(tokens, offsets, lengths, train_order, meta["vocab_size"], meta["eod_id"])
+    unigram = unigram_ppl(counts, tokens, offsets, lengths, val_order, doc_domain, meta["eod_id"])
+    atomic_write_bytes(out / UNIGRAM, npy_bytes(counts))
+    atomic_write_bytes(out / TOKENIZER, (work.folder / "merge" / TOKENIZER).read_bytes())
+    by_domain = {d: {"train_documents": 0, "val_documents": 0, "train_tokens": 0, "val_tokens": 0} for d in domains}
+    for ids, split in ((train_order, "train"), (val_order, "val")):
+        for d, n in zip(doc_domain[ids], lengths[ids]):
+            by_domain[domains[d]][f"{split}_documents"] += 1
+            by_domain[domains[d]][f"{split}_tokens"] += int(n) + 1
+    splits = {}
+    for split in ("train", "val"):
+        entries = load_npy(work.folder / "pack" / f"{split}-entries.npy")
+        n_shards = -(-len(entries) // cfg["sequences_per_shard"])
+        shard_entries = [json.loads((work.folder / "shards" / f"{split}-{j:05d}.json").read_text("utf-8"))
+                         for j in range(n_shards)]
+        splits[split] = {"sequences": len(entries), "tail_tokens_dropped": summary[f"{split}_tail"],
+                         "documents": summary[f"{split}_documents"], "shards": shard_entries}
+    same_domain = float(np.mean(doc_domain[train_order[1:]] == doc_domain[train_order[:-1]])) \
+        if len(train_order) > 1 else 1.0
+    embed_dim = int(load_npy(work.folder / "partition" / "embeddings.npy", mmap=True).shape[1])
+    manifest = {
+        **work.fingerprint,
+        "domains": domains,
+        "vocab_size": meta["vocab_size"],
+        "eod_id": meta["eod_id"],
+        "seq_len": cfg["seq_len"],
+        "token_dtype": np.dtype(token_dtype(meta["vocab_size"])).name,
+        "counts_by_domain": by_domain,
+        "skipped": skips.as_dict(),
+        "ordering": {"order": cfg["order"], "embedder": cfg["embedder"], "embed_dim": embed_dim,
+                     "knn": dataclasses.asdict(KnnParams(cfg["knn_k"], cfg["knn_trees"], cfg["knn_search_k"], cfg["seed"])),
+                     "annoy_build_threads": 1, "dedup_threshold": cfg["dedup_threshold"],
+                     "near_duplicates_dropped": int(len(dropped)), "partition_size": cfg["partition_size"],
+                     "partitions": summary["partitions"], "path_same_domain_fraction": round(same_domain, 6)},
+        "splits": splits,
+        "baselines": {"unigram_val_ppl": {domains[d]: round(p, 3) for d, p in unigram.items()},
+                      "unigram_counts": {"name": UNIGRAM, "sha256": sha256_file(out / UNIGRAM)}},
+    }
+    atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+STAGES = (("read", "files"), ("merge", None), ("encode", "files"), ("partition", None), ("order", "partitions"),
+          ("pack", None), ("shards", "shards"), ("finish", None))
+"""(name of the task function in this module, what its parallel tasks split: None for a one-task stage)."""
