@@ -52,7 +52,7 @@ def order_time(n: int, dim: int, params: KnnParams) -> dict:
             "total_s": round(t2 - t0, 2), "us_per_doc": round((t2 - t0) / n * 1e6, 1)}
 
 
-def end_to_end(n: int, workers: int, tmp: Path, partition_size: int) -> dict:
+def end_to_end(n: int, workers: int, tmp: Path, partition_size: int, extra: list[str]) -> dict:
     """One `lory prepare` of n synthetic documents in a child process: seconds, stages, peak RSS."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from synthetic_corpus import write
@@ -62,7 +62,7 @@ def end_to_end(n: int, workers: int, tmp: Path, partition_size: int) -> dict:
         write(corpus, n, topics=300, seed=0)
     out = tmp / f"out-{n}-{workers}"
     cmd = [sys.executable, "-m", "lory_lightning", "prepare", "--inputs", str(corpus), "--output", str(out),
-           "--workers", str(workers), "--partition_size", str(partition_size), "--seq_len", "512"]
+           "--workers", str(workers), "--partition_size", str(partition_size), "--seq_len", "512", *extra]
     t0 = time.perf_counter()
     run = subprocess.run(cmd, capture_output=True, text=True, check=True)
     seconds = time.perf_counter() - t0
@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--partition_size", type=int, default=50_000)
     parser.add_argument("--ordering_sizes", type=int, nargs="*", default=[])
+    parser.add_argument("--prepare_args", default="", help="more `lory prepare` flags, e.g. '--tokenizer_sample 10000'")
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--trees", type=int, default=10)
     parser.add_argument("--skip_sample", action="store_true")
@@ -87,7 +88,7 @@ def main() -> None:
         runs = []
         for n in args.sizes:
             for w in args.workers:
-                runs.append(end_to_end(n, w, Path(tmp), args.partition_size))
+                runs.append(end_to_end(n, w, Path(tmp), args.partition_size, args.prepare_args.split()))
                 print("end to end: " + json.dumps(runs[-1]), flush=True)
         for a in runs:
             for b in runs:

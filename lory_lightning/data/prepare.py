@@ -72,6 +72,8 @@ class PrepareConfig:
         val_fraction: Share of documents held out when no ``val_inputs`` are given.
         seq_len: Training sequence length L; each stored sequence holds L + 1 tokens.
         vocab_size: Size of the BPE to train (ignored with ``tokenizer``).
+        tokenizer_sample: Training documents the BPE is trained on, a seeded sample (all of them
+            when there are fewer): the one-task merge stage's cost at scale.
         tokenizer: A tokenizer to use instead of training one: a tokenizer.json or a Hugging Face
             tokenizer folder; its own end-of-text (eos) token separates documents.
         order: ``similarity`` (the paper) or ``random`` (the ablation). Both drop near-duplicates.
@@ -109,6 +111,7 @@ class PrepareConfig:
     val_fraction: float = 0.01
     seq_len: int = 512
     vocab_size: int = 8192
+    tokenizer_sample: int = 100_000
     tokenizer: str | None = None
     order: Literal["similarity", "random"] = "similarity"
     embedder: Literal["tfidf-svd", "sentence-transformers"] = "tfidf-svd"
@@ -155,6 +158,8 @@ class PrepareConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not -1.0 <= self.dedup_threshold <= 1.0:
             raise ValueError(f"dedup_threshold is a cosine in [-1, 1] (1.0 disables it), got {self.dedup_threshold}")
+        if self.tokenizer_sample < 1:
+            raise ValueError(f"tokenizer_sample must be >= 1 document, got {self.tokenizer_sample}")
         if self.embed_sample < 2:
             raise ValueError(f"embed_sample must be >= 2 documents, got {self.embed_sample}")
         if self.partition_size < 2:

@@ -164,7 +164,7 @@ def merge(folder: Path, rank: int, tasks: int) -> None:
 
     def training_texts(rows: np.ndarray | None = None) -> Iterator[str]:
         """Texts of the training documents in order (only the ``rows``-th ones, if given)."""
-        wanted = None if rows is None else set(rows.tolist())
+        wanted = None if rows is None or len(rows) == n_train else set(rows.tolist())
         i = 0
         for f, part in enumerate(by_file(docs["source"], len(work.files))):
             keep = set(docs["row"][part][~docs["val"][part]].tolist())
@@ -174,12 +174,13 @@ def merge(folder: Path, rank: int, tasks: int) -> None:
                         yield text
                     i += 1
 
+    n_train = int((~docs["val"]).sum())
     if cfg["tokenizer"]:
         tok, eod = load_tokenizer(cfg["tokenizer"])
-    else:
-        tok = train_tokenizer(training_texts(), cfg["vocab_size"])
+    else:  # seeded apart from the embedder's sample (seed + 1), all documents when there are fewer
+        tok = train_tokenizer(training_texts(sample_rows(n_train, cfg["tokenizer_sample"], cfg["seed"] + 1)),
+                              cfg["vocab_size"])
         eod = eod_id(tok)
-    n_train = int((~docs["val"]).sum())
     if cfg["embedder"] == "tfidf-svd":
         rows = sample_rows(n_train, cfg["embed_sample"], cfg["seed"])
         fit_tfidf_svd(training_texts(rows), cfg["embed_dim"], seed=cfg["seed"]).save(work.path("merge", "embed.npz"))
@@ -227,23 +228,31 @@ def encode(folder: Path, rank: int, tasks: int) -> None:
     embed_map = TfidfSvdMap.load(work.folder / "merge" / "embed.npz") if work.cfg["embedder"] == "tfidf-svd" else None
     for f in mine(len(work.files), rank, tasks):
         rows, is_val = docs["row"][parts[f]], docs["val"][parts[f]]
-        keep = set(rows.tolist())
-        texts = [t for row, t in enumerate(_texts(work, f)) if row in keep]  # one file's kept texts
-        lengths = np.zeros(len(texts), dtype=np.int64)
-        with atomic_file(work.path("encode", f"{f:06d}.tokens.bin")) as out:
-            for a in range(0, len(texts), 512):
-                for i, enc in enumerate(tok.encode_batch(texts[a:a + 512], add_special_tokens=False), start=a):
-                    ids = np.asarray(enc.ids, dtype=dtype)
-                    out.write(ids.tobytes())
-                    lengths[i] = len(ids)
-        atomic_npy(work.path("encode", f"{f:06d}.lengths.npy"), lengths)
-        train_texts = [t for t, v in zip(texts, is_val) if not v]
-        if embed_map is not None:
-            vectors = embed_map.transform(train_texts) if train_texts else np.zeros((0, embed_map.dim), np.float32)
-        else:
-            vectors = sentence_transformer_embed(train_texts, work.cfg["embed_model"]) if train_texts \
-                else np.zeros((0, 1), np.float32)
-        atomic_npy(work.path("encode", f"{f:06d}.embed.npy"), vectors.astype(np.float32))
+        keep = dict(zip(rows.tolist(), is_val.tolist()))  # kept row -> is validation
+        lengths, vectors, batch = [], [], []
+
+        def flush(out) -> None:  # noqa: ANN001 (a binary file)
+            for enc in tok.encode_batch([t for t, _ in batch], add_special_tokens=False):
+                ids = np.asarray(enc.ids, dtype=dtype)
+                out.write(ids.tobytes())
+                lengths.append(len(ids))
+            train_texts = [t for t, val in batch if not val]
+            if train_texts:
+                vectors.append(embed_map.transform(train_texts) if embed_map is not None
+                               else sentence_transformer_embed(train_texts, work.cfg["embed_model"]))
+            batch.clear()
+
+        with atomic_file(work.path("encode", f"{f:06d}.tokens.bin")) as out:  # a file streamed in batches
+            for row, text in enumerate(_texts(work, f)):
+                if row in keep:
+                    batch.append((text, keep[row]))
+                    if len(batch) == 2048:
+                        flush(out)
+            flush(out)
+        atomic_npy(work.path("encode", f"{f:06d}.lengths.npy"), np.asarray(lengths, dtype=np.int64))
+        dim = embed_map.dim if embed_map is not None else 1
+        embedded = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
+        atomic_npy(work.path("encode", f"{f:06d}.embed.npy"), embedded.astype(np.float32))
 
 
 # -- partition -------------------------------------------------------------------------------------

@@ -199,3 +199,19 @@ def test_the_number_of_workers_and_tasks_does_not_change_a_byte(tmp_path):
     assert json.loads((tmp_path / "one" / "manifest.json").read_text())["ordering"]["partitions"] == 3  # the training documents, at most 50 a partition
     for name in one:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "many" / name).read_bytes(), name
+
+
+def test_the_bpe_is_trained_on_a_seeded_sample_when_the_corpus_is_larger(tmp_path):
+    inputs = [str(p) for p in make_corpus(tmp_path / "in")]
+    full = prepare(PrepareConfig(output=str(tmp_path / "full"), inputs=inputs, **SMALL), quiet=True)
+    everything = prepare(PrepareConfig(output=str(tmp_path / "all"), inputs=inputs, tokenizer_sample=1000, **SMALL),
+                         quiet=True)  # more than the documents: all of them, the same BPE
+    assert (tmp_path / "full" / "tokenizer.json").read_bytes() == (tmp_path / "all" / "tokenizer.json").read_bytes()
+    assert full["splits"] == everything["splits"]
+    few = [prepare(PrepareConfig(output=str(tmp_path / f"few{i}"), inputs=inputs, tokenizer_sample=5, **SMALL),
+                   quiet=True) for i in range(2)]
+    a, b = ((tmp_path / f"few{i}" / "tokenizer.json").read_bytes() for i in range(2))
+    assert a == b != (tmp_path / "full" / "tokenizer.json").read_bytes()  # seeded, and from 5 documents only
+    assert few[0]["config"]["tokenizer_sample"] == 5
+    with pytest.raises(ValueError, match="tokenizer_sample must be >= 1 document, got 0"):
+        PrepareConfig(tokenizer_sample=0)
