@@ -136,7 +136,7 @@ def merge(folder: Path, rank: int, tasks: int) -> None:
     skips = SkipLog()
     held_out_by_hash = not any(work.val_file)
     seen: set[bytes] = set()
-    domains: list[str] = []
+    domains: dict[str, int] = {}  # name -> id, in order of first appearance
     table = {k: [] for k in ("source", "row", "domain", "val")}
     for f, file in enumerate(work.files):
         skips.absorb(json.loads((work.folder / "read" / f"{f:06d}.skips.json").read_text("utf-8")))
@@ -148,11 +148,9 @@ def merge(folder: Path, rank: int, tasks: int) -> None:
                 skip_duplicate(policy, skips, _Doc(str(domain[row]), str(where[row])))
                 continue
             seen.add(d)
-            if domain[row] not in domains:
-                domains.append(str(domain[row]))
             table["source"].append(f)
             table["row"].append(row)
-            table["domain"].append(domains.index(domain[row]))
+            table["domain"].append(domains.setdefault(str(domain[row]), len(domains)))
             table["val"].append(work.val_file[f] or (held_out_by_hash and bool(held_out[row])))
     train_names = [str(work.files[f]) for f in range(len(work.files)) if not work.val_file[f]]
     if not table["source"]:
@@ -187,7 +185,7 @@ def merge(folder: Path, rank: int, tasks: int) -> None:
     with atomic_file(work.path("merge", "docs.npz")) as out:
         np.savez(out, **docs)
     atomic_write_bytes(work.path("merge", TOKENIZER), tok.to_str().encode("utf-8"))
-    atomic_json(work.path("merge", "meta.json"), {"domains": domains, "eod_id": eod, "vocab_size": tok.get_vocab_size(),
+    atomic_json(work.path("merge", "meta.json"), {"domains": list(domains), "eod_id": eod, "vocab_size": tok.get_vocab_size(),
                                                   "skipped": skips.as_dict()})
 
 
