@@ -49,7 +49,14 @@ class LocalExecutor(LocalPipelineExecutor):
 def local_stage(function: Callable[[Path, int, int], None], work: Path, name: str, tasks: int,
                 workers: int) -> LocalExecutor:
     return LocalExecutor(pipeline=[StageTask(function, str(work))], tasks=tasks, workers=min(workers, tasks),
-                         logging_dir=str(work / "logs" / name))
+                         logging_dir=str(logs(work, name, tasks)))
+
+
+def logs(work: Path, name: str, tasks: int) -> Path:
+    """A stage's datatrove folder (task logs, completion records), one per task count: rank r of 3
+    tasks is not rank r of 2, so a run continued with another --tasks redoes the stages it had not
+    finished instead of skipping work a completion record under the other count stood for."""
+    return work / "logs" / f"{name}-{tasks}"
 
 
 @dataclass(frozen=True)
@@ -74,7 +81,7 @@ def submit_slurm(stages: list[tuple[str, Callable[[Path, int, int], None], int]]
             pipeline=[StageTask(function, str(work))], tasks=tasks, time=settings.time, partition=settings.partition,
             cpus_per_task=settings.cpus_per_task, mem_per_cpu_gb=settings.mem_per_cpu_gb,
             job_name=f"{settings.job_name}-{name}", env_command=settings.env_command, depends=previous,
-            logging_dir=str(work / "logs" / name), slurm_logs_folder=str(work / "slurm" / name), with_srun=False)
+            logging_dir=str(logs(work, name, tasks)), slurm_logs_folder=str(work / "slurm" / name), with_srun=False)
         executors.append(previous)
     previous.run()  # launches its dependencies first
     return [str(e.job_id) for e in executors]

@@ -45,6 +45,7 @@ OWNER_MARK = ".lory-prepare"  # marks a folder as prepare's own; also the lock f
 WORK_DIR = "_work" + TMP_SUFFIX
 # Settings that do not decide the output (where it goes, the inputs, recorded by content, and how
 # many tasks make it): kept out of the manifest's config.
+SUBMITTED = "submitted.json"  # in the work folder: the Slurm jobs building it
 ENGINE_SETTINGS = ("output", "inputs", "val_inputs", "workers", "tasks", "executor", "slurm_partition", "slurm_time",
                    "slurm_cpus_per_task", "slurm_mem_per_cpu_gb", "slurm_env_command")
 _FORMAT_1_SHARD = re.compile(r"^(train|val)-\d{5}\.tar$")  # round-1 plain shards: replaced on a rebuild
@@ -101,7 +102,10 @@ class PrepareConfig:
             0: as many as workers. Not part of the output either.
         executor: ``local`` (this machine, ``workers`` at once) or ``slurm`` (each stage an array job of
             ``tasks`` tasks after the one before; `lory prepare` submits them and returns).
-        slurm_partition, slurm_time, slurm_cpus_per_task, slurm_mem_per_cpu_gb: sbatch directives.
+        slurm_partition: The Slurm partition the array jobs run on (needed with ``executor: slurm``).
+        slurm_time: Time limit of each array task (sbatch --time).
+        slurm_cpus_per_task: CPUs of each array task.
+        slurm_mem_per_cpu_gb: Memory per CPU of each array task, in GB.
         slurm_env_command: Run before each Slurm task, e.g. ``source /shared/lory/.venv/bin/activate``.
     """
 
@@ -223,7 +227,13 @@ def prepare(cfg: PrepareConfig, quiet: bool = False, overwrite: bool = False, wa
             if existing is not None:
                 return existing
         settings = dataclasses.asdict(cfg)
-        resumed = not overwrite and _same_plan(work, settings, fingerprint)
+        resumed = not overwrite and _same_plan(work, fingerprint)
+        submitted = work / SUBMITTED
+        if resumed and submitted.is_file() and cfg.executor == "local":
+            jobs = json.loads(submitted.read_text("utf-8"))["jobs"]
+            raise FileExistsError(f"{out}: its stages were submitted to Slurm (jobs {', '.join(jobs)}): wait for "
+                                  f"{out / MANIFEST} to appear, run the same --executor slurm command again to "
+                                  "resubmit what did not complete, or pass --overwrite to start over here")
         if not resumed:
             _clean(out)
             shutil.rmtree(work, ignore_errors=True)
@@ -243,13 +253,14 @@ def prepare(cfg: PrepareConfig, quiet: bool = False, overwrite: bool = False, wa
         return manifest
 
 
-def _same_plan(work: Path, settings: dict, fingerprint: dict) -> bool:
-    """Whether ``work`` holds a killed run of these settings on these inputs (then it continues)."""
+def _same_plan(work: Path, fingerprint: dict) -> bool:
+    """Whether ``work`` holds a stopped run of these settings on these inputs (then it continues,
+    with any engine settings: they change no byte of the output)."""
     try:
         plan = json.loads((work / PLAN).read_text("utf-8"))
     except (OSError, ValueError):
         return False
-    return plan.get("fingerprint") == fingerprint and plan.get("config") == settings
+    return plan.get("fingerprint") == fingerprint
 
 
 def run_stages(work: Path, cfg: PrepareConfig, log: "_Log") -> dict[str, float]:
@@ -361,6 +372,7 @@ def submit(work: Path, cfg: PrepareConfig, quiet: bool) -> dict:
     settings = SlurmSettings(cfg.slurm_partition, cfg.slurm_time, cfg.slurm_cpus_per_task, cfg.slurm_mem_per_cpu_gb,
                              cfg.slurm_env_command)
     jobs = submit_slurm([(name, getattr(stages, name), tasks if split else 1) for name, split in STAGES], work, settings)
+    stages.atomic_json(work / SUBMITTED, {"jobs": jobs})  # a local run on this folder now waits for them
     manifest = str(Path(cfg.output) / MANIFEST)
     if not quiet:
         print(f"[prepare] submitted {len(jobs)} Slurm jobs ({', '.join(jobs)}); the folder is finished when {manifest} "

@@ -215,3 +215,23 @@ def test_the_bpe_is_trained_on_a_seeded_sample_when_the_corpus_is_larger(tmp_pat
     assert few[0]["config"]["tokenizer_sample"] == 5
     with pytest.raises(ValueError, match="tokenizer_sample must be >= 1 document, got 0"):
         PrepareConfig(tokenizer_sample=0)
+
+
+def test_a_run_continued_with_another_task_count_redoes_unfinished_stages_and_gives_the_same_bytes(tmp_path):
+    from lory_lightning.data import stages as stages_mod
+
+    inputs = [str(p) for p in make_corpus(tmp_path / "in")]
+    cfg = PrepareConfig(output=str(tmp_path / "o"), inputs=inputs, tasks=3, **SMALL)
+    real_encode = stages_mod.encode
+
+    def encode_then_stop(folder, rank, tasks):  # rank 0 of 3 completes, rank 1 is interrupted
+        if rank == 1:
+            raise KeyboardInterrupt
+        return real_encode(folder, rank, tasks)
+
+    with mock.patch.object(stages_mod, "encode", encode_then_stop), pytest.raises(KeyboardInterrupt):
+        prepare(cfg, quiet=True)
+    assert (tmp_path / "o" / "_work.tmp" / "logs" / "encode-3" / "completions" / "00000").is_file()
+    continued = prepare(PrepareConfig(**{**cfg.__dict__, "tasks": 2}), quiet=True)  # rank 0 of 2 is not rank 0 of 3
+    fresh = prepare(PrepareConfig(**{**cfg.__dict__, "output": str(tmp_path / "fresh"), "tasks": 1}), quiet=True)
+    assert continued["splits"] == fresh["splits"]

@@ -78,7 +78,7 @@ def test_kill_9_during_prepare(tmp_path, stage):
     finished = looks_finished_only_if_complete(out) if out.exists() else False
     assert finished == (stage == "after-the-manifest")  # only a written manifest claims completion
     if not finished:  # the work folder stays, with the stage tasks that completed
-        assert (out / "_work.tmp" / "logs" / "read" / "completions" / "00000").is_file()
+        assert (out / "_work.tmp" / "logs" / "read-1" / "completions" / "00000").is_file()
     again = subprocess.run([sys.executable, "-m", "lory_lightning", "prepare", *args], capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]

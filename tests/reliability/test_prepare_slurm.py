@@ -68,6 +68,9 @@ def test_the_readme_commands_at_scale_locally_and_on_an_emulated_slurm_cluster(t
     slurm = [a if a != "64" else "2" for a in slurm]
     submitted = run([sys.executable, "-m", "lory_lightning", *slurm[1:]])
     assert "submitted Slurm jobs" in submitted.stdout and not (mine / "manifest.json").exists()
+    meanwhile = subprocess.run([sys.executable, "-m", "lory_lightning", *local[1:]], capture_output=True, text=True,
+                               cwd=tmp_path, env=env, timeout=300)  # a local run must not write beside the jobs
+    assert meanwhile.returncode == 1 and "its stages were submitted to Slurm (jobs 1000" in meanwhile.stderr
     jobs = [json.loads(p.read_text()) for p in sorted(log.glob("*.json"))]
     stage_jobs = [j for j in jobs if "launch_pickled_pipeline" in j["script"]]
     assert [re.search(r"--job-name=lory-prepare-(\w+)", j["script"]).group(1) for j in stage_jobs] == [
