@@ -284,9 +284,9 @@ def run_stages(work: Path, cfg: PrepareConfig, log: "_Log") -> dict[str, float]:
             try:
                 local_stage(getattr(stages, name), work, name, n, cfg.workers).run()
             except BrokenProcessPool as err:
-                raise ChildProcessError(f"a `lory prepare` worker process died in stage {name!r} (killed, or out of "
-                                   "memory): run the same command again, it continues from the tasks that "
-                                   "completed") from err
+                raise ChildProcessError(f"a `lory prepare` worker process died in stage {name!r} (killed, or out "
+                                        "of memory): run the same command again, it continues from the tasks "
+                                        "that completed") from err
             log.stage(name, stage_summary(name, work))
     finally:
         logger.enable("datatrove")
