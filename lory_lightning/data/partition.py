@@ -20,11 +20,32 @@ exactly the global one.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
 from .embed import normalize_rows
 from .ordering import KnnParams, greedy_path, order_partition, random_order
+
+
+class RowFile:
+    """The rows of a .npy file, read on demand: ``x[a:b]`` or ``x[rows]`` maps the file, copies the rows
+    and unmaps it, so a pass over all rows never keeps more than one batch resident (a memory map
+    kept open counts every page it has touched in the process's resident memory)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = path
+        self.shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: slice | np.ndarray | int) -> np.ndarray:
+        rows = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        try:
+            return np.array(rows[index])
+        finally:
+            del rows
 
 
 def spherical_kmeans(x: np.ndarray, k: int, seed: int, iters: int = 10) -> np.ndarray:
@@ -69,7 +90,8 @@ def split_oversized(x: np.ndarray, labels: np.ndarray, size: int) -> np.ndarray:
         members = np.flatnonzero(labels == c)
         parts = math.ceil(len(members) / size)
         if parts > 1:
-            centred = x[members] - x[members].mean(axis=0)
+            rows = x[members]  # (n_c, dim), read once
+            centred = rows - rows.mean(axis=0)
             direction = np.linalg.svd(centred, full_matrices=False)[2][0]  # (dim,)
             direction *= np.sign(direction[np.argmax(np.abs(direction))])  # a sign fixed by the data
             members = members[np.lexsort((members, centred @ direction))]
@@ -99,7 +121,8 @@ def centroid_path(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
     neighbours, most similar first), as documents are walked inside a partition."""
     n_parts = int(labels.max()) + 1
     sums = np.zeros((n_parts, x.shape[1]), dtype=np.float64)
-    np.add.at(sums, labels, x)
+    for a in range(0, x.shape[0], 65536):  # in batches: x may be a RowFile
+        np.add.at(sums, labels[a:a + 65536], x[a:a + 65536])
     c = normalize_rows(sums)
     if n_parts == 1:
         return np.zeros(1, dtype=np.int64)

@@ -262,8 +262,10 @@ def _concatenate(parts: list[Path], out: Path, dtype: type) -> None:
 
 
 def partition(folder: Path, rank: int, tasks: int) -> None:
-    """One task: all token ids in one array (documents in reading order), all training embeddings in
-    one array, their partitions (at most ``partition_size`` documents) and the partitions' visiting order."""
+    """One task: all token ids in one file (documents in reading order), all training embeddings in
+    one file, their partitions (at most ``partition_size`` documents) and the partitions' visiting
+    order. Files are joined one input file at a time and read back in batches (``RowFile``): memory
+    stays at a batch, not the corpus."""
     work = Work(folder)
     meta = _meta(work)
     n_files = len(work.files)
@@ -272,9 +274,16 @@ def partition(folder: Path, rank: int, tasks: int) -> None:
                  work.path("partition", "tokens.bin"), dtype)
     atomic_npy(work.path("partition", "lengths.npy"),
                np.concatenate([load_npy(work.folder / "encode" / f"{f:06d}.lengths.npy") for f in range(n_files)]))
-    parts = [load_npy(work.folder / "encode" / f"{f:06d}.embed.npy") for f in range(n_files)]
-    embeddings = np.concatenate([p for p in parts if len(p)])  # a file of validation documents only has none
-    atomic_npy(work.path("partition", "embeddings.npy"), embeddings)
+    parts = [work.folder / "encode" / f"{f:06d}.embed.npy" for f in range(n_files)]
+    shapes = [load_npy(p, mmap=True).shape for p in parts]
+    n, dim = sum(s[0] for s in shapes), max(s[1] for s in shapes if s[0])  # a file of validation documents has none
+    with atomic_file(work.path("partition", "embeddings.npy")) as out:
+        np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                   "fortran_order": False, "shape": (n, dim)})
+        for p, shape in zip(parts, shapes):
+            if shape[0]:
+                out.write(np.ascontiguousarray(load_npy(p), dtype=np.float32).tobytes())
+    embeddings = partitions.RowFile(work.folder / "partition" / "embeddings.npy")
     labels = partitions.partition(embeddings, work.cfg["partition_size"], work.cfg["seed"])
     atomic_npy(work.path("partition", "labels.npy"), labels)
     atomic_npy(work.path("partition", "visit.npy"), partitions.centroid_path(embeddings, labels))
@@ -286,12 +295,12 @@ def order(folder: Path, rank: int, tasks: int) -> None:
     """Per partition: its documents' greedy path and near-duplicates (order/NNNNNN.npz, training ids)."""
     work = Work(folder)
     cfg = work.cfg
-    embeddings = load_npy(work.folder / "partition" / "embeddings.npy", mmap=True)
+    embeddings = partitions.RowFile(work.folder / "partition" / "embeddings.npy")
     labels = load_npy(work.folder / "partition" / "labels.npy")
     params = KnnParams(cfg["knn_k"], cfg["knn_trees"], cfg["knn_search_k"], cfg["seed"])
     for p in mine(int(labels.max()) + 1, rank, tasks):
         members = np.flatnonzero(labels == p)
-        local, drop = order_partition(np.asarray(embeddings[members]), params, cfg["dedup_threshold"])
+        local, drop = order_partition(embeddings[members], params, cfg["dedup_threshold"])
         with atomic_file(work.path("order", f"{p:06d}.npz")) as out:
             np.savez(out, path=members[local], dropped=members[drop])
 
@@ -326,8 +335,7 @@ def pack(folder: Path, rank: int, tasks: int) -> None:
     lengths = load_npy(work.folder / "partition" / "lengths.npy")
     offsets = np.zeros(len(lengths), dtype=np.int64)
     np.cumsum(lengths[:-1], out=offsets[1:])
-    dtype = token_dtype(meta["vocab_size"])
-    tokens = np.memmap(work.folder / "partition" / "tokens.bin", dtype=dtype, mode="r", shape=(int(lengths.sum()),))
+    tokens = TokenFile(work.folder / "partition" / "tokens.bin", token_dtype(meta["vocab_size"]), int(lengths.sum()))
     train_ids = np.flatnonzero(~doc_val)
     train_order, dropped, n_parts = _visit_order(work, train_ids)
     val_ids = np.flatnonzero(doc_val)
@@ -338,13 +346,8 @@ def pack(folder: Path, rank: int, tasks: int) -> None:
         entries, tail = [], 0
         for g, ids in enumerate(groups):
             total = int(lengths[ids].sum()) + len(ids)
-            stream = np.memmap(work.path("pack", f"{split}-{g}.tokens"), dtype=dtype, mode="w+", shape=(max(total, 1),))
-            stream_domains = np.memmap(work.path("pack", f"{split}-{g}.domains"), dtype=np.uint8, mode="w+",
-                                       shape=(max(total, 1),))
-            starts = pack_stream(ids, offsets, lengths, doc_domain, tokens, meta["eod_id"], stream[:total],
-                                 stream_domains[:total])
-            stream.flush()
-            stream_domains.flush()
+            starts = _pack_to_files(ids, offsets, lengths, doc_domain, tokens, meta["eod_id"],
+                                    work.path("pack", f"{split}-{g}.tokens"), work.path("pack", f"{split}-{g}.domains"))
             atomic_npy(work.path("pack", f"{split}-{g}.starts.npy"), starts)
             atomic_npy(work.path("pack", f"{split}-{g}.ids.npy"), ids)
             n_seq, dropped_tail = num_sequences(total, cfg["seq_len"])
@@ -363,6 +366,39 @@ def pack(folder: Path, rank: int, tasks: int) -> None:
     atomic_npy(work.path("pack", "train_order.npy"), train_order)
     atomic_npy(work.path("pack", "dropped.npy"), dropped)
     atomic_json(work.path("pack", "summary.json"), {k: v for k, v in summary.items() if not isinstance(v, np.ndarray)})
+
+
+class TokenFile:
+    """The token array of partition/tokens.bin, mapped only while a chunk of documents is read
+    (``chunk``): a map kept open would keep every page it touched resident."""
+
+    def __init__(self, path: Path, dtype: type, n: int) -> None:
+        self.path, self.dtype, self.n = path, dtype, n
+
+    def chunk(self) -> np.memmap:
+        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(max(self.n, 1),))
+
+
+CHUNK = 16384  # documents packed or counted per mapping of the token file
+
+
+def _pack_to_files(ids: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, doc_domain: np.ndarray,
+                   tokens: TokenFile, eod: int, tokens_out: Path, domains_out: Path) -> np.ndarray:
+    """``pack_stream`` of the documents ``ids`` written to two files, CHUNK documents at a time;
+    returns the start of each document in the stream (len(ids) + 1,)."""
+    starts = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(lengths[ids] + 1, out=starts[1:])
+    with open(tokens_out, "wb") as tok_file, open(domains_out, "wb") as dom_file:
+        for a in range(0, len(ids), CHUNK):
+            part = ids[a:a + CHUNK]
+            n = int(starts[a + len(part)] - starts[a])
+            out_tokens, out_domains = np.empty(n, dtype=tokens.dtype), np.empty(n, dtype=np.uint8)
+            source = tokens.chunk()
+            pack_stream(part, offsets, lengths, doc_domain, source, eod, out_tokens, out_domains)
+            del source
+            tok_file.write(out_tokens.tobytes())
+            dom_file.write(out_domains.tobytes())
+    return starts
 
 
 def check_splits_fill_a_sequence(cfg: dict, lengths: np.ndarray, train_order: np.ndarray,
@@ -389,21 +425,23 @@ def shards(folder: Path, rank: int, tasks: int) -> None:
     dtype, per_shard, seq_len = token_dtype(meta["vocab_size"]), cfg["sequences_per_shard"], cfg["seq_len"]
     for split in ("train", "val"):
         entries = load_npy(work.folder / "pack" / f"{split}-entries.npy")
-        groups = {}
+        groups = {}  # group -> (starts, ids); the streams are mapped per shard (see TokenFile)
         for j in mine(-(-len(entries) // per_shard), rank, tasks):
-            samples = []
+            samples, maps = [], {}
             for g, i in entries[j * per_shard:(j + 1) * per_shard]:
                 if g not in groups:
-                    groups[g] = (np.memmap(work.folder / "pack" / f"{split}-{g}.tokens", dtype=dtype, mode="r"),
-                                 np.memmap(work.folder / "pack" / f"{split}-{g}.domains", dtype=np.uint8, mode="r"),
-                                 load_npy(work.folder / "pack" / f"{split}-{g}.starts.npy"),
+                    groups[g] = (load_npy(work.folder / "pack" / f"{split}-{g}.starts.npy"),
                                  load_npy(work.folder / "pack" / f"{split}-{g}.ids.npy"))
-                stream, stream_domains, starts, ids = groups[g]
+                if g not in maps:
+                    maps[g] = (np.memmap(work.folder / "pack" / f"{split}-{g}.tokens", dtype=dtype, mode="r"),
+                               np.memmap(work.folder / "pack" / f"{split}-{g}.domains", dtype=np.uint8, mode="r"))
+                (starts, ids), (stream, stream_domains) = groups[g], maps[g]
                 s = sequence_slice(int(i), seq_len)
                 first, last = documents_in(int(i), seq_len, starts)
                 docs = [[int(ids[p]), int(starts[p]) - s.start] for p in range(first, last)]
                 samples.append(Sample(f"{split}-{g:03d}-{i:07d}", np.array(stream[s]), np.array(stream_domains[s]),
                                       {"split": split, "group": int(g), "sequence": int(i), "documents": docs}))
+            del maps, stream, stream_domains
             entry = _write_one(work.out / shard_file(split, j), samples)
             atomic_json(work.path("shards", f"{split}-{j:05d}.json"), entry)
 
@@ -427,8 +465,7 @@ def finish(folder: Path, rank: int, tasks: int) -> None:
     lengths = load_npy(work.folder / "partition" / "lengths.npy")
     offsets = np.zeros(len(lengths), dtype=np.int64)
     np.cumsum(lengths[:-1], out=offsets[1:])
-    tokens = np.memmap(work.folder / "partition" / "tokens.bin", dtype=token_dtype(meta["vocab_size"]), mode="r",
-                       shape=(int(lengths.sum()),))
+    tokens = TokenFile(work.folder / "partition" / "tokens.bin", token_dtype(meta["vocab_size"]), int(lengths.sum()))
     train_order = load_npy(work.folder / "pack" / "train_order.npy")
     dropped = load_npy(work.folder / "pack" / "dropped.npy")
     summary = json.loads((work.folder / "pack" / "summary.json").read_text("utf-8"))
@@ -443,8 +480,13 @@ def finish(folder: Path, rank: int, tasks: int) -> None:
                   f"cosine > {cfg['dedup_threshold']}")
     val_ids = np.flatnonzero(doc_val)
     val_order = np.concatenate([val_ids[doc_domain[val_ids] == d] for d in range(len(domains))])
-    counts = unigram_counts(tokens, offsets, lengths, train_order, meta["vocab_size"], meta["eod_id"])
-    unigram = unigram_ppl(counts, tokens, offsets, lengths, val_order, doc_domain, meta["eod_id"])
+    counts = np.ones(meta["vocab_size"], dtype=np.int64)  # add-one, as unigram_counts starts
+    for a in range(0, len(train_order), CHUNK):
+        source = tokens.chunk()
+        counts += unigram_counts(source, offsets, lengths, train_order[a:a + CHUNK], meta["vocab_size"],
+                                 meta["eod_id"]) - 1
+        del source
+    unigram = unigram_ppl(counts, tokens.chunk(), offsets, lengths, val_order, doc_domain, meta["eod_id"])
     atomic_write_bytes(out / UNIGRAM, npy_bytes(counts))
     atomic_write_bytes(out / TOKENIZER, (work.folder / "merge" / TOKENIZER).read_bytes())
     by_domain = {d: {"train_documents": 0, "val_documents": 0, "train_tokens": 0, "val_tokens": 0} for d in domains}
