@@ -21,7 +21,9 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import io
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,28 +139,31 @@ def merge(folder: Path, rank: int, tasks: int) -> None:
     held_out_by_hash = not any(work.val_file)
     seen: set[bytes] = set()
     domains: dict[str, int] = {}  # name -> id, in order of first appearance
-    table = {k: [] for k in ("source", "row", "domain", "val")}
+    parts = []  # per input file: (kept rows, their domain ids, their split): arrays, not per-document objects
     for f, file in enumerate(work.files):
         skips.absorb(json.loads((work.folder / "read" / f"{f:06d}.skips.json").read_text("utf-8")))
         with np.load(work.folder / "read" / f"{f:06d}.npz", allow_pickle=False) as z:
             digest, where, domain, held_out = z["digest"], z["where"], z["domain"], z["held_out"]
+        kept, ids = np.zeros(len(digest), dtype=bool), np.zeros(len(digest), dtype=np.int64)
         for row in range(len(digest)):
             d = digest[row].tobytes()
             if d in seen:
                 skip_duplicate(policy, skips, _Doc(str(domain[row]), str(where[row])))
                 continue
             seen.add(d)
-            table["source"].append(f)
-            table["row"].append(row)
-            table["domain"].append(domains.setdefault(str(domain[row]), len(domains)))
-            table["val"].append(work.val_file[f] or (held_out_by_hash and bool(held_out[row])))
+            kept[row] = True
+            ids[row] = domains.setdefault(str(domain[row]), len(domains))
+        rows = np.flatnonzero(kept)
+        val = np.ones(len(rows), dtype=bool) if work.val_file[f] else (held_out[rows] & held_out_by_hash)
+        parts.append((np.full(len(rows), f, dtype=np.int64), rows, ids[rows], val))
     train_names = [str(work.files[f]) for f in range(len(work.files)) if not work.val_file[f]]
-    if not table["source"]:
+    if not sum(len(p[1]) for p in parts):
         raise ValueError(f"no valid documents in {train_names}: see the skipped counts {skips.as_dict()['by_reason']}")
     if len(domains) > 255:
         raise ValueError(f"{len(domains)} domains; per-token domain ids are stored as uint8 (at most 255)")
-    docs = {"source": np.array(table["source"], dtype=np.int64), "row": np.array(table["row"], dtype=np.int64),
-            "domain": np.array(table["domain"], dtype=np.uint8), "val": np.array(table["val"], dtype=bool)}
+    docs = {key: np.concatenate([p[i] for p in parts]).astype(dtype)
+            for i, (key, dtype) in enumerate((("source", np.int64), ("row", np.int64), ("domain", np.uint8),
+                                              ("val", bool)))}
 
     def training_texts(rows: np.ndarray | None = None) -> Iterator[str]:
         """Texts of the training documents in order (only the ``rows``-th ones, if given)."""
@@ -227,38 +232,43 @@ def encode(folder: Path, rank: int, tasks: int) -> None:
     for f in mine(len(work.files), rank, tasks):
         rows, is_val = docs["row"][parts[f]], docs["val"][parts[f]]
         keep = dict(zip(rows.tolist(), is_val.tolist()))  # kept row -> is validation
-        lengths, vectors, batch = [], [], []
+        lengths, batch, shape = [], [], [0, 0]  # shape: embedded rows, their dimension
 
-        def flush(out) -> None:  # noqa: ANN001 (a binary file)
+        def flush(out, embedded) -> None:  # noqa: ANN001 (binary files)
             for enc in tok.encode_batch([t for t, _ in batch], add_special_tokens=False):
                 ids = np.asarray(enc.ids, dtype=dtype)
                 out.write(ids.tobytes())
                 lengths.append(len(ids))
             train_texts = [t for t, val in batch if not val]
             if train_texts:
-                vectors.append(embed_map.transform(train_texts) if embed_map is not None
-                               else sentence_transformer_embed(train_texts, work.cfg["embed_model"]))
+                vectors = embed_map.transform(train_texts) if embed_map is not None \
+                    else sentence_transformer_embed(train_texts, work.cfg["embed_model"])
+                embedded.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+                shape[0], shape[1] = shape[0] + len(vectors), vectors.shape[1]
             batch.clear()
 
-        with atomic_file(work.path("encode", f"{f:06d}.tokens.bin")) as out:  # a file streamed in batches
+        # A file streamed in batches: its tokens and its training documents' embeddings (raw float32 rows).
+        with atomic_file(work.path("encode", f"{f:06d}.tokens.bin")) as out, \
+                atomic_file(work.path("encode", f"{f:06d}.embed.f32")) as embedded:
             for row, text in enumerate(_texts(work, f)):
                 if row in keep:
                     batch.append((text, keep[row]))
                     if len(batch) == 2048:
-                        flush(out)
-            flush(out)
+                        flush(out, embedded)
+            flush(out, embedded)
         atomic_npy(work.path("encode", f"{f:06d}.lengths.npy"), np.asarray(lengths, dtype=np.int64))
-        dim = embed_map.dim if embed_map is not None else 1
-        embedded = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
-        atomic_npy(work.path("encode", f"{f:06d}.embed.npy"), embedded.astype(np.float32))
+        atomic_json(work.path("encode", f"{f:06d}.embed.json"), {"rows": shape[0], "dim": shape[1]})
 
 
 # -- partition -------------------------------------------------------------------------------------
 
-def _concatenate(parts: list[Path], out: Path, dtype: type) -> None:
+def _concatenate(parts: list[Path], out: Path, header: bytes = b"") -> None:
+    """``header`` and then the files ``parts``, byte for byte, copied in blocks."""
     with atomic_file(out) as dst:
+        dst.write(header)
         for p in parts:
-            dst.write(np.fromfile(p, dtype=dtype).tobytes())
+            with open(p, "rb") as src:
+                shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def partition(folder: Path, rank: int, tasks: int) -> None:
@@ -267,22 +277,18 @@ def partition(folder: Path, rank: int, tasks: int) -> None:
     order. Files are joined one input file at a time and read back in batches (``RowFile``): memory
     stays at a batch, not the corpus."""
     work = Work(folder)
-    meta = _meta(work)
     n_files = len(work.files)
-    dtype = token_dtype(meta["vocab_size"])
     _concatenate([work.folder / "encode" / f"{f:06d}.tokens.bin" for f in range(n_files)],
-                 work.path("partition", "tokens.bin"), dtype)
+                 work.path("partition", "tokens.bin"))
     atomic_npy(work.path("partition", "lengths.npy"),
                np.concatenate([load_npy(work.folder / "encode" / f"{f:06d}.lengths.npy") for f in range(n_files)]))
-    parts = [work.folder / "encode" / f"{f:06d}.embed.npy" for f in range(n_files)]
-    shapes = [load_npy(p, mmap=True).shape for p in parts]
-    n, dim = sum(s[0] for s in shapes), max(s[1] for s in shapes if s[0])  # a file of validation documents has none
-    with atomic_file(work.path("partition", "embeddings.npy")) as out:
-        np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
-                                                   "fortran_order": False, "shape": (n, dim)})
-        for p, shape in zip(parts, shapes):
-            if shape[0]:
-                out.write(np.ascontiguousarray(load_npy(p), dtype=np.float32).tobytes())
+    shapes = [json.loads((work.folder / "encode" / f"{f:06d}.embed.json").read_text("utf-8")) for f in range(n_files)]
+    n, dim = sum(s["rows"] for s in shapes), max(s["dim"] for s in shapes)  # a file of validation documents has none
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                  "fortran_order": False, "shape": (n, dim)})
+    _concatenate([work.folder / "encode" / f"{f:06d}.embed.f32" for f in range(n_files)],
+                 work.path("partition", "embeddings.npy"), header.getvalue())
     embeddings = partitions.RowFile(work.folder / "partition" / "embeddings.npy")
     labels = partitions.partition(embeddings, work.cfg["partition_size"], work.cfg["seed"])
     atomic_npy(work.path("partition", "labels.npy"), labels)
