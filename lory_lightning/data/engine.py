@@ -48,7 +48,11 @@ class LocalExecutor(LocalPipelineExecutor):
 
 def local_stage(function: Callable[[Path, int, int], None], work: Path, name: str, tasks: int,
                 workers: int) -> LocalExecutor:
-    return LocalExecutor(pipeline=[StageTask(function, str(work))], tasks=tasks, workers=min(workers, tasks),
+    # With more than one worker every task runs in a pool process, one-task stages too: the memory a
+    # stage held goes back with its process instead of staying in this one (and in every worker
+    # forked from it later).
+    return LocalExecutor(pipeline=[StageTask(function, str(work))], tasks=tasks,
+                         workers=1 if workers == 1 else max(2, min(workers, tasks)),
                          logging_dir=str(logs(work, name, tasks)))
 
 
