@@ -80,22 +80,30 @@ def assign(x: np.ndarray, centroids: np.ndarray, batch: int = 65536) -> np.ndarr
     return out
 
 
+def members(labels: np.ndarray) -> list[np.ndarray]:
+    """The rows of each label 0..max, each in ascending order: one sort, not a scan per label."""
+    order = np.argsort(labels, kind="stable")  # (n,), rows grouped by label, ascending within
+    bounds = np.searchsorted(labels[order], np.arange(int(labels.max(initial=-1)) + 2))
+    return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def split_oversized(x: np.ndarray, labels: np.ndarray, size: int) -> np.ndarray:
     """Labels (n,) renumbered 0..P-1 in order of first cluster, every part at most ``size`` documents:
     a larger cluster is cut into ceil(n_c / size) equal runs of its documents sorted along its main
     direction (first right singular vector; ties by document index)."""
     out = np.empty_like(labels)
     next_label = 0
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        parts = math.ceil(len(members) / size)
+    for group in members(labels):
+        if not len(group):
+            continue  # an empty cluster
+        parts = math.ceil(len(group) / size)
         if parts > 1:
-            rows = x[members]  # (n_c, dim), read once
+            rows = x[group]  # (n_c, dim), read once
             centred = rows - rows.mean(axis=0)
             direction = np.linalg.svd(centred, full_matrices=False)[2][0]  # (dim,)
             direction *= np.sign(direction[np.argmax(np.abs(direction))])  # a sign fixed by the data
-            members = members[np.lexsort((members, centred @ direction))]
-        for chunk in np.array_split(members, parts):
+            group = group[np.lexsort((group, centred @ direction))]
+        for chunk in np.array_split(group, parts):
             out[chunk] = next_label
             next_label += 1
     return out
@@ -146,10 +154,11 @@ def order_documents(embeddings: np.ndarray, params: KnnParams, threshold: float,
     visit = centroid_path(embeddings, labels)
     drop = np.zeros(embeddings.shape[0], dtype=bool)
     pieces = []
+    groups = members(labels)
     for p in visit:
-        members = np.flatnonzero(labels == p)
-        local, drop[members] = order_partition(embeddings[members], params, threshold)
-        pieces.append(members[local])
+        rows = groups[p]
+        local, drop[rows] = order_partition(embeddings[rows], params, threshold)
+        pieces.append(rows[local])
     if order == "random":
         return random_order(~drop, params.seed), drop, len(visit)
     return np.concatenate(pieces), drop, len(visit)

@@ -304,11 +304,12 @@ def order(folder: Path, rank: int, tasks: int) -> None:
     embeddings = partitions.RowFile(work.folder / "partition" / "embeddings.npy")
     labels = load_npy(work.folder / "partition" / "labels.npy")
     params = KnnParams(cfg["knn_k"], cfg["knn_trees"], cfg["knn_search_k"], cfg["seed"])
-    for p in mine(int(labels.max()) + 1, rank, tasks):
-        members = np.flatnonzero(labels == p)
-        local, drop = order_partition(embeddings[members], params, cfg["dedup_threshold"])
+    groups = partitions.members(labels)
+    for p in mine(len(groups), rank, tasks):
+        rows = groups[p]
+        local, drop = order_partition(embeddings[rows], params, cfg["dedup_threshold"])
         with atomic_file(work.path("order", f"{p:06d}.npz")) as out:
-            np.savez(out, path=members[local], dropped=members[drop])
+            np.savez(out, path=rows[local], dropped=rows[drop])
 
 
 # -- pack ------------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ import pytest
 
 from lory_lightning.data.embed import tfidf_svd_embed
 from lory_lightning.data.ordering import KnnParams, close_beyond_k, greedy_path, knn, near_duplicates, random_order
-from lory_lightning.data.partition import (assign, centroid_path, order_documents, partition, spherical_kmeans,
-                                           split_oversized)
+from lory_lightning.data.partition import (assign, centroid_path, members, order_documents, partition,
+                                           spherical_kmeans, split_oversized)
 from lory_lightning.data.prepare import PrepareConfig
 
 
@@ -121,3 +121,9 @@ def test_the_embedder_fit_on_a_sample_of_all_documents_is_the_full_fit():
     sims = sampled @ sampled.T
     same, other = sims[topic[:, None] == topic[None, :]].mean(), sims[topic[:, None] != topic[None, :]].mean()
     assert same > other + 0.3  # a map fit on a third of the documents still separates the topics
+
+
+def test_members_groups_rows_by_label_in_one_sort():
+    labels = np.array([2, 0, 2, 3, 0, 2])
+    assert [g.tolist() for g in members(labels)] == [[1, 4], [], [0, 2, 5], [3]]  # label 1 is empty
+    assert members(np.zeros(0, dtype=np.int64)) == []
