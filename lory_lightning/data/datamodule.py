@@ -5,20 +5,18 @@ shard is ``shards``'; this module wires them to Lightning: ranks, workers, resum
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from .location import check_folder, is_url, member, read_bytes
 from .manifest import FORMAT_VERSION, MANIFEST, TOKENIZER, load_manifest
 from .prepare import PrepareConfig, prepare
-from .shards import ShardReader, VerifiedCache, verify_shards
+from .shards import ShardReader, VerifiedCache, npy_of, verify_shards
 from .stats import unigram_log_probs
 from .sources import input_files
 from .stream import TrainStream, ValStream, samples_consumed_by_worker
@@ -31,7 +29,7 @@ def folder_unigram_log_probs(folder: str | Path, manifest: dict[str, Any]) -> to
     entry = manifest.get("baselines", {}).get("unigram_counts")
     if not entry:
         return None
-    counts = np.load(io.BytesIO(read_bytes(member(folder, entry["name"]))), allow_pickle=False)
+    counts = npy_of(read_bytes(member(folder, entry["name"])))
     return torch.from_numpy(unigram_log_probs(counts)).float()
 
 

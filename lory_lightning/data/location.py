@@ -87,18 +87,6 @@ def sha256_of(location: str) -> str:
     return h.hexdigest()
 
 
-def exists(location: str) -> bool:
-    if not is_url(location):
-        return Path(location).is_file()
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(location)
-    try:
-        return bool(fs.exists(path))
-    except Exception as err:
-        raise _remote_error(location, err) from err
-
-
 def version(location: str) -> tuple[int, str] | None:
     """(size, a marker that changes when the file is rewritten), or None when the store gives no marker.
 

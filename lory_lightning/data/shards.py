@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..atomic import atomic_file
-from .location import member, read_bytes, version
+from .location import member, read_bytes, sha256_of, version
 from .manifest import shard_name
 
 
@@ -46,16 +46,12 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _npy(data: bytes) -> np.ndarray:
+def npy_of(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)  # never unpickle shard content
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_of(str(path))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -104,8 +100,8 @@ def parse_shard(data: bytes, where: str) -> list[dict[str, Any]]:
     samples = []
     for s in group_by_keys(files):
         try:
-            samples.append({"key": s["__key__"], "tokens": _npy(s["tokens.npy"]),
-                            "domains": _npy(s["domains.npy"]), "meta": json.loads(s["json"])})
+            samples.append({"key": s["__key__"], "tokens": npy_of(s["tokens.npy"]),
+                            "domains": npy_of(s["domains.npy"]), "meta": json.loads(s["json"])})
         except KeyError as err:
             raise ValueError(f"{where}: sample {s['__key__']} lacks member {err}; was this shard written by "
                              "`lory prepare`?") from err

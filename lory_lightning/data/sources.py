@@ -22,7 +22,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib
-import io
 import json
 import zlib
 from collections import Counter

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..atomic import atomic_file
 from .embed import TfidfSvdMap, fit_tfidf_svd, sample_rows, sentence_transformer_embed
-from .manifest import MANIFEST, TOKENIZER
+from .manifest import MANIFEST, TOKENIZER, shard_name
 from .ordering import KnnParams, order_partition, random_order
 from .packing import documents_in, num_sequences, pack_stream, sequence_slice
 from . import partition as partitions
@@ -449,14 +449,8 @@ def shards(folder: Path, rank: int, tasks: int) -> None:
                 samples.append(Sample(f"{split}-{g:03d}-{i:07d}", np.array(stream[s]), np.array(stream_domains[s]),
                                       {"split": split, "group": int(g), "sequence": int(i), "documents": docs}))
             del maps, stream, stream_domains
-            entry = _write_one(work.out / shard_file(split, j), samples)
+            entry = _write_one(work.out / shard_name(split, j), samples)
             atomic_json(work.path("shards", f"{split}-{j:05d}.json"), entry)
-
-
-def shard_file(split: str, j: int) -> str:
-    from .manifest import shard_name
-
-    return shard_name(split, j)
 
 
 # -- finish ----------------------------------------------------------------------------------------
