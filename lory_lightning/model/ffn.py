@@ -50,7 +50,10 @@ class FFN(Protocol):
     @staticmethod
     def recomputed_flops_per_token(cfg: ModelConfig) -> float: ...
 
-    def reset_parameters(self, std: float, out_std: float | None, router_std: float) -> None: ...
+    def reset_parameters(self, std: float, out_std: float | None, router_std: float,
+                         seed: int | None = None) -> None:
+        """Draw the weights; with ``seed``, from generators seeded by it (model/init.py), so that
+        models built after the same seed share what they have in common."""
 
     def forward_with_routing(self, x: Tensor) -> tuple[Tensor, Routing | None]: ...
 

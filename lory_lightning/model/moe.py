@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .init import derive_seed, normal_
 from .merged_swiglu import merged_swiglu
 
 if TYPE_CHECKING:  # annotations only: config.py imports the layers through model/ffn.py
@@ -178,6 +179,17 @@ class FirstSegmentRouting(CausalSegmentRouting):
 # ----------------------------------------------------------------------------- layers
 
 
+def init_swiglu(w_gate: Tensor, w_up: Tensor, w_down: Tensor, std: float, out_std: float | None,
+                seed: int | None) -> None:
+    """One SwiGLU's weights ~ N(0, std^2), w_down with ``out_std``; from one seeded stream when ``seed``
+    is given (gate, up, down in this order), else from the global RNG."""
+    gen_seeds = [None] * 3 if seed is None else [derive_seed(seed, name) for name in ("gate", "up", "down")]
+    with torch.no_grad():
+        normal_(w_gate, std, gen_seeds[0])
+        normal_(w_up, std, gen_seeds[1])
+        normal_(w_down, std if out_std is None else out_std, gen_seeds[2])
+
+
 class SwiGLU(nn.Module):
     """The dense FFN: the parameter-matched baseline and the model that upcycling copies."""
 
@@ -207,10 +219,11 @@ class SwiGLU(nn.Module):
     def recomputed_flops_per_token(cfg: ModelConfig) -> float:
         return 0.0
 
-    def reset_parameters(self, std: float = 0.02, out_std: float | None = None, router_std: float = 0.02) -> None:
-        nn.init.normal_(self.w_gate, std=std)
-        nn.init.normal_(self.w_up, std=std)
-        nn.init.normal_(self.w_down, std=std if out_std is None else out_std)
+    def reset_parameters(self, std: float = 0.02, out_std: float | None = None, router_std: float = 0.02,
+                         seed: int | None = None) -> None:
+        """``seed`` (model/init.py): drawn as expert 0 of a routed FFN with that seed would be."""
+        expert_seed = None if seed is None else derive_seed(seed, "expert", 0)
+        init_swiglu(self.w_gate, self.w_up, self.w_down, std, out_std, expert_seed)
 
     def forward(self, x: Tensor) -> Tensor:
         return swiglu(x, self.w_gate, self.w_up, self.w_down)  # (B, L, d)
@@ -258,12 +271,14 @@ class RoutedExperts(nn.Module):
         return 0.0
 
     def reset_parameters(self, std: float = 0.02, out_std: float | None = None,
-                         router_std: float = 0.02) -> None:
-        nn.init.normal_(self.w_gate, std=std)
-        nn.init.normal_(self.w_up, std=std)
-        nn.init.normal_(self.w_down, std=std if out_std is None else out_std)
+                         router_std: float = 0.02, seed: int | None = None) -> None:
+        """``seed`` (model/init.py): expert e draws from a seed of its own, so expert 0 equals a dense
+        SwiGLU reset with the same seed."""
+        for e in range(self.num_experts):
+            init_swiglu(self.w_gate[e], self.w_up[e], self.w_down[e], std, out_std,
+                        None if seed is None else derive_seed(seed, "expert", e))
         # Small but non-zero: a zero router over equal (upcycled) experts has zero gradient.
-        nn.init.normal_(self.router.weight, std=router_std)
+        normal_(self.router.weight, router_std, None if seed is None else derive_seed(seed, "router"))
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, hidden_dim={self.hidden_dim}, num_experts={self.num_experts}, "

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig
+from .init import derive_seed, model_seed, normal_
 from .moe import ROUTING_MODES, MergedFFNCache, RoutedExperts, Routing, RoutingMode
 
 
@@ -144,25 +145,32 @@ class LoryTransformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
+        # Drawn before any submodule exists: their default inits consume the global RNG by shape.
+        seed = model_seed()
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
-        self.reset_parameters()
+        self.reset_parameters(seed)
 
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, seed: int | None = None) -> None:
+        """Draw every weight; each part from a seed derived from ``seed`` (default: one draw of the
+        global RNG)."""
         cfg = self.config
         std = cfg.init_std
         out_std = std / math.sqrt(2 * cfg.n_layer)  # residual writes add up over 2 * n_layer sublayers
-        nn.init.normal_(self.tok_emb.weight, std=std)
+        # Every part from a seed of its own (model/init.py): dense and Lory built after the same seed
+        # share embeddings and attention, and Lory's expert 0 is the dense FFN.
+        base = model_seed() if seed is None else seed
+        normal_(self.tok_emb.weight, std, derive_seed(base, "tok_emb"))
         if not cfg.tie_embeddings:
-            nn.init.normal_(self.lm_head.weight, std=std)
-        for block in self.blocks:
-            nn.init.normal_(block.attn.qkv.weight, std=std)
-            nn.init.normal_(block.attn.proj.weight, std=out_std)
-            block.ffn.reset_parameters(std, out_std, cfg.router_init_std)
+            normal_(self.lm_head.weight, std, derive_seed(base, "lm_head"))
+        for i, block in enumerate(self.blocks):
+            normal_(block.attn.qkv.weight, std, derive_seed(base, i, "qkv"))
+            normal_(block.attn.proj.weight, out_std, derive_seed(base, i, "proj"))
+            block.ffn.reset_parameters(std, out_std, cfg.router_init_std, seed=derive_seed(base, i, "ffn"))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

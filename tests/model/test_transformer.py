@@ -71,3 +71,43 @@ def test_model_package_does_not_import_lightning(module):
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dense_and_lory_built_after_one_seed_share_their_common_parts():
+    """model/init.py: the pairing `lory replicate` relies on. Same seed, different FFN shapes: the
+    embeddings, every layer's attention and Lory's expert 0 (= the dense FFN) are equal; the other
+    experts and the router are not copies; in the dense phase the two models give the same logits."""
+    from dataclasses import replace
+
+    from lory_lightning.model.upcycle import start_dense_phase
+
+    torch.manual_seed(3)
+    dense = LoryTransformer(replace(SMALL, ffn="dense"))
+    torch.manual_seed(3)
+    lory = LoryTransformer(SMALL)
+    d, m = dense.state_dict(), lory.state_dict()
+    shared = [k for k in d if ".ffn." not in k]
+    assert len(shared) > 4 and all(torch.equal(d[k], m[k]) for k in shared)
+    for i in range(SMALL.n_layer):
+        for w in ("w_gate", "w_up", "w_down"):
+            assert torch.equal(m[f"blocks.{i}.ffn.{w}"][0], d[f"blocks.{i}.ffn.{w}"])
+            assert not torch.equal(m[f"blocks.{i}.ffn.{w}"][1], m[f"blocks.{i}.ffn.{w}"][0])
+    assert not torch.equal(m["blocks.0.ffn.router.weight"], m["blocks.1.ffn.router.weight"])
+    start_dense_phase(lory)
+    idx = torch.randint(0, SMALL.vocab_size, (2, SMALL.seq_len))
+    torch.testing.assert_close(lory(idx).logits, dense(idx).logits, rtol=0, atol=1e-6)
+    # another seed, another model: the parts are seeded from the global RNG, not fixed
+    torch.manual_seed(4)
+    assert not torch.equal(LoryTransformer(SMALL).tok_emb.weight, lory.tok_emb.weight)
+
+
+def test_seeded_init_draws_the_configured_scale_and_skips_meta():
+    from lory_lightning.model.init import derive_seed, normal_
+
+    w = torch.empty(256, 256)
+    normal_(w, 0.02, derive_seed(1, "x"))
+    assert abs(w.std().item() - 0.02) < 0.001 and abs(w.mean().item()) < 0.001
+    assert derive_seed(1, "x") != derive_seed(1, "y") and derive_seed(1, 0, "qkv") != derive_seed(1, 1, "qkv")
+    with torch.device("meta"):
+        model = LoryTransformer(SMALL)
+    assert model.tok_emb.weight.is_meta

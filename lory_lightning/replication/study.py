@@ -1,0 +1,288 @@
+"""The replication study's runs: which runs, each one's YAML and fingerprint, and its result file.
+
+A run is an ordinary `lory fit` of configs/lory-tiny.yaml with the study's FFN, data order, seed and
+budget. After it trains, its result file (``replication-results/<key>.json``) keeps everything the
+report needs and nothing machine-bound: per-domain NLL sums and token counts on the validation split
+and on the held-out domains, the loss and utilization curves, the routing statistics of the last
+validation, the wall time, the config, and a fingerprint of that config and of the input files'
+contents. A run whose result file carries the fingerprint its config has now is not trained again,
+so the study can be completed across sittings; a changed config or corpus changes the fingerprint
+and the run is trained again. The fingerprint does not cover the code: each result file names the
+commit it was made at, and the report lists them.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..atomic import atomic_file
+from ..model import ModelConfig
+
+REPO = Path(__file__).resolve().parents[2]
+BASE_CONFIG = REPO / "configs" / "lory-tiny.yaml"
+HELDOUT = Path(__file__).resolve().parents[1] / "sample_data" / "heldout"
+RESULT_VERSION = 1
+
+# setting: (ffn, data order, model overrides, prepare overrides)
+PAIRED = {  # trained at every seed: the paired comparisons
+    "dense-similarity": ("dense", "similarity", {}, {}),
+    "lory-similarity": ("lory", "similarity", {}, {}),
+    "dense-random": ("dense", "random", {}, {}),
+    "lory-random": ("lory", "random", {}, {}),
+}
+FIRST_SEED = {  # trained at the first seed only (said so in the report)
+    "expert-choice": ("expert_choice", "similarity", {}, {}),
+    "segment-expert-choice": ("segment_expert_choice", "similarity", {}, {}),
+    # probe: is the lowest-layer specialization peak a property of 4 layers? 8 layers, equal tokens
+    "lory-similarity-8-layers": ("lory", "similarity", {"n_layer": 8}, {}),
+    # probe: do near-copies side by side hurt similarity order? drop pairs above cosine 0.9, not 0.99
+    "dense-similarity-dedup-0.9": ("dense", "similarity", {}, {"dedup_threshold": 0.9}),
+    "lory-similarity-dedup-0.9": ("lory", "similarity", {}, {"dedup_threshold": 0.9}),
+}
+SETTINGS = PAIRED | FIRST_SEED
+
+
+@dataclass(frozen=True)
+class Run:
+    setting: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.setting}-seed{self.seed}"
+
+    @property
+    def ffn(self) -> str:
+        return SETTINGS[self.setting][0]
+
+    @property
+    def order(self) -> str:
+        return SETTINGS[self.setting][1]
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return dict(SETTINGS[self.setting][2])
+
+    @property
+    def prepare(self) -> dict[str, Any]:
+        return dict(SETTINGS[self.setting][3])
+
+    @property
+    def data_name(self) -> str:
+        """The prepared-data folder: one per order, prepare override and seed (the seed moves the
+        embedding's SVD, the Annoy index and the random order), shared by the runs of a pair."""
+        extra = "".join(f"-{k.replace('_', '-')}-{v}" for k, v in sorted(self.prepare.items()))
+        return f"data-{self.order}{extra}-seed{self.seed}"
+
+
+def plan(seeds: Sequence[int]) -> list[Run]:
+    """Every run, seed by seed (a partial study has whole pairs), then the first seed's single runs."""
+    if not seeds:
+        raise ValueError("--seeds: give at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: {list(seeds)} repeats a seed")
+    runs = [Run(s, seed) for seed in seeds for s in PAIRED]
+    return runs + [Run(s, seeds[0]) for s in FIRST_SEED]
+
+
+def run_config(base: dict[str, Any], run: Run, out: Path, steps: int, data: dict[str, Any],
+               model: dict[str, Any]) -> dict[str, Any]:
+    """The YAML of one run: lory-tiny with the run's FFN, order, seed, budget and folders."""
+    cfg = json.loads(json.dumps(base))  # deep copy
+    cfg["seed_everything"] = run.seed  # the initialization (model/init.py: shared parts equal in a pair)
+    # The whole held-out split at each of the two validations (lory-tiny reads 10 batches): the
+    # claims compare runs a few percent apart, so they should not rest on a fifth of the split.
+    cfg["trainer"].update(max_steps=steps, val_check_interval=max(1, steps // 2), enable_progress_bar=False,
+                          log_every_n_steps=max(1, min(10, steps // 4)), limit_val_batches=1.0)
+    for logger in cfg["trainer"]["logger"]:
+        logger["init_args"].update(save_dir=str(out / "runs"), name=run.key, version=0)
+    cfg["trainer"]["callbacks"] = [
+        {"class_path": "lory_lightning.callbacks.RoutingMonitor", "init_args": {"every_n_steps": 10}},
+        {"class_path": "lory_lightning.callbacks.DomainSpecialization"},
+        {"class_path": "lory_lightning.callbacks.ValidationRecord"}]
+    cfg["model"]["model"].update({"ffn": run.ffn, **model, **run.model})
+    cfg["model"]["training"]["dense_warmup"] = cfg["model"]["training"]["dense_warmup"] if run.ffn == "lory" else 0.0
+    data = json.loads(json.dumps(data))
+    prepare_args = {**data.pop("prepare_args", {}), **run.prepare}
+    cfg["data"].update(order=run.order, data_dir=str(out / run.data_name), seed=run.seed, **data)
+    if prepare_args:
+        cfg["data"]["prepare_args"] = prepare_args
+    return cfg
+
+
+def file_digests(paths: Sequence[str]) -> dict[str, str]:
+    """{"<default domain>/<file name>": sha256 of its content} of every file the inputs expand to
+    (URLs by content too): where the files lie does not count, what they hold does."""
+    from ..data.location import sha256_of
+    from ..data.sources import input_files
+
+    return {f"{f.default_domain}/{Path(f.location).name}": sha256_of(f.location) for f in input_files(paths)}
+
+
+def training_inputs(inputs: Sequence[str]) -> list[str]:
+    from ..data.prepare import sample_inputs
+
+    return list(inputs) or sample_inputs("train") + sample_inputs("val")
+
+
+def fingerprint(cfg: dict[str, Any], inputs: dict[str, str], heldout: dict[str, str]) -> str:
+    """sha256 of what decides a run's numbers: its config without the machine's folders, and the
+    contents of its training and held-out files."""
+    cfg = json.loads(json.dumps(cfg))
+    for logger in cfg["trainer"]["logger"]:
+        logger["init_args"].pop("save_dir", None)
+    cfg["data"].pop("data_dir", None)
+    cfg["data"].pop("inputs", None)  # by content below, not by where the files lie
+    blob = json.dumps({"config": cfg, "inputs": inputs, "heldout": heldout}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def git_commit() -> str | None:
+    """The repository's commit (with "+changes" when the work tree differs from it), or None."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return sha[:12] + ("+changes" if dirty else "")
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    try:
+        result = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a result file ({e}); delete it to train the run again") from e
+    missing = {"key", "setting", "seed", "fingerprint", "validation"} - set(result)
+    if missing:
+        raise ValueError(f"{path}: result file lacks {sorted(missing)}; delete it to train the run again")
+    return result
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as f:
+        f.write((json.dumps(result, indent=1, sort_keys=True) + "\n").encode())
+
+
+def _rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _last_json(folder: Path) -> dict[str, Any] | None:
+    files = sorted(folder.glob("step*.json"), key=lambda p: int(p.stem[4:])) if folder.is_dir() else []
+    return json.loads(files[-1].read_text()) if files else None
+
+
+def collect(run: Run, run_dir: Path, cfg: dict[str, Any], heldout_inputs: Sequence[str], print_fn=print) -> dict[str, Any]:
+    """The result of a finished run, from its folder: the last validation's sums, the curves, the
+    routing statistics, and the held-out domains scored with the final checkpoint."""
+    from ..perplexity import perplexity
+
+    val = _last_json(run_dir / "validation")
+    if val is None:
+        raise RuntimeError(f"{run_dir}: no validation record (ValidationRecord callback missing?)")
+    rows = _rows(run_dir)
+    spec = _last_json(run_dir / "specialization")
+    heldout: dict[str, dict[str, float]] = {}
+    if heldout_inputs:
+        scored = perplexity(str(run_dir / "checkpoints" / "last.ckpt"), heldout_inputs)
+        heldout = {d: {"nll_sum": s.nll, "tokens": s.scored} for d, s in scored.domains.items()}
+    manifest = json.loads((Path(cfg["data"]["data_dir"]) / "manifest.json").read_text())
+    return {
+        "key": run.key, "setting": run.setting, "seed": run.seed, "ffn": run.ffn, "order": run.order,
+        "validation": {d: {"nll_sum": n, "tokens": t} for d, n, t in zip(val["domains"], val["nll_sum"], val["tokens"])},
+        "validation_step": val["step"],
+        "heldout": heldout,
+        "loss": [[int(r["step"]), float(r["train/loss"])] for r in rows if r.get("train/loss")],
+        "utilization": [[int(r["step"]), float(r["routing/utilization"])] for r in rows if r.get("routing/utilization")],
+        "mutual_information": spec["mutual_information"] if spec else None,
+        "mean_weight": spec["mean_weight"] if spec else None,
+        "near_duplicates_dropped": manifest.get("ordering", {}).get("near_duplicates_dropped"),
+        "setup": describe(cfg, manifest),
+    }
+
+
+def describe(cfg: dict[str, Any], manifest: dict[str, Any]) -> str:
+    """One paragraph of what a run is: model, budget, schedule, data."""
+    m = dataclasses.asdict(ModelConfig(**cfg["model"]["model"]))  # the YAML names only non-defaults
+    t, d, o = cfg["trainer"], cfg["data"], cfg["model"]["optim"]
+    steps, batch, seq = t["max_steps"], d["batch_size"], m["seq_len"]
+    train_tokens = manifest["splits"]["train"]["sequences"] * seq
+    val = manifest["splits"]["val"]
+    return (f"{m['n_layer']} layers, d {m['dim']}, FFN {m['hidden_dim']}, Lory with {m['num_experts']} "
+            f"experts and segments of {m['segment_len']} in sequences of {seq}; {steps} steps of {batch} sequences "
+            f"= {steps * batch * seq / 1e6:.2f}M tokens ({steps * batch * seq / train_tokens:.2f} passes over "
+            f"{train_tokens / 1e6:.2f}M training tokens); AdamW lr {o['lr']}, cosine with {o['warmup_fraction']:.0%} "
+            f"warmup; Lory: {cfg['model']['training']['dense_warmup']:.0%} dense warmup, then upcycling. "
+            f"Validation: all {val['sequences']} held-out sequences ({val['sequences'] * seq / 1e3:.0f}k tokens).")
+
+
+def nll_per_token(sums: dict[str, dict[str, float]], domains: Sequence[str] | None = None) -> float:
+    """Pooled mean NLL (log perplexity) over ``domains`` (default: all) of a result's sums."""
+    keys = list(sums) if domains is None else list(domains)
+    tokens = sum(sums[d]["tokens"] for d in keys)
+    return math.fsum(sums[d]["nll_sum"] for d in keys) / tokens if tokens else math.nan
+
+
+def train_runs(runs: Sequence[Run], out: Path, results: Path, steps: int, inputs: Sequence[str],
+               heldout: Sequence[str], data: dict[str, Any], model: dict[str, Any], print_fn=print) -> dict[str, str]:
+    """Train every run whose result file is missing or has another fingerprint; return {key: what happened}."""
+    from ..lightning_cli import run_lightning_cli as lory  # the Lightning entry, not the CLI dispatcher
+
+    base = yaml.safe_load(BASE_CONFIG.read_text())
+    data = {"inputs": list(inputs), **data}
+    input_digests, heldout_digests = file_digests(training_inputs(inputs)), file_digests(heldout) if heldout else {}
+    (out / "configs").mkdir(parents=True, exist_ok=True)
+    done: dict[str, str] = {}
+    for i, run in enumerate(runs, 1):
+        cfg = run_config(base, run, out, steps, data, model)
+        fp = fingerprint(cfg, input_digests, heldout_digests)
+        path = results / f"{run.key}.json"
+        if path.exists():
+            old = read_result(path)
+            if old["fingerprint"] == fp:
+                done[run.key] = "kept"
+                print_fn(f"[{i}/{len(runs)}] {run.key}: result file up to date, not trained again")
+                continue
+            print_fn(f"[{i}/{len(runs)}] {run.key}: config or inputs changed since {path} was written; training again")
+        cfg_path = out / "configs" / f"{run.key}.yaml"
+        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        run_dir = out / "runs" / run.key / "version_0"
+        shutil.rmtree(run_dir.parent, ignore_errors=True)  # a killed attempt's records must not mix in
+        print_fn(f"[{i}/{len(runs)}] {run.key}: lory fit --config {cfg_path}")
+        t0 = time.perf_counter()
+        if lory(["fit", "--config", str(cfg_path)]) != 0:
+            raise RuntimeError(f"run {run.key} failed: see the message above; config {cfg_path}")
+        wall = time.perf_counter() - t0
+        result = collect(run, run_dir, cfg, heldout)
+        result |= {"fingerprint": fp, "config": cfg_without_paths(cfg), "wall_s": round(wall, 1),
+                   "commit": git_commit(), "version": RESULT_VERSION}
+        write_result(path, result)
+        done[run.key] = "trained"
+    return done
+
+
+def cfg_without_paths(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config as a result file keeps it: folders shown as where `lory replicate` puts them."""
+    cfg = json.loads(json.dumps(cfg))
+    for logger in cfg["trainer"]["logger"]:
+        logger["init_args"]["save_dir"] = "runs/replicate/runs"
+    cfg["data"]["data_dir"] = "runs/replicate/" + Path(cfg["data"]["data_dir"]).name
+    cfg["data"]["inputs"] = [Path(p).name for p in cfg["data"].get("inputs", [])]
+    return cfg
