@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import resource
 import shutil
 import subprocess
 import time
@@ -266,16 +267,30 @@ def train_runs(runs: Sequence[Run], out: Path, results: Path, steps: int, inputs
         run_dir = out / "runs" / run.key / "version_0"
         shutil.rmtree(run_dir.parent, ignore_errors=True)  # a killed attempt's records must not mix in
         print_fn(f"[{i}/{len(runs)}] {run.key}: lory fit --config {cfg_path}")
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), cpu_seconds()
         if lory(["fit", "--config", str(cfg_path)]) != 0:
             raise RuntimeError(f"run {run.key} failed: see the message above; config {cfg_path}")
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
         result = collect(run, run_dir, cfg, heldout)
         result |= {"fingerprint": fp, "config": cfg_without_paths(cfg), "wall_s": round(wall, 1),
-                   "commit": git_commit(), "version": RESULT_VERSION}
+                   "cpu_s": round(cpu, 1), "threads": torch_threads(), "commit": git_commit(),
+                   "version": RESULT_VERSION}
         write_result(path, result)
         done[run.key] = "trained"
     return done
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children, all threads: a run's cost that neither
+    other jobs on a shared machine nor a pause inflate, unlike its wall time."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def cfg_without_paths(cfg: dict[str, Any]) -> dict[str, Any]:
