@@ -84,3 +84,31 @@ def test_max_sequences_and_bad_inputs(checkpoint, tmp_path, capsys):
     (tmp_path / "tiny.jsonl").write_text(json.dumps({"text": "oven"}) + "\n")
     assert main(["perplexity", "--ckpt_path", str(checkpoint), "--inputs", str(tmp_path / "tiny.jsonl")]) == 0
     assert "tiny: fewer than seq_len + 1 tokens, nothing scored" in capsys.readouterr().out
+
+
+def test_the_shipped_heldout_domains(checkpoint, capsys):
+    """README: `lory perplexity ... --inputs lory_lightning/sample_data/heldout` (as written, sizes shrunk):
+    the two held-out domains of the replication study, each scored under its own name, nothing skipped."""
+    from pathlib import Path
+
+    heldout = Path(__file__).resolve().parents[1] / "lory_lightning" / "sample_data" / "heldout"
+    assert main(["perplexity", "--ckpt_path", str(checkpoint), "--inputs", str(heldout),
+                 "--max_sequences", "3"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    assert set(rows) == {"quotes", "dictionary", "all"} and "skipped" not in out
+    assert rows["quotes"][2] == "172" and rows["dictionary"][2] == "156"  # documents: every passage read
+    assert rows["quotes"][3] == "96"  # 3 sequences of 32 tokens scored
+
+
+def test_heldout_files_are_well_formed():
+    import gzip
+    from pathlib import Path
+
+    heldout = Path(__file__).resolve().parents[1] / "lory_lightning" / "sample_data" / "heldout"
+    for name in ("quotes", "dictionary"):
+        with gzip.open(heldout / f"{name}.jsonl.gz", "rt") as f:
+            records = [json.loads(line) for line in f]
+        assert records and all(r["domain"] == name and r["text"] and r["source"] and r["license"] for r in records)
+        assert 290_000 < sum(len(r["text"]) for r in records) < 310_000  # the build's budget
+        assert max(len(r["text"]) for r in records) <= 2_000  # passages of at most 2,000 characters

@@ -1,0 +1,28 @@
+"""The committed REPLICATION.md is what `lory replicate --report` makes of the committed result files,
+byte for byte: the README's command, run as written in a copy of the repository's files."""
+
+import os
+import shutil
+from pathlib import Path
+
+from lory_lightning.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_replicate_report_rebuilds_the_committed_report(tmp_path):
+    shutil.copytree(REPO / "replication-results", tmp_path / "replication-results")
+    (tmp_path / "docs").mkdir()
+    shutil.copy(REPO / "docs" / "replication-log.md", tmp_path / "docs")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main(["replicate", "--report", "--log", "docs/replication-log.md"]) == 0
+    finally:
+        os.chdir(cwd)
+    assert (tmp_path / "REPLICATION.md").read_bytes() == (REPO / "REPLICATION.md").read_bytes()
+    made = sorted(p.name for p in (tmp_path / "replication-figures").iterdir())
+    assert made == sorted(p.name for p in (REPO / "replication-figures").iterdir())
+    # every figure the report shows is committed (the PNG bytes depend on matplotlib's version)
+    text = (REPO / "REPLICATION.md").read_text()
+    assert all(f"replication-figures/{name}" in text for name in made)

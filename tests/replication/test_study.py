@@ -1,0 +1,91 @@
+"""`lory replicate` end to end at a tiny size: every run of the study trains once, keeps a result file,
+is not trained again while its fingerprint holds, and `--report` rebuilds the report from the files."""
+
+import json
+
+import pytest
+import yaml
+
+from conftest import make_corpus
+from lory_lightning.cli import main
+from lory_lightning.replication import replicate
+from lory_lightning.replication.study import (
+    BASE_CONFIG, FIRST_SEED, PAIRED, Run, file_digests, fingerprint, plan, run_config)
+
+TINY = dict(model=dict(segment_len=8, n_layer=2, n_head=2, dim=32, hidden_dim=48, num_experts=4),
+            data=dict(vocab_size=300, batch_size=4, prepare_args={"val_fraction": 0.1, "sequences_per_shard": 8}))
+
+
+def test_plan_is_seed_major_with_the_single_runs_last():
+    runs = plan([3, 7])
+    assert [r.key for r in runs[:4]] == [f"{s}-seed3" for s in PAIRED]
+    assert [r.key for r in runs[4:8]] == [f"{s}-seed7" for s in PAIRED]
+    assert [r.key for r in runs[8:]] == [f"{s}-seed3" for s in FIRST_SEED]
+    with pytest.raises(ValueError, match="repeats a seed"):
+        plan([1, 1])
+    # a pair shares its prepared data; order, seed and a prepare override each get their own
+    assert Run("dense-similarity", 2).data_name == Run("lory-similarity", 2).data_name == "data-similarity-seed2"
+    assert Run("lory-similarity-dedup-0.9", 0).data_name == "data-similarity-dedup-threshold-0.9-seed0"
+
+
+def test_fingerprint_follows_the_config_and_contents_not_the_folders(tmp_path):
+    base = yaml.safe_load(BASE_CONFIG.read_text())
+    run = Run("lory-similarity", 1)
+    one = run_config(base, run, tmp_path / "a", 400, {}, {"seq_len": 512})
+    moved = run_config(base, run, tmp_path / "b", 400, {}, {"seq_len": 512})
+    inputs = {"x/x.jsonl": "0" * 64}
+    assert fingerprint(one, inputs, {}) == fingerprint(moved, inputs, {})
+    assert one["seed_everything"] == one["data"]["seed"] == 1 and one["model"]["model"]["ffn"] == "lory"
+    longer = run_config(base, run, tmp_path / "a", 500, {}, {"seq_len": 512})
+    assert fingerprint(longer, inputs, {}) != fingerprint(one, inputs, {})
+    assert fingerprint(one, {"x/x.jsonl": "1" * 64}, {}) != fingerprint(one, inputs, {})
+    dense = run_config(base, Run("dense-similarity", 1), tmp_path / "a", 400, {}, {"seq_len": 512})
+    assert dense["model"]["training"]["dense_warmup"] == 0.0 and fingerprint(dense, inputs, {}) != fingerprint(one, inputs, {})
+    probe = run_config(base, Run("lory-similarity-8-layers", 0), tmp_path / "a", 400, {}, {"seq_len": 512})
+    assert probe["model"]["model"]["n_layer"] == 8
+    # where the files lie does not count, what they hold does
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "d.jsonl").write_text('{"text": "x"}\n')
+    assert file_digests([str(tmp_path / "c")]) == {"d/d.jsonl": file_digests([str(tmp_path / "c" / "d.jsonl")])["d/d.jsonl"]}
+
+
+def test_replicate_trains_each_run_once_and_the_report_rebuilds_byte_for_byte(tmp_path, capsys):
+    inputs = [str(p) for p in make_corpus(tmp_path / "in", docs_per_domain=40)]
+    results, report = tmp_path / "results", tmp_path / "REPLICATION.md"
+    log = tmp_path / "log.md"
+    log.write_text("| probe | change | val ppl |\n|---|---|---:|\n| p1 | lr 1e-3 | 123.4 |\n")
+    kw = dict(seeds=[0, 1], steps=4, inputs=inputs, seq_len=32, log=str(log), **TINY)
+    out = replicate(str(tmp_path / "study"), str(results), str(report), **kw)
+    assert list(out["runs"].values()) == ["trained"] * 13 and len(list(results.glob("*.json"))) == 13
+    res = {p.stem: json.loads(p.read_text()) for p in results.glob("*.json")}
+    lory, dense = res["lory-similarity-seed0"], res["dense-similarity-seed0"]
+    # a pair starts from one initialization and sees one stream: the first logged losses agree
+    assert lory["loss"][0][0] == dense["loss"][0][0] == 0
+    assert lory["loss"][0][1] == pytest.approx(dense["loss"][0][1], abs=1e-5)
+    assert res["lory-similarity-seed1"]["loss"][0][1] != pytest.approx(lory["loss"][0][1], abs=1e-5)
+    assert set(lory["heldout"]) == {"quotes", "dictionary"} and lory["heldout"]["quotes"]["tokens"] > 1000
+    assert set(lory["validation"]) == {"cooking", "space", "law"} and len(lory["mutual_information"]) == 2
+    assert lory["config"]["data"]["data_dir"] == "runs/replicate/data-similarity-seed0" and lory["cpu_s"] > 0
+    assert res["lory-similarity-8-layers-seed0"]["config"]["model"]["model"]["n_layer"] == 8
+    assert res["lory-similarity-dedup-0.9-seed0"]["config"]["data"]["prepare_args"]["dedup_threshold"] == 0.9
+    written = report.read_bytes()
+    assert b"All 13 runs" not in written  # the default study has 5 seeds: this one is partial, and says so
+    assert b"**In progress**: 13 of the 25 runs" in written and b"| p1 | lr 1e-3 | 123.4 |" in written
+
+    # again: nothing trains; the report is the same bytes
+    again = replicate(str(tmp_path / "study"), str(results), str(report), **kw)
+    assert set(again["runs"].values()) == {"kept"} and report.read_bytes() == written
+    # `lory replicate --report` from the result files alone, into another folder: the same bytes
+    other = tmp_path / "other" / "REPLICATION.md"
+    assert main(["replicate", "--report", "--results", str(results), "--report_path", str(other),
+                 "--log", str(log)]) == 0
+    assert other.read_bytes() == written
+    for fig in (tmp_path / "replication-figures").iterdir():
+        assert (tmp_path / "other" / "replication-figures" / fig.name).read_bytes() == fig.read_bytes()
+    assert "report: " in capsys.readouterr().out
+
+
+def test_replicate_refuses_a_missing_log_before_training(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--log .*nope.md"):
+        replicate(str(tmp_path / "study"), str(tmp_path / "r"), str(tmp_path / "R.md"), log=str(tmp_path / "nope.md"))
+    assert not (tmp_path / "study").exists()
