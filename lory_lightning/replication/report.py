@@ -336,9 +336,8 @@ def write_report(results_dir: Path, path: Path, log: str | None = None) -> dict[
     figs = figures(st, path.parent / (path.stem.lower() + "-figures"))
     rel = lambda name: figs[name].relative_to(path.parent).as_posix()  # noqa: E731
     held = claims(st)
-    first = st.results[0]
-    setup = (st.by.get("lory-similarity") or {min(st.by[first["setting"]]): first})
-    setup = next(iter(setup.values()))["setup"]
+    # the setup sentence names Lory's dense warmup, so it comes from a Lory run where there is one
+    setup = next((r for r in st.results if r.get("ffn") == "lory"), st.results[0])["setup"]
     n = max(len(v) for k, v in st.by.items() if k in PAIRED) if any(k in PAIRED for k in st.by) else 0
     cpu = sum(r.get("cpu_s", 0.0) for r in st.results) / 3600
     lines = [f"# Replication at small scale, over seeds ({n} seeds per paired run)", "",
@@ -384,9 +383,9 @@ def write_report(results_dir: Path, path: Path, log: str | None = None) -> dict[
         if name in figs:
             lines += [f"## {title}", "", f"![{title}]({rel(name)})", ""]
     lines += ["## Runs", "",
-              f"{len(st.results)} runs, {cpu:.1f} CPU-hours in all. Wall times were measured on a shared 2-core "
-              "machine, two runs side by side at one thread each unless the threads column says otherwise; the "
-              "CPU time (all threads) is the cost a run has alone.", "",
+              f"{len(st.results)} runs, {cpu:.1f} CPU-hours in all. Wall time is as measured where the run "
+              "trained (other jobs on the machine lengthen it); CPU time (all threads, data preparation "
+              "included) is the run's cost; threads: torch's intra-op threads.", "",
               "| run | seed | wall | CPU | threads | validated at step | commit | fingerprint |",
               "|---|---:|---:|---:|---:|---:|---|---|"]
     for r in st.results:

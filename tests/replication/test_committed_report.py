@@ -26,3 +26,17 @@ def test_replicate_report_rebuilds_the_committed_report(tmp_path):
     # every figure the report shows is committed (the PNG bytes depend on matplotlib's version)
     text = (REPO / "REPLICATION.md").read_text()
     assert all(f"replication-figures/{name}" in text for name in made)
+
+
+def test_readme_findings_quote_the_report():
+    """Every interval and every mean ± sd the README's summary of findings quotes is in REPLICATION.md."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Replication\n"):readme.index("## Data: `lory prepare`")]
+    findings = section[section.index("What the study"):]
+    quoted = re.findall(r"[-+]\d+\.\d+% \[[-+]\d+\.\d+, [-+]\d+\.\d+\]|\d+\.\d+ ± \d+\.\d+", findings)
+    assert len(quoted) >= 4, "the summary should quote the report's intervals"
+    report = (REPO / "REPLICATION.md").read_text()
+    missing = [q for q in quoted if q not in report]
+    assert not missing, f"README quotes numbers REPLICATION.md does not have: {missing}"

@@ -13,14 +13,14 @@ DOMAINS = ["a", "b"]
 SEEDS = [0, 1, 2, 3, 4]
 
 
-def _result(setting, seed, lp, held_lp, mi=None):
+def _result(setting, seed, lp, held_lp, mi=None, ffn="dense"):
     """A result file whose log perplexities are ``lp`` (per domain) and ``held_lp`` (held-out)."""
     sums = lambda d: {k: {"nll_sum": v * 1000.0, "tokens": 1000} for k, v in d.items()}  # noqa: E731
     return {"key": f"{setting}-seed{seed}", "setting": setting, "seed": seed, "fingerprint": "f" * 64,
             "validation": sums(lp), "heldout": sums(held_lp), "validation_step": 400,
             "loss": [[0, 9.0], [10, 8.0 - 0.01 * seed]], "utilization": [[10, 20.0]] if "lory" in setting else [],
             "mutual_information": mi, "mean_weight": [[[0.5, 0.5]] * 2] * len(mi) if mi else None,
-            "near_duplicates_dropped": 12 if "dedup" in setting else 3, "setup": "tiny.", "wall_s": 60.0,
+            "near_duplicates_dropped": 12 if "dedup" in setting else 3, "setup": f"{ffn} setup.", "ffn": ffn, "wall_s": 60.0,
             "cpu_s": 58.0, "threads": 1, "commit": "abc123"}
 
 
@@ -38,7 +38,7 @@ def crafted(tmp_path, lory_gain=0.03, order_effect=0.0):
         if run.setting == "lory-similarity-8-layers":
             mi = [0.3, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]
         write_result(folder / f"{run.key}.json",
-                     _result(run.setting, s, {"a": lp, "b": lp + 0.5}, {"q": lp + 1.0}, mi))
+                     _result(run.setting, s, {"a": lp, "b": lp + 0.5}, {"q": lp + 1.0}, mi, run.ffn))
     return folder
 
 
@@ -87,6 +87,7 @@ def test_report_prints_the_files_numbers_and_is_byte_for_byte(tmp_path):
     assert "at 8 layers the peak stays" not in text and "the lowest layer specializes most at 8 layers too" in text
     assert "Near-duplicates dropped: 3 at 0.99, 12 at 0.9." in text
     assert "## Investigation log" in text and "| p | 1 |" in text
+    assert "Every run: lory setup. " in text  # the setup sentence names Lory's warmup: from a Lory run
     assert "25 runs, 0.4 CPU-hours in all" in text  # 25 x 58 s
 
 
