@@ -10,10 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .study import HELDOUT, plan, train_runs
-
-DEFAULT_SEEDS = (0, 1, 2, 3, 4)
-DEFAULT_STEPS = 400
+from .study import DEFAULT_SEEDS, DEFAULT_STEPS, HELDOUT, plan, train_runs
 
 
 def replicate(output: str = "runs/replicate", results: str = "replication-results",

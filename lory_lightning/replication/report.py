@@ -8,7 +8,6 @@ the mean of per-seed paired differences (stats.py).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,10 +16,9 @@ from typing import Any
 import numpy as np
 
 from . import stats
-from .study import FIRST_SEED, PAIRED, SETTINGS, nll_per_token, plan, read_result
+from .study import DEFAULT_SEEDS, PAIRED, SETTINGS, nll_per_token, plan, read_result
 
 Result = dict[str, Any]
-DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 # "close": token-level Expert Choice better than Lory by less than this many seed-to-seed standard
 # deviations of Lory's log perplexity (or Lory the better one).
 CLOSE_SDS = 2.0

@@ -82,7 +82,7 @@ def test_report_prints_the_files_numbers_and_is_byte_for_byte(tmp_path):
     ppl = [math.exp(5.0 + 0.05 * s + 0.25) for s in SEEDS]
     mean = sum(ppl) / 5
     sd = math.sqrt(sum((p - mean) ** 2 for p in ppl) / 4)
-    assert f"| dense-similarity | 0 1 2 3 4 | " in text and f"{mean:.2f} ± {sd:.2f}" in text
+    assert "| dense-similarity | 0 1 2 3 4 | " in text and f"{mean:.2f} ± {sd:.2f}" in text
     assert "All 25 runs of the study (seeds 0 1 2 3 4) are in." in text
     assert "at 8 layers the peak stays" not in text and "the lowest layer specializes most at 8 layers too" in text
     assert "Near-duplicates dropped: 3 at 0.99, 12 at 0.9." in text

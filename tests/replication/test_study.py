@@ -89,3 +89,12 @@ def test_replicate_refuses_a_missing_log_before_training(tmp_path):
     with pytest.raises(FileNotFoundError, match="--log .*nope.md"):
         replicate(str(tmp_path / "study"), str(tmp_path / "r"), str(tmp_path / "R.md"), log=str(tmp_path / "nope.md"))
     assert not (tmp_path / "study").exists()
+
+
+def test_cli_defaults_are_the_studys():
+    from lory_lightning.cli import build_parser
+    from lory_lightning.replication.study import DEFAULT_SEEDS, DEFAULT_STEPS
+
+    args = build_parser().parse_args(["replicate"])
+    assert tuple(args.seeds) == DEFAULT_SEEDS and args.steps == DEFAULT_STEPS and not args.report
+    assert (args.results, args.report_path, args.output) == ("replication-results", "REPLICATION.md", "runs/replicate")
