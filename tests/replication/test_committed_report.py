@@ -40,3 +40,25 @@ def test_readme_findings_quote_the_report():
     report = (REPO / "REPLICATION.md").read_text()
     missing = [q for q in quoted if q not in report]
     assert not missing, f"README quotes numbers REPLICATION.md does not have: {missing}"
+
+
+def test_committed_results_match_todays_configs():
+    """Each committed result file carries the fingerprint `lory replicate` computes today for its run:
+    a change to configs/lory-tiny.yaml, the study's settings or the corpus marks the study stale here
+    (retrain those runs with `lory replicate`, which would not skip them)."""
+    import json
+
+    import yaml
+
+    from lory_lightning.replication.study import (
+        BASE_CONFIG, DEFAULT_STEPS, HELDOUT, Run, file_digests, fingerprint, run_config, training_inputs)
+
+    base = yaml.safe_load(BASE_CONFIG.read_text())
+    inputs, heldout = file_digests(training_inputs([])), file_digests([str(HELDOUT)])
+    files = sorted((REPO / "replication-results").glob("*.json"))
+    assert files
+    for path in files:
+        result = json.loads(path.read_text())
+        cfg = run_config(base, Run(result["setting"], result["seed"]), REPO / "runs" / "replicate", DEFAULT_STEPS,
+                         {"inputs": []}, {"seq_len": 512})
+        assert fingerprint(cfg, inputs, heldout) == result["fingerprint"], f"{path.name} is stale"
