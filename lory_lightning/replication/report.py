@@ -305,6 +305,7 @@ def figures(st: Study, folder: Path) -> dict[str, Path]:
             err = arr.std(axis=0, ddof=1) if len(arr) > 1 else None
             ax.errorbar(np.arange(arr.shape[1]), arr.mean(axis=0), yerr=err, marker="o", capsize=3,
                         label=f"{s} ({len(arr)} seeds)")
+        ax.set_xticks(range(max(len(r[0]) for r in mi.values())))  # layers are whole numbers
         ax.set_xlabel("layer")
         ax.set_ylabel("I(domain; expert), nats")
         ax.legend(fontsize=8)
