@@ -29,13 +29,14 @@ class DomainPerplexity(Metric):
         self.count.index_add_(0, d, torch.ones_like(d, dtype=torch.float64))
 
     def compute(self) -> dict[str, Tensor]:
-        """{"per_domain": (D,) perplexity (nan where a domain had no token), "all": overall, "count": (D,)}.
+        """{"per_domain": (D,) perplexity (nan where a domain had no token), "all": overall, "count": (D,),
+        "nll_sum": (D,)}.
 
         torchmetrics squeezes one-element results to 0-d: with one domain, reshape(-1) before iterating.
         """
         per_domain = torch.exp(self.nll_sum / self.count)
         overall = torch.exp(self.nll_sum.sum() / self.count.sum().clamp(min=1))
-        return {"per_domain": per_domain, "all": overall, "count": self.count}
+        return {"per_domain": per_domain, "all": overall, "count": self.count, "nll_sum": self.nll_sum}
 
 
 def perplexity_metrics(metric: DomainPerplexity, domains: list[str], name: str = "ppl") -> dict[str, Tensor]:

@@ -8,7 +8,6 @@ perplexities.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import lightning as L
@@ -24,9 +23,9 @@ class ValidationRecord(Callback):
         metric = getattr(pl_module, "val_ppl", None)
         if metric is None or trainer.sanity_checking:
             return
-        out = metric.compute()  # synced across processes; per-domain perplexity and token counts
+        out = metric.compute()  # synced across processes: per-domain NLL sums and token counts
         tokens = out["count"].reshape(-1).double().tolist()
-        ppl = out["per_domain"].reshape(-1).double().tolist()
+        nll = out["nll_sum"].reshape(-1).double().tolist()
         if sum(tokens) == 0:
             raise RuntimeError("ValidationRecord: the validation scored no token (was the metric reset before "
                                "this callback ran?)")
@@ -34,7 +33,7 @@ class ValidationRecord(Callback):
         if trainer.global_rank != 0 or log_dir is None:
             return
         record = {"step": trainer.global_step, "domains": list(pl_module.domains),
-                  "nll_sum": [math.log(p) * n if n else 0.0 for p, n in zip(ppl, tokens)],
+                  "nll_sum": nll,
                   "tokens": [int(n) for n in tokens]}
         path = Path(log_dir) / "validation" / f"step{trainer.global_step}.json"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -181,8 +181,8 @@ class FirstSegmentRouting(CausalSegmentRouting):
 
 def init_swiglu(w_gate: Tensor, w_up: Tensor, w_down: Tensor, std: float, out_std: float | None,
                 seed: int | None) -> None:
-    """One SwiGLU's weights ~ N(0, std^2), w_down with ``out_std``; from one seeded stream when ``seed``
-    is given (gate, up, down in this order), else from the global RNG."""
+    """One SwiGLU's weights ~ N(0, std^2), w_down with ``out_std``; with ``seed``, each matrix from a
+    seed derived from it (gate, up, down), else from the global RNG."""
     gen_seeds = [None] * 3 if seed is None else [derive_seed(seed, name) for name in ("gate", "up", "down")]
     with torch.no_grad():
         normal_(w_gate, std, gen_seeds[0])
