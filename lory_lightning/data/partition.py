@@ -80,10 +80,16 @@ def assign(x: np.ndarray, centroids: np.ndarray, batch: int = 65536) -> np.ndarr
     return out
 
 
+def member_table(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows grouped by label 0..max, ascending within (n,); each label's bounds in it (max + 2,)):
+    one sort, not a scan per label."""
+    order = np.argsort(labels, kind="stable")
+    return order, np.searchsorted(labels[order], np.arange(int(labels.max(initial=-1)) + 2))
+
+
 def members(labels: np.ndarray) -> list[np.ndarray]:
-    """The rows of each label 0..max, each in ascending order: one sort, not a scan per label."""
-    order = np.argsort(labels, kind="stable")  # (n,), rows grouped by label, ascending within
-    bounds = np.searchsorted(labels[order], np.arange(int(labels.max(initial=-1)) + 2))
+    """The rows of each label 0..max, each in ascending order."""
+    order, bounds = member_table(labels)
     return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 

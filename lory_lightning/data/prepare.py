@@ -381,34 +381,30 @@ def submit(work: Path, cfg: PrepareConfig, quiet: bool) -> dict:
 
 
 def stage_summary(name: str, work: Path) -> str:
-    """One line on what a finished stage produced (read back from its outputs)."""
+    """One line on what a finished stage produced, read back from its small outputs (this process
+    forks every later stage's workers: what it holds, they hold too)."""
     w = Work(work)
     if name == "read":
         return f"{len(w.files)} input file(s) read"
     meta = json.loads((work / "merge" / "meta.json").read_text("utf-8"))
     if name == "merge":
-        with np.load(work / "merge" / "docs.npz", allow_pickle=False) as z:
-            n = len(z["source"])
-        return (f"{n} documents in {len(meta['domains'])} domains, vocab {meta['vocab_size']}, "
+        return (f"{meta['documents']} documents in {len(meta['domains'])} domains, vocab {meta['vocab_size']}, "
                 f"{meta['skipped']['total']} skipped")
     if name == "encode":
-        lengths = [np.load(work / "encode" / f"{f:06d}.lengths.npy") for f in range(len(w.files))]
-        return f"{int(sum(x.sum() for x in lengths)):,} tokens"
+        tokens = sum(int(np.load(work / "encode" / f"{f:06d}.lengths.npy").sum()) for f in range(len(w.files)))
+        return f"{tokens:,} tokens"
     if name == "partition":
-        labels = np.load(work / "partition" / "labels.npy")
-        return f"{len(labels)} training documents embedded, {int(labels.max()) + 1} partition(s)"
+        rows = len(np.load(work / "partition" / "members.npy", mmap_mode="r"))
+        return f"{rows} training documents embedded, {len(np.load(work / 'partition' / 'bounds.npy')) - 1} partition(s)"
     if name == "order":
         return f"{w.cfg['order']}: {len(list((work / 'order').glob('*.npz')))} partition(s) ordered"
     summary = json.loads((work / "pack" / "summary.json").read_text("utf-8"))
-    entries = {s: len(np.load(work / "pack" / f"{s}-entries.npy")) for s in SPLITS}
+    entries = {s: len(np.load(work / "pack" / f"{s}-entries.npy", mmap_mode="r")) for s in SPLITS}
     if name == "pack":
-        train_order = np.load(work / "pack" / "train_order.npy")
-        with np.load(work / "merge" / "docs.npz", allow_pickle=False) as z:
-            dom = z["domain"][train_order]
-        same = float(np.mean(dom[1:] == dom[:-1])) if len(dom) > 1 else 1.0
-        return (f"{len(train_order)} documents in {summary['partitions']} partition(s), "
-                f"{len(np.load(work / 'pack' / 'dropped.npy'))} near-duplicates dropped, {same:.1%} of path "
-                f"steps stay in a domain; train {entries['train']} sequences, val {entries['val']}")
+        return (f"{summary['train_documents']} documents in {summary['partitions']} partition(s), "
+                f"{summary['near_duplicates_dropped']} near-duplicates dropped, "
+                f"{summary['path_same_domain_fraction']:.1%} of path steps stay in a domain; "
+                f"train {entries['train']} sequences, val {entries['val']}")
     if name == "shards":
         per = w.cfg["sequences_per_shard"]
         return f"train {-(-entries['train'] // per)} shards, val {-(-entries['val'] // per)}"

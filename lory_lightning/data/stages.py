@@ -107,17 +107,17 @@ def read(folder: Path, rank: int, tasks: int) -> None:
     policy = work.policy
     for f in mine(len(work.files), rank, tasks):
         skips = SkipLog(max_examples=20)
-        digests, wheres, domains, held_out = [], [], [], []
+        digests, wheres, domains, held_out = bytearray(), [], [], []  # digests: 16 bytes a document
         with atomic_file(work.path("read", f"{f:06d}.jsonl.gz")) as raw, \
                 gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=1, mtime=0) as gz:
             for doc in file_documents(work.files[f], policy, skips):
                 gz.write((json.dumps(doc.text) + "\n").encode("utf-8"))
-                digests.append(np.frombuffer(text_digest(doc.text), dtype=np.uint8))
+                digests += text_digest(doc.text)
                 wheres.append(doc.where)
                 domains.append(doc.domain)
                 held_out.append(_is_val(doc.text, work.cfg["val_fraction"]))
         with atomic_file(work.path("read", f"{f:06d}.npz")) as out:
-            np.savez(out, digest=np.array(digests, dtype=np.uint8).reshape(-1, 16), where=np.array(wheres, dtype=str),
+            np.savez(out, digest=np.frombuffer(bytes(digests), dtype=np.uint8).reshape(-1, 16), where=np.array(wheres, dtype=str),
                      domain=np.array(domains, dtype=str), held_out=np.array(held_out, dtype=bool))
         atomic_json(work.path("read", f"{f:06d}.skips.json"), skips.as_dict())
 
@@ -128,7 +128,31 @@ def _texts(work: Work, f: int) -> Iterator[str]:
             yield json.loads(line)
 
 
+def rows_of(items: Iterator[str], rows: np.ndarray) -> Iterator[str]:
+    """The items at the ascending positions ``rows``; stops reading after the last one."""
+    k = 0
+    for i, item in enumerate(items):
+        if k == len(rows):
+            return
+        if i == rows[k]:
+            yield item
+            k += 1
+
+
 # -- merge -----------------------------------------------------------------------------------------
+
+def first_copies(digests: np.ndarray) -> np.ndarray:
+    """(N,) bool: row i is the first row (lowest index) with its 16-byte digest (N, 16) uint8. Numeric
+    arrays only (about 40 bytes a document at the peak), no Python object per document."""
+    pairs = np.ascontiguousarray(digests).view(np.uint64).reshape(-1, 2)  # (N, 2): a digest as two words
+    order = np.lexsort((np.arange(len(pairs)), pairs[:, 1], pairs[:, 0]))  # equal digests together, by row
+    ordered = pairs[order]
+    first = np.ones(len(pairs), dtype=bool)
+    first[1:] = np.any(ordered[1:] != ordered[:-1], axis=1)
+    out = np.empty(len(pairs), dtype=bool)
+    out[order] = first
+    return out
+
 
 def merge(folder: Path, rank: int, tasks: int) -> None:
     """One task: exact duplicates across all files (the first copy in reading order stays), the
@@ -137,25 +161,32 @@ def merge(folder: Path, rank: int, tasks: int) -> None:
     cfg, policy = work.cfg, work.policy
     skips = SkipLog()
     held_out_by_hash = not any(work.val_file)
-    seen: set[bytes] = set()
+    npz = [work.folder / "read" / f"{f:06d}.npz" for f in range(len(work.files))]
+    digests = []
+    for path in npz:
+        with np.load(path, allow_pickle=False) as z:
+            digests.append(z["digest"])
+    bounds = np.cumsum([0] + [len(d) for d in digests])
+    first = first_copies(np.concatenate(digests) if digests else np.zeros((0, 16), dtype=np.uint8))
+    del digests
     domains: dict[str, int] = {}  # name -> id, in order of first appearance
     parts = []  # per input file: (kept rows, their domain ids, their split): arrays, not per-document objects
     for f, file in enumerate(work.files):
         skips.absorb(json.loads((work.folder / "read" / f"{f:06d}.skips.json").read_text("utf-8")))
-        with np.load(work.folder / "read" / f"{f:06d}.npz", allow_pickle=False) as z:
-            digest, where, domain, held_out = z["digest"], z["where"], z["domain"], z["held_out"]
-        kept, ids = np.zeros(len(digest), dtype=bool), np.zeros(len(digest), dtype=np.int64)
-        for row in range(len(digest)):
-            d = digest[row].tobytes()
-            if d in seen:
-                skip_duplicate(policy, skips, _Doc(str(domain[row]), str(where[row])))
-                continue
-            seen.add(d)
-            kept[row] = True
-            ids[row] = domains.setdefault(str(domain[row]), len(domains))
+        kept = first[bounds[f]:bounds[f + 1]]
+        with np.load(npz[f], allow_pickle=False) as z:
+            domain, held_out = z["domain"], z["held_out"]
+            duplicates = np.flatnonzero(~kept)
+            where = z["where"][duplicates] if len(duplicates) else []
+        for row, place in zip(duplicates, where):
+            skip_duplicate(policy, skips, _Doc(str(domain[row]), str(place)))
         rows = np.flatnonzero(kept)
+        names, first_row, codes = np.unique(domain[rows], return_index=True, return_inverse=True)
+        for i in np.argsort(first_row, kind="stable"):  # this file's domains in order of first appearance
+            domains.setdefault(str(names[i]), len(domains))
+        ids = np.array([domains[str(n)] for n in names], dtype=np.int64)[codes.reshape(-1)]
         val = np.ones(len(rows), dtype=bool) if work.val_file[f] else (held_out[rows] & held_out_by_hash)
-        parts.append((np.full(len(rows), f, dtype=np.int64), rows, ids[rows], val))
+        parts.append((np.full(len(rows), f, dtype=np.int64), rows, ids, val))
     train_names = [str(work.files[f]) for f in range(len(work.files)) if not work.val_file[f]]
     if not sum(len(p[1]) for p in parts):
         raise ValueError(f"no valid documents in {train_names}: see the skipped counts {skips.as_dict()['by_reason']}")
@@ -164,18 +195,21 @@ def merge(folder: Path, rank: int, tasks: int) -> None:
     docs = {key: np.concatenate([p[i] for p in parts]).astype(dtype)
             for i, (key, dtype) in enumerate((("source", np.int64), ("row", np.int64), ("domain", np.uint8),
                                               ("val", bool)))}
+    del parts
 
     def training_texts(rows: np.ndarray | None = None) -> Iterator[str]:
-        """Texts of the training documents in order (only the ``rows``-th ones, if given)."""
-        wanted = None if rows is None or len(rows) == n_train else set(rows.tolist())
-        i = 0
+        """Texts of the training documents in order (only the ``rows``-th ones, sorted, if given); a
+        file none of whose documents is wanted is not read."""
+        start = 0  # training index of the file's first training document
         for f, part in enumerate(by_file(docs["source"], len(work.files))):
-            keep = set(docs["row"][part][~docs["val"][part]].tolist())
-            for row, text in enumerate(_texts(work, f)):
-                if row in keep:
-                    if wanted is None or i in wanted:
-                        yield text
-                    i += 1
+            train_rows = docs["row"][part][~docs["val"][part]]  # (n_f,) ascending
+            if rows is not None:
+                a, b = np.searchsorted(rows, [start, start + len(train_rows)])
+                wanted = train_rows[rows[a:b] - start]
+            else:
+                wanted = train_rows
+            start += len(train_rows)
+            yield from rows_of(_texts(work, f), wanted)
 
     n_train = int((~docs["val"]).sum())
     if cfg["tokenizer"]:
@@ -191,7 +225,7 @@ def merge(folder: Path, rank: int, tasks: int) -> None:
         np.savez(out, **docs)
     atomic_write_bytes(work.path("merge", TOKENIZER), tok.to_str().encode("utf-8"))
     atomic_json(work.path("merge", "meta.json"), {"domains": list(domains), "eod_id": eod, "vocab_size": tok.get_vocab_size(),
-                                                  "skipped": skips.as_dict()})
+                                                  "skipped": skips.as_dict(), "documents": len(docs["source"])})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,15 +264,14 @@ def encode(folder: Path, rank: int, tasks: int) -> None:
     parts = by_file(docs["source"], len(work.files))
     embed_map = TfidfSvdMap.load(work.folder / "merge" / "embed.npz") if work.cfg["embedder"] == "tfidf-svd" else None
     for f in mine(len(work.files), rank, tasks):
-        rows, is_val = docs["row"][parts[f]], docs["val"][parts[f]]
-        keep = dict(zip(rows.tolist(), is_val.tolist()))  # kept row -> is validation
+        rows, is_val = docs["row"][parts[f]], docs["val"][parts[f]]  # kept rows (ascending), their split
         lengths, batch, shape = [], [], [0, 0]  # shape: embedded rows, their dimension
 
         def flush(out, embedded) -> None:  # noqa: ANN001 (binary files)
-            for enc in tok.encode_batch([t for t, _ in batch], add_special_tokens=False):
-                ids = np.asarray(enc.ids, dtype=dtype)
-                out.write(ids.tobytes())
-                lengths.append(len(ids))
+            encoded = tok.encode_batch([t for t, _ in batch], add_special_tokens=False)
+            for enc in encoded:
+                out.write(np.asarray(enc.ids, dtype=dtype).tobytes())
+            lengths.append(np.array([len(enc.ids) for enc in encoded], dtype=np.int64))
             train_texts = [t for t, val in batch if not val]
             if train_texts:
                 vectors = embed_map.transform(train_texts) if embed_map is not None \
@@ -250,13 +283,12 @@ def encode(folder: Path, rank: int, tasks: int) -> None:
         # A file streamed in batches: its tokens and its training documents' embeddings (raw float32 rows).
         with atomic_file(work.path("encode", f"{f:06d}.tokens.bin")) as out, \
                 atomic_file(work.path("encode", f"{f:06d}.embed.f32")) as embedded:
-            for row, text in enumerate(_texts(work, f)):
-                if row in keep:
-                    batch.append((text, keep[row]))
-                    if len(batch) == 2048:
-                        flush(out, embedded)
+            for text, val in zip(rows_of(_texts(work, f), rows), is_val):
+                batch.append((text, bool(val)))
+                if len(batch) == 2048:
+                    flush(out, embedded)
             flush(out, embedded)
-        atomic_npy(work.path("encode", f"{f:06d}.lengths.npy"), np.asarray(lengths, dtype=np.int64))
+        atomic_npy(work.path("encode", f"{f:06d}.lengths.npy"), np.concatenate([np.zeros(0, np.int64), *lengths]))
         atomic_json(work.path("encode", f"{f:06d}.embed.json"), {"rows": shape[0], "dim": shape[1]})
 
 
@@ -291,8 +323,10 @@ def partition(folder: Path, rank: int, tasks: int) -> None:
                  work.path("partition", "embeddings.npy"), header.getvalue())
     embeddings = partitions.RowFile(work.folder / "partition" / "embeddings.npy")
     labels = partitions.partition(embeddings, work.cfg["partition_size"], work.cfg["seed"])
-    atomic_npy(work.path("partition", "labels.npy"), labels)
     atomic_npy(work.path("partition", "visit.npy"), partitions.centroid_path(embeddings, labels))
+    rows, bounds = partitions.member_table(labels)  # an ordering task reads its partition's rows only
+    atomic_npy(work.path("partition", "members.npy"), rows)
+    atomic_npy(work.path("partition", "bounds.npy"), bounds)
 
 
 # -- order -----------------------------------------------------------------------------------------
@@ -302,11 +336,11 @@ def order(folder: Path, rank: int, tasks: int) -> None:
     work = Work(folder)
     cfg = work.cfg
     embeddings = partitions.RowFile(work.folder / "partition" / "embeddings.npy")
-    labels = load_npy(work.folder / "partition" / "labels.npy")
+    members = partitions.RowFile(work.folder / "partition" / "members.npy")
+    bounds = load_npy(work.folder / "partition" / "bounds.npy")  # (partitions + 1,)
     params = KnnParams(cfg["knn_k"], cfg["knn_trees"], cfg["knn_search_k"], cfg["seed"])
-    groups = partitions.members(labels)
-    for p in mine(len(groups), rank, tasks):
-        rows = groups[p]
+    for p in mine(len(bounds) - 1, rank, tasks):
+        rows = members[int(bounds[p]):int(bounds[p + 1])]  # (n_p,) ascending
         local, drop = order_partition(embeddings[rows], params, cfg["dedup_threshold"])
         with atomic_file(work.path("order", f"{p:06d}.npz")) as out:
             np.savez(out, path=rows[local], dropped=rows[drop])
@@ -350,7 +384,7 @@ def pack(folder: Path, rank: int, tasks: int) -> None:
     check_splits_fill_a_sequence(cfg, lengths, train_order, val_groups, any(work.val_file))
     summary = {"train_order": train_order, "dropped": dropped, "partitions": n_parts}
     for split, groups, shuffle in (("train", [train_order], True), ("val", val_groups, False)):
-        entries, tail = [], 0
+        entries, tail = [], 0  # per group: its sequences as (group, index) rows
         for g, ids in enumerate(groups):
             total = int(lengths[ids].sum()) + len(ids)
             starts = _pack_to_files(ids, offsets, lengths, doc_domain, tokens, meta["eod_id"],
@@ -359,20 +393,26 @@ def pack(folder: Path, rank: int, tasks: int) -> None:
             atomic_npy(work.path("pack", f"{split}-{g}.ids.npy"), ids)
             n_seq, dropped_tail = num_sequences(total, cfg["seq_len"])
             tail += dropped_tail
-            entries.append([(g, i) for i in range(n_seq)])
+            entries.append(np.stack([np.full(n_seq, g, dtype=np.int64), np.arange(n_seq, dtype=np.int64)], axis=1))
+        flat = np.concatenate([np.zeros((0, 2), dtype=np.int64), *entries])  # (S, 2), group by group
         if shuffle:
-            flat = [e for group in entries for e in group]
-            flat = [flat[j] for j in np.random.default_rng(cfg["seed"]).permutation(len(flat))]
-        else:
-            longest = max((len(e) for e in entries), default=0)
-            flat = [group[i] for i in range(longest) for group in entries if i < len(group)]
-        atomic_npy(work.path("pack", f"{split}-entries.npy"), np.array(flat, dtype=np.int64).reshape(-1, 2))
+            flat = flat[np.random.default_rng(cfg["seed"]).permutation(len(flat))]
+        else:  # groups dealt round-robin: every group's sequence 0, then every group's sequence 1, ...
+            flat = flat[np.lexsort((flat[:, 0], flat[:, 1]))]
+        atomic_npy(work.path("pack", f"{split}-entries.npy"), flat)
         summary[f"{split}_tail"] = tail
         summary[f"{split}_groups"] = len(groups)
         summary[f"{split}_documents"] = int(sum(len(ids) for ids in groups))
+    summary["near_duplicates_dropped"] = len(dropped)
+    summary["path_same_domain_fraction"] = same_domain_fraction(doc_domain[train_order])
     atomic_npy(work.path("pack", "train_order.npy"), train_order)
     atomic_npy(work.path("pack", "dropped.npy"), dropped)
     atomic_json(work.path("pack", "summary.json"), {k: v for k, v in summary.items() if not isinstance(v, np.ndarray)})
+
+
+def same_domain_fraction(domains: np.ndarray) -> float:
+    """Share of consecutive pairs of the sequence ``domains`` in one domain (1.0 with under two)."""
+    return float(np.mean(domains[1:] == domains[:-1])) if len(domains) > 1 else 1.0
 
 
 class TokenFile:
@@ -432,23 +472,21 @@ def shards(folder: Path, rank: int, tasks: int) -> None:
     dtype, per_shard, seq_len = token_dtype(meta["vocab_size"]), cfg["sequences_per_shard"], cfg["seq_len"]
     for split in ("train", "val"):
         entries = load_npy(work.folder / "pack" / f"{split}-entries.npy")
-        groups = {}  # group -> (starts, ids); the streams are mapped per shard (see TokenFile)
         for j in mine(-(-len(entries) // per_shard), rank, tasks):
-            samples, maps = [], {}
+            samples, maps = [], {}  # group -> its starts, ids and streams, mapped for this shard only (see TokenFile)
             for g, i in entries[j * per_shard:(j + 1) * per_shard]:
-                if g not in groups:
-                    groups[g] = (load_npy(work.folder / "pack" / f"{split}-{g}.starts.npy"),
-                                 load_npy(work.folder / "pack" / f"{split}-{g}.ids.npy"))
                 if g not in maps:
-                    maps[g] = (np.memmap(work.folder / "pack" / f"{split}-{g}.tokens", dtype=dtype, mode="r"),
+                    maps[g] = (load_npy(work.folder / "pack" / f"{split}-{g}.starts.npy", mmap=True),
+                               load_npy(work.folder / "pack" / f"{split}-{g}.ids.npy", mmap=True),
+                               np.memmap(work.folder / "pack" / f"{split}-{g}.tokens", dtype=dtype, mode="r"),
                                np.memmap(work.folder / "pack" / f"{split}-{g}.domains", dtype=np.uint8, mode="r"))
-                (starts, ids), (stream, stream_domains) = groups[g], maps[g]
+                starts, ids, stream, stream_domains = maps[g]
                 s = sequence_slice(int(i), seq_len)
                 first, last = documents_in(int(i), seq_len, starts)
                 docs = [[int(ids[p]), int(starts[p]) - s.start] for p in range(first, last)]
                 samples.append(Sample(f"{split}-{g:03d}-{i:07d}", np.array(stream[s]), np.array(stream_domains[s]),
                                       {"split": split, "group": int(g), "sequence": int(i), "documents": docs}))
-            del maps, stream, stream_domains
+            del maps, starts, ids, stream, stream_domains
             entry = _write_one(work.out / shard_name(split, j), samples)
             atomic_json(work.path("shards", f"{split}-{j:05d}.json"), entry)
 
@@ -492,9 +530,11 @@ def finish(folder: Path, rank: int, tasks: int) -> None:
     atomic_write_bytes(out / TOKENIZER, (work.folder / "merge" / TOKENIZER).read_bytes())
     by_domain = {d: {"train_documents": 0, "val_documents": 0, "train_tokens": 0, "val_tokens": 0} for d in domains}
     for ids, split in ((train_order, "train"), (val_order, "val")):
-        for d, n in zip(doc_domain[ids], lengths[ids]):
-            by_domain[domains[d]][f"{split}_documents"] += 1
-            by_domain[domains[d]][f"{split}_tokens"] += int(n) + 1
+        n_docs = np.bincount(doc_domain[ids], minlength=len(domains))
+        n_tokens = np.bincount(doc_domain[ids], weights=lengths[ids] + 1, minlength=len(domains))
+        for d, name in enumerate(domains):
+            by_domain[name][f"{split}_documents"] += int(n_docs[d])
+            by_domain[name][f"{split}_tokens"] += int(n_tokens[d])
     splits = {}
     for split in ("train", "val"):
         entries = load_npy(work.folder / "pack" / f"{split}-entries.npy")
@@ -503,8 +543,6 @@ def finish(folder: Path, rank: int, tasks: int) -> None:
                          for j in range(n_shards)]
         splits[split] = {"sequences": len(entries), "tail_tokens_dropped": summary[f"{split}_tail"],
                          "documents": summary[f"{split}_documents"], "shards": shard_entries}
-    same_domain = float(np.mean(doc_domain[train_order[1:]] == doc_domain[train_order[:-1]])) \
-        if len(train_order) > 1 else 1.0
     embed_dim = int(load_npy(work.folder / "partition" / "embeddings.npy", mmap=True).shape[1])
     manifest = {
         **work.fingerprint,
@@ -519,7 +557,8 @@ def finish(folder: Path, rank: int, tasks: int) -> None:
                      "knn": dataclasses.asdict(KnnParams(cfg["knn_k"], cfg["knn_trees"], cfg["knn_search_k"], cfg["seed"])),
                      "annoy_build_threads": 1, "dedup_threshold": cfg["dedup_threshold"],
                      "near_duplicates_dropped": int(len(dropped)), "partition_size": cfg["partition_size"],
-                     "partitions": summary["partitions"], "path_same_domain_fraction": round(same_domain, 6)},
+                     "partitions": summary["partitions"],
+                     "path_same_domain_fraction": round(summary["path_same_domain_fraction"], 6)},
         "splits": splits,
         "baselines": {"unigram_val_ppl": {domains[d]: round(p, 3) for d, p in unigram.items()},
                       "unigram_counts": {"name": UNIGRAM, "sha256": sha256_file(out / UNIGRAM)}},
