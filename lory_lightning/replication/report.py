@@ -240,7 +240,7 @@ def layer_probe(st: Study) -> list[str]:
 
 
 def dedup_probe(st: Study) -> list[str]:
-    lines = []
+    lines, moves = [], {}  # model -> (how far the probe moved similarity order, the seed-to-seed sd)
     for model in ("dense", "lory"):
         probe = st.by.get(f"{model}-similarity-dedup-0.9")
         if not probe:
@@ -254,13 +254,36 @@ def dedup_probe(st: Study) -> list[str]:
         lp = lambda r: 100 * st.logppl(r, "all")  # noqa: E731
         gap, moved = lp(sim) - lp(rnd), lp(probe[s]) - lp(sim)
         spread = stats.mean_sd(st.diffs(f"{model}-similarity", f"{model}-random", "all"))[1]
-        closed = f"; it closes {-moved / gap:.0%} of the gap to random order" if gap > 0 else ""
+        closed = "" if gap <= 0 else (f"; it closes {-moved / gap:.0%} of the gap to random order" if moved < 0 else
+                                      f"; it widens the gap to random order by {moved / gap:.0%}")
         lines.append(f"- {model} (seed {s}): similarity order at cosine 0.99 {math.exp(lp(sim) / 100):.2f}, at 0.9 "
                      f"{math.exp(lp(probe[s]) / 100):.2f}, random order {math.exp(lp(rnd) / 100):.2f}; the stricter "
                      f"threshold moves similarity order by {moved:+.2f}% (similarity - random at this seed "
                      f"{gap:+.2f}%, seed-to-seed sd of that difference {spread:.2f}%){closed}. Near-duplicates "
                      f"dropped: {sim['near_duplicates_dropped']} at 0.99, {probe[s]['near_duplicates_dropped']} at 0.9.")
+        moves[model] = (moved, spread)
+    if len(moves) == 2:
+        lines += ["", "Result: " + dedup_verdict(moves)]
     return lines
+
+
+def dedup_verdict(moves: dict[str, tuple[float, float]]) -> str:
+    """What the near-copies probe says, from each model's move (percent; negative: lower perplexity)
+    against the seed-to-seed sd of similarity - random: a move within one sd is not read as an effect."""
+    closer = [m for m, (moved, sd) in moves.items() if moved < -sd]
+    further = [m for m, (moved, sd) in moves.items() if moved > sd]
+    within = [m for m in moves if m not in closer and m not in further]
+    parts = [f"{', '.join(ms)}: {what}" for ms, what in ((closer, "lower perplexity by more than one sd"),
+                                                         (further, "higher perplexity by more than one sd"),
+                                                         (within, "a change within one sd")) if ms]
+    if closer and not further:
+        reading = "this supports, at one seed, near-copies side by side as a cost of similarity order"
+    elif closer:
+        reading = "the two models disagree, at one seed"
+    else:
+        reading = ("no support, at one seed, for near-copies side by side as the reason similarity order does "
+                   "not help here")
+    return f"dropping more near-duplicates gives {'; '.join(parts)}: {reading}."
 
 
 def figures(st: Study, folder: Path) -> dict[str, Path]:

@@ -117,3 +117,14 @@ def test_bad_result_files_are_named(tmp_path):
         Study(load_results(folder))
     with pytest.raises(FileNotFoundError, match="no result folder"):
         load_results(tmp_path / "nowhere")
+
+
+def test_dedup_verdict_reads_a_move_within_one_sd_as_no_effect():
+    from lory_lightning.replication.report import dedup_verdict
+
+    none = dedup_verdict({"dense": (2.03, 3.95), "lory": (-1.0, 2.0)})
+    assert "dense, lory: a change within one sd" in none and "no support" in none
+    support = dedup_verdict({"dense": (-5.0, 3.95), "lory": (-3.0, 2.0)})
+    assert "dense, lory: lower perplexity by more than one sd" in support and "supports" in support
+    split = dedup_verdict({"dense": (5.0, 3.95), "lory": (-3.0, 2.0)})
+    assert "lory: lower" in split and "dense: higher" in split and "disagree" in split
