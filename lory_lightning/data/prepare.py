@@ -391,7 +391,8 @@ def stage_summary(name: str, work: Path) -> str:
         return (f"{meta['documents']} documents in {len(meta['domains'])} domains, vocab {meta['vocab_size']}, "
                 f"{meta['skipped']['total']} skipped")
     if name == "encode":
-        tokens = sum(int(np.load(work / "encode" / f"{f:06d}.lengths.npy").sum()) for f in range(len(w.files)))
+        tokens = sum(json.loads((work / "encode" / f"{f:06d}.embed.json").read_text("utf-8"))["tokens"]
+                     for f in range(len(w.files)))
         return f"{tokens:,} tokens"
     if name == "partition":
         rows = len(np.load(work / "partition" / "members.npy", mmap_mode="r"))

@@ -288,8 +288,10 @@ def encode(folder: Path, rank: int, tasks: int) -> None:
                 if len(batch) == 2048:
                     flush(out, embedded)
             flush(out, embedded)
-        atomic_npy(work.path("encode", f"{f:06d}.lengths.npy"), np.concatenate([np.zeros(0, np.int64), *lengths]))
-        atomic_json(work.path("encode", f"{f:06d}.embed.json"), {"rows": shape[0], "dim": shape[1]})
+        lengths = np.concatenate([np.zeros(0, np.int64), *lengths])
+        atomic_npy(work.path("encode", f"{f:06d}.lengths.npy"), lengths)
+        atomic_json(work.path("encode", f"{f:06d}.embed.json"), {"rows": shape[0], "dim": shape[1],
+                                                                 "tokens": int(lengths.sum())})
 
 
 # -- partition -------------------------------------------------------------------------------------
