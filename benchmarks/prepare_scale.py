@@ -6,8 +6,10 @@ sample corpus, and the ordering step alone on N synthetic vectors.
     python benchmarks/prepare_scale.py --sizes --ordering_sizes 10000 100000 1000000   # the ordering step alone
 
 End to end, each run is `lory prepare` in its own process (L 512, vocab 8192, --partition_size
-50,000): documents/s, documents/s per worker, the seconds of every stage, and the peak resident
-memory of the largest process (the run, or one of its workers).
+50,000): documents/s, documents/s per worker, the seconds of every stage, the peak resident memory
+of each stage's processes (benchmarks/prepare_child.py) and of the largest process so far.
+`--one_core_per_worker` gives every worker one thread (tokenizer, BLAS), the one-worker run too:
+the speed-up per core, as Slurm tasks of one CPU each would see it.
 
 The ordering step is kNN (Annoy, single-threaded build) + near-duplicate removal + greedy path on
 clustered random unit vectors (the embedding step is not part of it). If it grows as N log N, the
@@ -18,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import shutil
 import resource
 import subprocess
 import sys
@@ -52,8 +56,15 @@ def order_time(n: int, dim: int, params: KnnParams) -> dict:
             "total_s": round(t2 - t0, 2), "us_per_doc": round((t2 - t0) / n * 1e6, 1)}
 
 
-def end_to_end(n: int, workers: int, tmp: Path, partition_size: int, extra: list[str]) -> dict:
-    """One `lory prepare` of n synthetic documents in a child process: seconds, stages, peak RSS."""
+ONE_CORE = {name: "1" for name in ("RAYON_NUM_THREADS", "RAYON_RS_NUM_CPUS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                     "MKL_NUM_THREADS")}  # the tokenizer's and the BLAS threads
+
+
+def end_to_end(n: int, workers: int, tmp: Path, partition_size: int, extra: list[str], one_core: bool = False) -> dict:
+    """One `lory prepare` of n synthetic documents in a child process (benchmarks/prepare_child.py):
+    seconds, stages, the peak RSS of every stage's processes and of the largest process so far.
+    one_core: every worker (the one-worker run's process too) uses one thread: scaling per core, as
+    Slurm tasks of one CPU each see it."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from synthetic_corpus import write
 
@@ -61,16 +72,24 @@ def end_to_end(n: int, workers: int, tmp: Path, partition_size: int, extra: list
     if not corpus.exists():
         write(corpus, n, topics=300, seed=0)
     out = tmp / f"out-{n}-{workers}"
-    cmd = [sys.executable, "-m", "lory_lightning", "prepare", "--inputs", str(corpus), "--output", str(out),
-           "--workers", str(workers), "--partition_size", str(partition_size), "--seq_len", "512", *extra]
+    rss_log = tmp / f"rss-{n}-{workers}-{int(one_core)}.jsonl"
+    cmd = [sys.executable, str(Path(__file__).resolve().parent / "prepare_child.py"), "--inputs", str(corpus),
+           "--output", str(out), "--workers", str(workers), "--partition_size", str(partition_size), "--seq_len", "512",
+           *extra]
+    env = {**os.environ, "LORY_STAGE_RSS": str(rss_log), **(ONE_CORE if one_core else {})}
     t0 = time.perf_counter()
-    run = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    run = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     seconds = time.perf_counter() - t0
+    shutil.rmtree(out)
     stages = {m.group(1): float(m.group(2)) for m in re.finditer(r"\[prepare\] (\w+)\s+([\d.]+)s", run.stderr)}
+    stage_peaks: dict[str, int] = {}
+    for line in rss_log.read_text().splitlines():
+        task = json.loads(line)
+        stage_peaks[task["stage"]] = max(stage_peaks.get(task["stage"], 0), round(task["peak_mb"]))
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child so far (KiB on Linux)
-    return {"documents": n, "workers": workers, "seconds": round(seconds, 1), "docs_per_s": round(n / seconds),
-            "docs_per_s_per_worker": round(n / seconds / workers), "peak_rss_mb_so_far": round(peak_mb),
-            "stages_s": stages}
+    return {"documents": n, "workers": workers, "one_core_per_worker": one_core, "seconds": round(seconds, 1),
+            "docs_per_s": round(n / seconds), "docs_per_s_per_worker": round(n / seconds / workers),
+            "peak_rss_mb_so_far": round(peak_mb), "stage_peak_rss_mb": stage_peaks, "stages_s": stages}
 
 
 def main() -> None:
@@ -83,12 +102,15 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--trees", type=int, default=10)
     parser.add_argument("--skip_sample", action="store_true")
+    parser.add_argument("--one_core_per_worker", action="store_true",
+                        help="one thread per worker (tokenizer, BLAS), the one-worker run too: scaling per core")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         runs = []
         for n in args.sizes:
             for w in args.workers:
-                runs.append(end_to_end(n, w, Path(tmp), args.partition_size, args.prepare_args.split()))
+                runs.append(end_to_end(n, w, Path(tmp), args.partition_size, args.prepare_args.split(),
+                                       args.one_core_per_worker))
                 print("end to end: " + json.dumps(runs[-1]), flush=True)
         for a in runs:
             for b in runs:
