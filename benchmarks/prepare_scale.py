@@ -6,8 +6,9 @@ sample corpus, and the ordering step alone on N synthetic vectors.
     python benchmarks/prepare_scale.py --sizes --ordering_sizes 10000 100000 1000000   # the ordering step alone
 
 End to end, each run is `lory prepare` in its own process (L 512, vocab 8192, --partition_size
-50,000): documents/s, documents/s per worker, the seconds of every stage, the peak resident memory
-of each stage's processes (benchmarks/prepare_child.py) and of the largest process so far.
+50,000, input files of 25,000 documents: memory is measured at a fixed partition and file size):
+documents/s, documents/s per worker, the seconds of every stage, the peak resident memory of each
+stage's processes (benchmarks/prepare_child.py) and of the largest process so far.
 `--one_core_per_worker` gives every worker one thread (tokenizer, BLAS), the one-worker run too:
 the speed-up per core, as Slurm tasks of one CPU each would see it.
 
@@ -60,7 +61,8 @@ ONE_CORE = {name: "1" for name in ("RAYON_NUM_THREADS", "RAYON_RS_NUM_CPUS", "OM
                                      "MKL_NUM_THREADS")}  # the tokenizer's and the BLAS threads
 
 
-def end_to_end(n: int, workers: int, tmp: Path, partition_size: int, extra: list[str], one_core: bool = False) -> dict:
+def end_to_end(n: int, workers: int, tmp: Path, partition_size: int, extra: list[str], one_core: bool = False,
+               corpora: Path | None = None) -> dict:
     """One `lory prepare` of n synthetic documents in a child process (benchmarks/prepare_child.py):
     seconds, stages, the peak RSS of every stage's processes and of the largest process so far.
     one_core: every worker (the one-worker run's process too) uses one thread: scaling per core, as
@@ -68,9 +70,9 @@ def end_to_end(n: int, workers: int, tmp: Path, partition_size: int, extra: list
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from synthetic_corpus import write
 
-    corpus = tmp / f"corpus-{n}"
+    corpus = (corpora or tmp) / f"corpus-{n}"
     if not corpus.exists():
-        write(corpus, n, topics=300, seed=0)
+        write(corpus, n, topics=300, seed=0, files=max(4, n // 25_000))  # input files of 25k documents, as N grows
     out = tmp / f"out-{n}-{workers}"
     rss_log = tmp / f"rss-{n}-{workers}-{int(one_core)}.jsonl"
     cmd = [sys.executable, str(Path(__file__).resolve().parent / "prepare_child.py"), "--inputs", str(corpus),
@@ -104,13 +106,15 @@ def main() -> None:
     parser.add_argument("--skip_sample", action="store_true")
     parser.add_argument("--one_core_per_worker", action="store_true",
                         help="one thread per worker (tokenizer, BLAS), the one-worker run too: scaling per core")
+    parser.add_argument("--corpora", type=Path, help="a folder to keep the synthetic corpora in between runs "
+                        "(default: a temporary one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         runs = []
         for n in args.sizes:
             for w in args.workers:
                 runs.append(end_to_end(n, w, Path(tmp), args.partition_size, args.prepare_args.split(),
-                                       args.one_core_per_worker))
+                                       args.one_core_per_worker, args.corpora))
                 print("end to end: " + json.dumps(runs[-1]), flush=True)
         for a in runs:
             for b in runs:

@@ -388,8 +388,10 @@ def stage_summary(name: str, work: Path) -> str:
         return f"{len(w.files)} input file(s) read"
     meta = json.loads((work / "merge" / "meta.json").read_text("utf-8"))
     if name == "merge":
-        return (f"{meta['documents']} documents in {len(meta['domains'])} domains, vocab {meta['vocab_size']}, "
-                f"{meta['skipped']['total']} skipped")
+        return f"{meta['documents']} documents in {len(meta['domains'])} domains, {meta['skipped']['total']} skipped"
+    if name == "fit":
+        vocab = json.loads((work / "fit" / "tokenizer.meta.json").read_text("utf-8"))["vocab_size"]
+        return f"tokenizer vocab {vocab}" + (", embedding map" if (work / "fit" / "embed.npz").exists() else "")
     if name == "encode":
         tokens = sum(json.loads((work / "encode" / f"{f:06d}.embed.json").read_text("utf-8"))["tokens"]
                      for f in range(len(w.files)))

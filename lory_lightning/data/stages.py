@@ -7,7 +7,8 @@ on the number of tasks (input file, partition, shard), and every merge is in tha
 same inputs and config give byte-identical shards and manifest with any number of tasks or workers.
 
     read       (parallel, by input file)  validate records; text, domain, place, digest per document
-    merge      (one task)   exact duplicates across all files, domains, splits, tokenizer, embedding map
+    merge      (one task)   exact duplicates across all files, domains, splits
+    fit        (parallel, by model)       the tokenizer and the embedding map, each on a seeded sample
     encode     (parallel, by input file)  token ids of every document, embeddings of training ones
     partition  (one task)   one token array, one embedding array, partitions and their visiting order
     order      (parallel, by partition)   kNN, near-duplicates and greedy path inside each partition
@@ -93,6 +94,23 @@ def mine(n: int, rank: int, tasks: int) -> range:
     return range(rank, n, tasks)
 
 
+def balanced(sizes: np.ndarray, rank: int, tasks: int) -> list[int]:
+    """The keys task ``rank`` of ``tasks`` owns when key k costs about ``sizes[k]``: largest first,
+    each to the task with the least work so far, ties to the lower rank (longest-processing-time
+    scheduling). Round robin gave one of two tasks 71k of 99k documents to order (partitions of 43k,
+    28k and 28k); this gives 43k and 56k. Like ``mine``, it decides only who writes a key."""
+    import heapq
+
+    load = [(0, t) for t in range(tasks)]  # (work so far, task): a heap
+    owned = []
+    for key in sorted(range(len(sizes)), key=lambda k: (-int(sizes[k]), k)):
+        work, task = heapq.heappop(load)
+        heapq.heappush(load, (work + int(sizes[key]), task))
+        if task == rank:
+            owned.append(key)
+    return owned
+
+
 # -- read ------------------------------------------------------------------------------------------
 
 def _is_val(text: str, fraction: float) -> bool:
@@ -156,9 +174,9 @@ def first_copies(digests: np.ndarray) -> np.ndarray:
 
 def merge(folder: Path, rank: int, tasks: int) -> None:
     """One task: exact duplicates across all files (the first copy in reading order stays), the
-    domains in order of first appearance, each document's split, the tokenizer, the embedding map."""
+    domains in order of first appearance, each document's split (merge/docs.npz, merge/meta.json)."""
     work = Work(folder)
-    cfg, policy = work.cfg, work.policy
+    policy = work.policy
     skips = SkipLog()
     held_out_by_hash = not any(work.val_file)
     npz = [work.folder / "read" / f"{f:06d}.npz" for f in range(len(work.files))]
@@ -196,36 +214,54 @@ def merge(folder: Path, rank: int, tasks: int) -> None:
             for i, (key, dtype) in enumerate((("source", np.int64), ("row", np.int64), ("domain", np.uint8),
                                               ("val", bool)))}
     del parts
-
-    def training_texts(rows: np.ndarray | None = None) -> Iterator[str]:
-        """Texts of the training documents in order (only the ``rows``-th ones, sorted, if given); a
-        file none of whose documents is wanted is not read."""
-        start = 0  # training index of the file's first training document
-        for f, part in enumerate(by_file(docs["source"], len(work.files))):
-            train_rows = docs["row"][part][~docs["val"][part]]  # (n_f,) ascending
-            if rows is not None:
-                a, b = np.searchsorted(rows, [start, start + len(train_rows)])
-                wanted = train_rows[rows[a:b] - start]
-            else:
-                wanted = train_rows
-            start += len(train_rows)
-            yield from rows_of(_texts(work, f), wanted)
-
-    n_train = int((~docs["val"]).sum())
-    if cfg["tokenizer"]:
-        tok, eod = load_tokenizer(cfg["tokenizer"])
-    else:  # seeded apart from the embedder's sample (seed + 1), all documents when there are fewer
-        tok = train_tokenizer(training_texts(sample_rows(n_train, cfg["tokenizer_sample"], cfg["seed"] + 1)),
-                              cfg["vocab_size"])
-        eod = eod_id(tok)
-    if cfg["embedder"] == "tfidf-svd":
-        rows = sample_rows(n_train, cfg["embed_sample"], cfg["seed"])
-        fit_tfidf_svd(training_texts(rows), cfg["embed_dim"], seed=cfg["seed"]).save(work.path("merge", "embed.npz"))
     with atomic_file(work.path("merge", "docs.npz")) as out:
         np.savez(out, **docs)
-    atomic_write_bytes(work.path("merge", TOKENIZER), tok.to_str().encode("utf-8"))
-    atomic_json(work.path("merge", "meta.json"), {"domains": list(domains), "eod_id": eod, "vocab_size": tok.get_vocab_size(),
-                                                  "skipped": skips.as_dict(), "documents": len(docs["source"])})
+    atomic_json(work.path("merge", "meta.json"), {"domains": list(domains), "skipped": skips.as_dict(),
+                                                  "documents": len(docs["source"])})
+
+
+# -- fit -------------------------------------------------------------------------------------------
+
+FIT_MODELS = ("tokenizer", "embedding map")
+"""The fit stage's keys: two models fit on seeded samples of the training documents, independently
+(one task each with two or more workers: neither waits for the other)."""
+
+
+def fit(folder: Path, rank: int, tasks: int) -> None:
+    """Per model: the BPE tokenizer (fit/tokenizer.json, fit/tokenizer.meta.json) and the embedding
+    map (fit/embed.npz, for the tfidf-svd embedder), each fit on its own seeded sample."""
+    work = Work(folder)
+    cfg = work.cfg
+    with np.load(work.folder / "merge" / "docs.npz", allow_pickle=False) as z:
+        docs = {k: z[k] for k in ("source", "row", "val")}
+    n_train = int((~docs["val"]).sum())
+    for key in mine(len(FIT_MODELS), rank, tasks):
+        if key == 0:
+            if cfg["tokenizer"]:
+                tok, eod = load_tokenizer(cfg["tokenizer"])
+            else:  # seeded apart from the embedder's sample (seed + 1), all documents when there are fewer
+                rows = sample_rows(n_train, cfg["tokenizer_sample"], cfg["seed"] + 1)
+                tok = train_tokenizer(training_texts(work, docs, rows), cfg["vocab_size"])
+                eod = eod_id(tok)
+            atomic_write_bytes(work.path("fit", TOKENIZER), tok.to_str().encode("utf-8"))
+            atomic_json(work.path("fit", "tokenizer.meta.json"), {"eod_id": eod, "vocab_size": tok.get_vocab_size()})
+        elif cfg["embedder"] == "tfidf-svd":
+            rows = sample_rows(n_train, cfg["embed_sample"], cfg["seed"])
+            fit_tfidf_svd(training_texts(work, docs, rows), cfg["embed_dim"], seed=cfg["seed"]).save(
+                work.path("fit", "embed.npz"))
+
+
+def training_texts(work: Work, docs: dict[str, np.ndarray], rows: np.ndarray) -> Iterator[str]:
+    """Texts of the training documents of the document table ``docs`` whose training index is in the
+    sorted ``rows``, in order; a file none of whose documents is wanted is not read."""
+    start = 0  # training index of the file's first training document
+    for f, part in enumerate(by_file(docs["source"], len(work.files))):
+        train_rows = docs["row"][part][~docs["val"][part]]  # (n_f,) ascending
+        a, b = np.searchsorted(rows, [start, start + len(train_rows)])
+        wanted = train_rows[rows[a:b] - start]
+        start += len(train_rows)
+        if len(wanted):
+            yield from rows_of(_texts(work, f), wanted)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,7 +277,9 @@ def by_file(source: np.ndarray, n_files: int) -> list[slice]:
 
 
 def _meta(work: Work) -> dict:
-    return json.loads((work.folder / "merge" / "meta.json").read_text("utf-8"))
+    """merge's meta (domains, skipped, documents) and the tokenizer's (eod_id, vocab_size)."""
+    return {**json.loads((work.folder / "merge" / "meta.json").read_text("utf-8")),
+            **json.loads((work.folder / "fit" / "tokenizer.meta.json").read_text("utf-8"))}
 
 
 def token_dtype(vocab: int) -> type:
@@ -257,13 +295,13 @@ def encode(folder: Path, rank: int, tasks: int) -> None:
 
     work = Work(folder)
     meta = _meta(work)
-    tok = Tokenizer.from_str((work.folder / "merge" / TOKENIZER).read_text("utf-8"))
+    tok = Tokenizer.from_str((work.folder / "fit" / TOKENIZER).read_text("utf-8"))
     dtype = token_dtype(meta["vocab_size"])
     with np.load(work.folder / "merge" / "docs.npz", allow_pickle=False) as z:
         docs = {k: z[k] for k in ("source", "row", "val")}
     parts = by_file(docs["source"], len(work.files))
-    embed_map = TfidfSvdMap.load(work.folder / "merge" / "embed.npz") if work.cfg["embedder"] == "tfidf-svd" else None
-    for f in mine(len(work.files), rank, tasks):
+    embed_map = TfidfSvdMap.load(work.folder / "fit" / "embed.npz") if work.cfg["embedder"] == "tfidf-svd" else None
+    for f in balanced(np.array([p.stop - p.start for p in parts]), rank, tasks):  # by kept documents
         rows, is_val = docs["row"][parts[f]], docs["val"][parts[f]]  # kept rows (ascending), their split
         lengths, batch, shape = [], [], [0, 0]  # shape: embedded rows, their dimension
 
@@ -341,7 +379,7 @@ def order(folder: Path, rank: int, tasks: int) -> None:
     members = partitions.RowFile(work.folder / "partition" / "members.npy")
     bounds = load_npy(work.folder / "partition" / "bounds.npy")  # (partitions + 1,)
     params = KnnParams(cfg["knn_k"], cfg["knn_trees"], cfg["knn_search_k"], cfg["seed"])
-    for p in mine(len(bounds) - 1, rank, tasks):
+    for p in balanced(np.diff(bounds), rank, tasks):  # by documents: kNN and path cost about N log N
         rows = members[int(bounds[p]):int(bounds[p + 1])]  # (n_p,) ascending
         local, drop = order_partition(embeddings[rows], params, cfg["dedup_threshold"])
         with atomic_file(work.path("order", f"{p:06d}.npz")) as out:
@@ -529,7 +567,7 @@ def finish(folder: Path, rank: int, tasks: int) -> None:
         del source
     unigram = unigram_ppl(counts, tokens.chunk(), offsets, lengths, val_order, doc_domain, meta["eod_id"])
     atomic_write_bytes(out / UNIGRAM, npy_bytes(counts))
-    atomic_write_bytes(out / TOKENIZER, (work.folder / "merge" / TOKENIZER).read_bytes())
+    atomic_write_bytes(out / TOKENIZER, (work.folder / "fit" / TOKENIZER).read_bytes())
     by_domain = {d: {"train_documents": 0, "val_documents": 0, "train_tokens": 0, "val_tokens": 0} for d in domains}
     for ids, split in ((train_order, "train"), (val_order, "val")):
         n_docs = np.bincount(doc_domain[ids], minlength=len(domains))
@@ -568,6 +606,6 @@ def finish(folder: Path, rank: int, tasks: int) -> None:
     atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
-STAGES = (("read", "files"), ("merge", None), ("encode", "files"), ("partition", None), ("order", "partitions"),
+STAGES = (("read", "files"), ("merge", None), ("fit", "models"), ("encode", "files"), ("partition", None), ("order", "partitions"),
           ("pack", None), ("shards", "shards"), ("finish", None))
 """(name of the task function in this module, what its parallel tasks split: None for a one-task stage)."""

@@ -5,7 +5,7 @@ import hashlib
 import numpy as np
 
 from lory_lightning.data.partition import member_table, members
-from lory_lightning.data.stages import first_copies, rows_of, same_domain_fraction
+from lory_lightning.data.stages import balanced, first_copies, mine, rows_of, same_domain_fraction
 
 
 def _digest(i: int) -> np.ndarray:
@@ -56,3 +56,16 @@ def test_member_table_matches_members():
 def test_same_domain_fraction():
     assert same_domain_fraction(np.array([0, 0, 1, 1, 1], dtype=np.uint8)) == 0.75
     assert same_domain_fraction(np.array([3], dtype=np.uint8)) == 1.0
+
+
+def test_balanced_gives_each_key_to_one_task_largest_first_to_the_least_loaded():
+    sizes = np.array([28052, 42919, 28052])  # the partitions that round robin split 71k / 28k
+    assert balanced(sizes, 0, 2) == [1] and balanced(sizes, 1, 2) == [0, 2]  # 43k and 56k
+    assert [list(mine(3, r, 2)) for r in range(2)] == [[0, 2], [1]]
+    rng = np.random.default_rng(0)
+    for n, tasks in ((1, 1), (7, 3), (50, 4), (3, 8)):
+        sizes = rng.integers(0, 1000, n)
+        owned = [balanced(sizes, r, tasks) for r in range(tasks)]
+        assert sorted(k for keys in owned for k in keys) == list(range(n))  # each key exactly once
+        loads = [int(sizes[keys].sum()) for keys in owned]
+        assert max(loads) - min(loads) <= sizes.max()  # LPT: the spread is at most one key
