@@ -6,8 +6,8 @@ import pytest
 
 from lory_lightning.data.embed import tfidf_svd_embed
 from lory_lightning.data.ordering import KnnParams, close_beyond_k, greedy_path, knn, near_duplicates, random_order
-from lory_lightning.data.partition import (assign, centroid_path, members, order_documents, partition,
-                                           spherical_kmeans, split_oversized)
+from lory_lightning.data.partition import (assign, centroid_path, main_direction, members, order_documents,
+                                           partition, spherical_kmeans, split_oversized)
 from lory_lightning.data.prepare import PrepareConfig
 
 
@@ -50,6 +50,20 @@ def test_an_oversized_cluster_is_cut_into_equal_runs_along_its_main_direction():
     runs = [sorted(along[labels == p]) for p in range(3)]
     assert runs[0][-1] < runs[1][0] and runs[1][-1] < runs[2][0] or \
         runs[0][0] > runs[1][-1] and runs[1][0] > runs[2][-1]  # contiguous runs, neighbours together
+
+
+def test_main_direction_is_the_first_right_singular_vector_of_the_centred_rows_in_any_batch_size():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 6)) * np.array([5.0, 1, 1, 1, 1, 1]) + 3.0  # off-centre, one long axis
+    x = (x @ np.linalg.qr(rng.normal(size=(6, 6)))[0]).astype(np.float32)  # the axis rotated
+    rows = np.sort(rng.choice(500, 300, replace=False))
+    centred = x[rows].astype(np.float64) - x[rows].astype(np.float64).mean(axis=0)
+    reference = np.linalg.svd(centred, full_matrices=False)[2][0]
+    for batch in (7, 64, 1000):
+        d = main_direction(x, rows, batch)
+        assert abs(abs(d @ reference) - 1) < 1e-9 and d[np.argmax(np.abs(d))] > 0  # same axis, sign by the data
+    labels = np.zeros(500, dtype=np.int64)
+    assert np.array_equal(split_oversized(x, labels, 100, batch=7), split_oversized(x, labels, 100))
 
 
 def test_kmeans_assigns_to_the_nearest_unit_centroid():
