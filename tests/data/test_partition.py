@@ -6,8 +6,8 @@ import pytest
 
 from lory_lightning.data.embed import tfidf_svd_embed
 from lory_lightning.data.ordering import KnnParams, close_beyond_k, greedy_path, knn, near_duplicates, random_order
-from lory_lightning.data.partition import (assign, centroid_path, main_direction, members, order_documents,
-                                           partition, spherical_kmeans, split_oversized)
+from lory_lightning.data.partition import (RowFile, assign, centroid_path, main_direction, members,
+                                           order_documents, partition, spherical_kmeans, split_oversized)
 from lory_lightning.data.prepare import PrepareConfig
 
 
@@ -141,3 +141,13 @@ def test_members_groups_rows_by_label_in_one_sort():
     labels = np.array([2, 0, 2, 3, 0, 2])
     assert [g.tolist() for g in members(labels)] == [[1, 4], [], [0, 2, 5], [3]]  # label 1 is empty
     assert members(np.zeros(0, dtype=np.int64)) == []
+
+
+def test_row_file_reads_slices_single_rows_and_index_arrays_in_blocks(tmp_path):
+    x = np.arange(50 * 3, dtype=np.float32).reshape(50, 3)
+    np.save(tmp_path / "x.npy", x)
+    rows = RowFile(tmp_path / "x.npy", block=4)
+    assert len(rows) == 50 and rows.shape == (50, 3)
+    idx = np.array([49, 0, 7, 7, 13, 2, 30, 31, 32, 40, 1])  # unsorted, repeated, more than a block
+    assert np.array_equal(rows[idx], x[idx]) and np.array_equal(rows[5:17], x[5:17])
+    assert np.array_equal(rows[3], x[3]) and rows[np.array([], dtype=np.int64)].shape == (0, 3)
