@@ -466,7 +466,9 @@ class TokenFile:
         return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(max(self.n, 1),))
 
 
-CHUNK = 16384  # documents packed or counted per mapping of the token file
+CHUNK = 4096  # documents packed or counted per mapping of the token file. They lie anywhere in it
+# (visiting order), a page or two each, and a map counts every page it touched as resident: at 16384
+# the pack and finish stages' peaks grew with the corpus up to 128 MB of touched pages.
 
 
 def _pack_to_files(ids: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, doc_domain: np.ndarray,
