@@ -24,6 +24,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -416,7 +417,7 @@ def pack(folder: Path, rank: int, tasks: int) -> None:
     lengths = load_npy(work.folder / "partition" / "lengths.npy")
     offsets = np.zeros(len(lengths), dtype=np.int64)
     np.cumsum(lengths[:-1], out=offsets[1:])
-    tokens = TokenFile(work.folder / "partition" / "tokens.bin", token_dtype(meta["vocab_size"]), int(lengths.sum()))
+    tokens = (work.folder / "partition" / "tokens.bin", token_dtype(meta["vocab_size"]), int(lengths.sum()))
     train_ids = np.flatnonzero(~doc_val)
     train_order, dropped, n_parts = _visit_order(work, train_ids)
     val_ids = np.flatnonzero(doc_val)
@@ -456,35 +457,67 @@ def same_domain_fraction(domains: np.ndarray) -> float:
 
 
 class TokenFile:
-    """The token array of partition/tokens.bin, mapped only while a chunk of documents is read
-    (``chunk``): a map kept open would keep every page it touched resident."""
+    """A flat array file (partition/tokens.bin, a packed stream), read by ``tokens[a:b]`` with pread, no memory map.
+
+    The pack stage reads documents in visiting order, anywhere in the file, a page or two each; under
+    a map the kernel makes the 64 KB around every touched page resident too (fault-around; madvise
+    RANDOM does not stop it), so the pack and finish stages' peaks held the whole file (140 MB at
+    300k documents, more with every document). A pread copies what is asked and nothing stays."""
 
     def __init__(self, path: Path, dtype: type, n: int) -> None:
-        self.path, self.dtype, self.n = path, dtype, n
+        self.path, self.dtype, self.n = path, np.dtype(dtype), n
+        self.fd = os.open(path, os.O_RDONLY)
 
-    def chunk(self) -> np.memmap:
-        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(max(self.n, 1),))
+    def __getitem__(self, index: slice) -> np.ndarray:
+        a, b, _ = index.indices(self.n)
+        size = self.dtype.itemsize
+        data = os.pread(self.fd, max(b - a, 0) * size, a * size)
+        if len(data) != max(b - a, 0) * size:
+            raise OSError(f"{self.path}: short read of tokens {a}:{b} ({len(data)} bytes)")
+        return np.frombuffer(data, dtype=self.dtype)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self) -> "TokenFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-CHUNK = 4096  # documents packed or counted per mapping of the token file. They lie anywhere in it
-# (visiting order), a page or two each, and a map counts every page it touched as resident: at 16384
-# the pack and finish stages' peaks grew with the corpus up to 128 MB of touched pages.
+CHUNK = 4096  # documents packed or counted at a time
+
+
+def _span(ids: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, tokens: TokenFile, gather: bool = False
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The documents ``ids`` as a token array of their own: (tokens, offsets, lengths, local ids
+    0..len-1). Ascending ids are read as one span of the file; with ``gather`` (ids in any order,
+    a validation set) each document is read alone."""
+    if gather:
+        local_tokens = [tokens[int(offsets[d]):int(offsets[d] + lengths[d])] for d in ids]
+        local_lengths = lengths[ids]
+        local_offsets = np.zeros(len(ids), dtype=np.int64)
+        np.cumsum(local_lengths[:-1], out=local_offsets[1:])
+        flat = np.concatenate([np.zeros(0, dtype=tokens.dtype), *local_tokens])
+        return flat, local_offsets, local_lengths, np.arange(len(ids))
+    start = int(offsets[ids[0]])
+    block = tokens[start:int(offsets[ids[-1]] + lengths[ids[-1]])]
+    return block, offsets[ids] - start, lengths[ids], np.arange(len(ids))
 
 
 def _pack_to_files(ids: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, doc_domain: np.ndarray,
-                   tokens: TokenFile, eod: int, tokens_out: Path, domains_out: Path) -> np.ndarray:
+                   token_file: tuple[Path, type, int], eod: int, tokens_out: Path, domains_out: Path) -> np.ndarray:
     """``pack_stream`` of the documents ``ids`` written to two files, CHUNK documents at a time;
     returns the start of each document in the stream (len(ids) + 1,)."""
     starts = np.zeros(len(ids) + 1, dtype=np.int64)
     np.cumsum(lengths[ids] + 1, out=starts[1:])
-    with open(tokens_out, "wb") as tok_file, open(domains_out, "wb") as dom_file:
+    with TokenFile(*token_file) as tokens, open(tokens_out, "wb") as tok_file, open(domains_out, "wb") as dom_file:
         for a in range(0, len(ids), CHUNK):
             part = ids[a:a + CHUNK]
             n = int(starts[a + len(part)] - starts[a])
             out_tokens, out_domains = np.empty(n, dtype=tokens.dtype), np.empty(n, dtype=np.uint8)
-            source = tokens.chunk()
-            pack_stream(part, offsets, lengths, doc_domain, source, eod, out_tokens, out_domains)
-            del source
+            pack_stream(part, offsets, lengths, doc_domain, tokens, eod, out_tokens, out_domains)
             tok_file.write(out_tokens.tobytes())
             dom_file.write(out_domains.tobytes())
     return starts
@@ -514,23 +547,29 @@ def shards(folder: Path, rank: int, tasks: int) -> None:
     dtype, per_shard, seq_len = token_dtype(meta["vocab_size"]), cfg["sequences_per_shard"], cfg["seq_len"]
     for split in ("train", "val"):
         entries = load_npy(work.folder / "pack" / f"{split}-entries.npy")
-        for j in mine(-(-len(entries) // per_shard), rank, tasks):
-            samples, maps = [], {}  # group -> its starts, ids and streams, mapped for this shard only (see TokenFile)
-            for g, i in entries[j * per_shard:(j + 1) * per_shard]:
-                if g not in maps:
-                    maps[g] = (load_npy(work.folder / "pack" / f"{split}-{g}.starts.npy", mmap=True),
-                               load_npy(work.folder / "pack" / f"{split}-{g}.ids.npy", mmap=True),
-                               np.memmap(work.folder / "pack" / f"{split}-{g}.tokens", dtype=dtype, mode="r"),
-                               np.memmap(work.folder / "pack" / f"{split}-{g}.domains", dtype=np.uint8, mode="r"))
-                starts, ids, stream, stream_domains = maps[g]
-                s = sequence_slice(int(i), seq_len)
-                first, last = documents_in(int(i), seq_len, starts)
-                docs = [[int(ids[p]), int(starts[p]) - s.start] for p in range(first, last)]
-                samples.append(Sample(f"{split}-{g:03d}-{i:07d}", np.array(stream[s]), np.array(stream_domains[s]),
-                                      {"split": split, "group": int(g), "sequence": int(i), "documents": docs}))
-            del maps, starts, ids, stream, stream_domains
-            entry = _write_one(work.out / shard_name(split, j), samples)
-            atomic_json(work.path("shards", f"{split}-{j:05d}.json"), entry)
+        groups: dict[int, tuple] = {}  # group -> its document starts and ids (16 bytes a document), its streams
+        try:
+            for j in mine(-(-len(entries) // per_shard), rank, tasks):
+                samples = []
+                for g, i in entries[j * per_shard:(j + 1) * per_shard]:
+                    if g not in groups:
+                        packed = work.folder / "pack"
+                        starts = load_npy(packed / f"{split}-{g}.starts.npy")
+                        groups[g] = (starts, load_npy(packed / f"{split}-{g}.ids.npy"),
+                                     TokenFile(packed / f"{split}-{g}.tokens", dtype, int(starts[-1])),
+                                     TokenFile(packed / f"{split}-{g}.domains", np.uint8, int(starts[-1])))
+                    starts, ids, stream, stream_domains = groups[g]
+                    s = sequence_slice(int(i), seq_len)
+                    first, last = documents_in(int(i), seq_len, starts)
+                    docs = [[int(ids[p]), int(starts[p]) - s.start] for p in range(first, last)]
+                    samples.append(Sample(f"{split}-{g:03d}-{i:07d}", stream[s], stream_domains[s],
+                                          {"split": split, "group": int(g), "sequence": int(i), "documents": docs}))
+                entry = _write_one(work.out / shard_name(split, j), samples)
+                atomic_json(work.path("shards", f"{split}-{j:05d}.json"), entry)
+        finally:
+            for _, _, stream, stream_domains in groups.values():
+                stream.close()
+                stream_domains.close()
 
 
 # -- finish ----------------------------------------------------------------------------------------
@@ -562,12 +601,13 @@ def finish(folder: Path, rank: int, tasks: int) -> None:
     val_ids = np.flatnonzero(doc_val)
     val_order = np.concatenate([val_ids[doc_domain[val_ids] == d] for d in range(len(domains))])
     counts = np.ones(meta["vocab_size"], dtype=np.int64)  # add-one, as unigram_counts starts
-    for a in range(0, len(train_order), CHUNK):
-        source = tokens.chunk()
-        counts += unigram_counts(source, offsets, lengths, train_order[a:a + CHUNK], meta["vocab_size"],
-                                 meta["eod_id"]) - 1
-        del source
-    unigram = unigram_ppl(counts, tokens.chunk(), offsets, lengths, val_order, doc_domain, meta["eod_id"])
+    in_file_order = np.sort(train_order)  # counts do not depend on the order: read the file front to back
+    with tokens:
+        for a in range(0, len(in_file_order), CHUNK):
+            counts += unigram_counts(*_span(in_file_order[a:a + CHUNK], offsets, lengths, tokens),
+                                     meta["vocab_size"], meta["eod_id"]) - 1
+        val = _span(val_order, offsets, lengths, tokens, gather=True)
+        unigram = unigram_ppl(counts, *val, doc_domain[val_order], meta["eod_id"])
     atomic_write_bytes(out / UNIGRAM, npy_bytes(counts))
     atomic_write_bytes(out / TOKENIZER, (work.folder / "fit" / TOKENIZER).read_bytes())
     by_domain = {d: {"train_documents": 0, "val_documents": 0, "train_tokens": 0, "val_tokens": 0} for d in domains}
