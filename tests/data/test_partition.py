@@ -143,10 +143,10 @@ def test_members_groups_rows_by_label_in_one_sort():
     assert members(np.zeros(0, dtype=np.int64)) == []
 
 
-def test_row_file_reads_slices_single_rows_and_index_arrays_in_blocks(tmp_path):
+def test_row_file_reads_slices_single_rows_and_index_arrays(tmp_path):
     x = np.arange(50 * 3, dtype=np.float32).reshape(50, 3)
     np.save(tmp_path / "x.npy", x)
-    rows = RowFile(tmp_path / "x.npy", block=4)
+    rows = RowFile(tmp_path / "x.npy")
     assert len(rows) == 50 and rows.shape == (50, 3)
     idx = np.array([49, 0, 7, 7, 13, 2, 30, 31, 32, 40, 1])  # unsorted, repeated, more than a block
     assert np.array_equal(rows[idx], x[idx]) and np.array_equal(rows[5:17], x[5:17])
