@@ -46,7 +46,6 @@ class RowFile:
         if fortran:
             raise ValueError(f"{path}: a Fortran-ordered array; RowFile reads C-ordered rows")
         self.shape, self.dtype = shape, dtype
-        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -70,10 +69,18 @@ class RowFile:
             os.close(fd)
 
     def _read(self, fd: int, start: int, rows: int) -> np.ndarray:
-        data = os.pread(fd, rows * self.row_bytes, self.offset + start * self.row_bytes)
-        if len(data) != rows * self.row_bytes:
-            raise OSError(f"{self.path}: short read of rows {start}:{start + rows}")
-        return np.frombuffer(data, dtype=self.dtype).reshape(rows, *self.shape[1:])
+        return pread_rows(fd, self.path, self.dtype, self.shape[1:], self.offset, start, rows)
+
+
+def pread_rows(fd: int, path: str | Path, dtype: np.dtype, row_shape: tuple[int, ...], offset: int, start: int,
+               rows: int) -> np.ndarray:
+    """Rows start..start+rows of a C-ordered array stored from byte ``offset`` of the open file ``fd``,
+    read with one pread (no map: nothing stays resident); a short read names the file."""
+    row_bytes = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
+    data = os.pread(fd, rows * row_bytes, offset + start * row_bytes)
+    if len(data) != rows * row_bytes:
+        raise OSError(f"{path}: short read of rows {start}:{start + rows} ({len(data)} of {rows * row_bytes} bytes)")
+    return np.frombuffer(data, dtype=dtype).reshape(rows, *row_shape)
 
 
 def spherical_kmeans(x: np.ndarray, k: int, seed: int, iters: int = 10) -> np.ndarray:

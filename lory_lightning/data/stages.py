@@ -470,11 +470,7 @@ class TokenFile:
 
     def __getitem__(self, index: slice) -> np.ndarray:
         a, b, _ = index.indices(self.n)
-        size = self.dtype.itemsize
-        data = os.pread(self.fd, max(b - a, 0) * size, a * size)
-        if len(data) != max(b - a, 0) * size:
-            raise OSError(f"{self.path}: short read of tokens {a}:{b} ({len(data)} bytes)")
-        return np.frombuffer(data, dtype=self.dtype)
+        return partitions.pread_rows(self.fd, self.path, self.dtype, (), 0, a, max(b - a, 0))
 
     def close(self) -> None:
         os.close(self.fd)
