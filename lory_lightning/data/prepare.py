@@ -1,7 +1,7 @@
 """`lory prepare`: raw documents -> tokenizer, similarity-ordered packed sequences, WebDataset shards.
 
 This module owns the command: its config, the output folder, and the order of the stages
-(data/stages.py: read -> merge -> encode -> partition -> order -> pack -> shards -> finish, LORY.md
+(data/stages.py: read -> dedup -> merge -> fit -> encode -> partition -> order -> pack -> shards -> finish, LORY.md
 section 4) on an engine (data/engine.py: datatrove, local or Slurm). Every file is written under a
 temporary name and renamed when complete, and the manifest comes last, so a killed run leaves
 nothing that looks finished; running it again continues from the stage tasks that completed, and
@@ -386,7 +386,11 @@ def stage_summary(name: str, work: Path) -> str:
     w = Work(work)
     if name == "read":
         return f"{len(w.files)} input file(s) read"
-    meta = json.loads((work / "merge" / "meta.json").read_text("utf-8"))
+    if name == "dedup":
+        n = len(stages.dedup_ranges(int(stages.read_counts(w)[-1])))
+        later = sum(len(np.load(work / "dedup" / f"{k:06d}.npy", mmap_mode="r")) for k in range(n))
+        return f"{later} exact duplicate(s) found in {n} digest range(s)"
+    meta = stages.corpus(w)
     if name == "merge":
         return f"{meta['documents']} documents in {len(meta['domains'])} domains, {meta['skipped']['total']} skipped"
     if name == "fit":

@@ -3,11 +3,13 @@
 A stage reads what earlier stages left in the work folder and writes its own outputs there (each
 file atomically), so a task killed midway is simply run again, and a finished task is skipped
 (the engine's completion records). Parallel stages split their work by a key that does not depend
-on the number of tasks (input file, partition, shard), and every merge is in that key's order: the
-same inputs and config give byte-identical shards and manifest with any number of tasks or workers.
+on the number of tasks (input file, digest range, partition, shard), and every merge is in that key's
+order: the same inputs and config give byte-identical shards and manifest with any number of tasks or
+workers.
 
-    read       (parallel, by input file)  validate records; text, domain, place, digest per document
-    merge      (one task)   exact duplicates across all files, domains, splits
+    read       (parallel, by input file)  validate records; text, domain, place, sorted digests
+    dedup      (parallel, by digest range)  exact duplicates across all files, one range at a time
+    merge      (parallel, by input file)  each file's document table: kept rows, domains, splits
     fit        (parallel, by model)       the tokenizer and the embedding map, each on a seeded sample
     encode     (parallel, by input file)  token ids of every document, embeddings of training ones
     partition  (one task)   one token array, one embedding array, partitions and their visiting order
@@ -120,8 +122,9 @@ def _is_val(text: str, fraction: float) -> bool:
 
 
 def read(folder: Path, rank: int, tasks: int) -> None:
-    """Per input file: its valid documents (read/NNNNNN.jsonl.gz) and their digests, places and
-    domains (read/NNNNNN.npz); what was skipped, by reason (read/NNNNNN.skips.json)."""
+    """Per input file: its valid documents (read/NNNNNN.jsonl.gz), their places, domains and
+    hash split (read/NNNNNN.npz), their digests sorted for de-duplication by range
+    (read/NNNNNN.keys.npy, .buckets.npy); what was skipped, by reason (read/NNNNNN.skips.json)."""
     work = Work(folder)
     policy = work.policy
     for f in mine(len(work.files), rank, tasks):
@@ -135,9 +138,12 @@ def read(folder: Path, rank: int, tasks: int) -> None:
                 wheres.append(doc.where)
                 domains.append(doc.domain)
                 held_out.append(_is_val(doc.text, work.cfg["val_fraction"]))
+        keys = digest_keys(np.frombuffer(bytes(digests), dtype=np.uint8).reshape(-1, 16))
+        atomic_npy(work.path("read", f"{f:06d}.keys.npy"), keys)
+        atomic_npy(work.path("read", f"{f:06d}.buckets.npy"), bucket_bounds(keys[:, 0]))
         with atomic_file(work.path("read", f"{f:06d}.npz")) as out:
-            np.savez(out, digest=np.frombuffer(bytes(digests), dtype=np.uint8).reshape(-1, 16), where=np.array(wheres, dtype=str),
-                     domain=np.array(domains, dtype=str), held_out=np.array(held_out, dtype=bool))
+            np.savez(out, where=np.array(wheres, dtype=str), domain=np.array(domains, dtype=str),
+                     held_out=np.array(held_out, dtype=bool))
         atomic_json(work.path("read", f"{f:06d}.skips.json"), skips.as_dict())
 
 
@@ -158,67 +164,147 @@ def rows_of(items: Iterator[str], rows: np.ndarray) -> Iterator[str]:
             k += 1
 
 
+# -- dedup -----------------------------------------------------------------------------------------
+
+BUCKETS = 4096
+"""Digest buckets (the top 12 bits of a digest's first word): a dedup range is a run of them."""
+DEDUP_RANGE = 1 << 20
+"""Documents a dedup task holds at once, about (40 bytes each at the peak): ranges = ceil(N / this)."""
+
+
+def digest_keys(digests: np.ndarray) -> np.ndarray:
+    """(N, 3) uint64 rows (first word, second word, row) of the 16-byte digests (N, 16) uint8, sorted:
+    equal digests together, by row; a digest range is a contiguous slice of them."""
+    words = np.ascontiguousarray(digests).view(np.uint64).reshape(-1, 2)  # (N, 2): a digest as two words
+    keys = np.column_stack([words, np.arange(len(words), dtype=np.uint64)])  # (N, 3)
+    return keys[np.lexsort((keys[:, 2], keys[:, 1], keys[:, 0]))]
+
+
+def bucket_bounds(first_words: np.ndarray) -> np.ndarray:
+    """(BUCKETS + 1,) where each bucket starts in the sorted first words (N,) uint64, then N."""
+    starts = np.arange(BUCKETS, dtype=np.uint64) << np.uint64(64 - 12)  # (BUCKETS,) a bucket's smallest word
+    return np.append(np.searchsorted(first_words, starts), len(first_words)).astype(np.int64)
+
+
+def dedup_ranges(n: int) -> list[range]:
+    """The buckets of each dedup task's range: ceil(n / DEDUP_RANGE) runs of equal width (digests are
+    uniform, so each holds about n / ranges documents); the count depends on the corpus only."""
+    k = min(BUCKETS, max(1, -(-n // DEDUP_RANGE)))
+    edges = [BUCKETS * i // k for i in range(k + 1)]
+    return [range(a, b) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def later_copies(keys: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """Sorted reading positions of the rows whose digest an earlier row has: keys (n, 2) uint64
+    digests, position (n,) int64 each row's place in reading order (unique). The first copy in
+    reading order stays. Numeric arrays only, no Python object per document."""
+    order = np.lexsort((position, keys[:, 1], keys[:, 0]))  # equal digests together, first copy first
+    ordered = keys[order]
+    later = np.zeros(len(keys), dtype=bool)
+    later[1:] = np.all(ordered[1:] == ordered[:-1], axis=1)
+    return np.sort(position[order[later]])
+
+
+def read_counts(work: Work) -> np.ndarray:
+    """(files + 1,) the reading position of each input file's first document (read's key files)."""
+    counts = [len(partitions.RowFile(work.folder / "read" / f"{f:06d}.keys.npy")) for f in range(len(work.files))]
+    return np.cumsum([0] + counts)
+
+
+def dedup(folder: Path, rank: int, tasks: int) -> None:
+    """Per digest range: the reading positions of exact duplicates across all files (dedup/NNNNNN.npy,
+    sorted) and where each file's start in it (dedup/NNNNNN.bounds.npy). A task reads only its
+    range's slice of each file's sorted keys: its memory is the range, not the corpus."""
+    work = Work(folder)
+    first = read_counts(work)
+    ranges = dedup_ranges(int(first[-1]))
+    for k in mine(len(ranges), rank, tasks):
+        keys, position = [], []
+        for f in range(len(work.files)):
+            lo, hi = partitions.RowFile(work.folder / "read" / f"{f:06d}.buckets.npy")[[ranges[k].start, ranges[k].stop]]
+            part = partitions.RowFile(work.folder / "read" / f"{f:06d}.keys.npy")[int(lo):int(hi)]  # (m, 3)
+            keys.append(part[:, :2])
+            position.append(part[:, 2].astype(np.int64) + first[f])
+        later = later_copies(np.concatenate([np.zeros((0, 2), np.uint64), *keys]),
+                             np.concatenate([np.zeros(0, np.int64), *position]))
+        atomic_npy(work.path("dedup", f"{k:06d}.npy"), later)
+        atomic_npy(work.path("dedup", f"{k:06d}.bounds.npy"), np.searchsorted(later, first))
+
+
 # -- merge -----------------------------------------------------------------------------------------
 
-def first_copies(digests: np.ndarray) -> np.ndarray:
-    """(N,) bool: row i is the first row (lowest index) with its 16-byte digest (N, 16) uint8. Numeric
-    arrays only (about 40 bytes a document at the peak), no Python object per document."""
-    pairs = np.ascontiguousarray(digests).view(np.uint64).reshape(-1, 2)  # (N, 2): a digest as two words
-    order = np.lexsort((np.arange(len(pairs)), pairs[:, 1], pairs[:, 0]))  # equal digests together, by row
-    ordered = pairs[order]
-    first = np.ones(len(pairs), dtype=bool)
-    first[1:] = np.any(ordered[1:] != ordered[:-1], axis=1)
-    out = np.empty(len(pairs), dtype=bool)
-    out[order] = first
-    return out
-
-
 def merge(folder: Path, rank: int, tasks: int) -> None:
-    """One task: exact duplicates across all files (the first copy in reading order stays), the
-    domains in order of first appearance, each document's split (merge/docs.npz, merge/meta.json)."""
+    """Per input file: its document table (merge/NNNNNN.npz: kept rows, domain ids in the file's own
+    list, split) and what it adds to the corpus (merge/NNNNNN.json: its domains in order of first
+    appearance among kept documents, documents, training documents, skipped). ``corpus`` joins them."""
     work = Work(folder)
     policy = work.policy
-    skips = SkipLog()
     held_out_by_hash = not any(work.val_file)
-    npz = [work.folder / "read" / f"{f:06d}.npz" for f in range(len(work.files))]
-    digests = []
-    for path in npz:
-        with np.load(path, allow_pickle=False) as z:
-            digests.append(z["digest"])
-    bounds = np.cumsum([0] + [len(d) for d in digests])
-    first = first_copies(np.concatenate(digests) if digests else np.zeros((0, 16), dtype=np.uint8))
-    del digests
-    domains: dict[str, int] = {}  # name -> id, in order of first appearance
-    parts = []  # per input file: (kept rows, their domain ids, their split): arrays, not per-document objects
-    for f, file in enumerate(work.files):
+    first = read_counts(work)
+    n_ranges = len(dedup_ranges(int(first[-1])))
+    for f in mine(len(work.files), rank, tasks):
+        skips = SkipLog()
         skips.absorb(json.loads((work.folder / "read" / f"{f:06d}.skips.json").read_text("utf-8")))
-        kept = first[bounds[f]:bounds[f + 1]]
-        with np.load(npz[f], allow_pickle=False) as z:
+        later = []
+        for k in range(n_ranges):
+            a, b = partitions.RowFile(work.folder / "dedup" / f"{k:06d}.bounds.npy")[f:f + 2]
+            later.append(partitions.RowFile(work.folder / "dedup" / f"{k:06d}.npy")[int(a):int(b)] - first[f])
+        duplicates = np.sort(np.concatenate([np.zeros(0, np.int64), *later]))  # rows of this file, ascending
+        kept = np.ones(int(first[f + 1] - first[f]), dtype=bool)
+        kept[duplicates] = False
+        with np.load(work.folder / "read" / f"{f:06d}.npz", allow_pickle=False) as z:
             domain, held_out = z["domain"], z["held_out"]
-            duplicates = np.flatnonzero(~kept)
             where = z["where"][duplicates] if len(duplicates) else []
         for row, place in zip(duplicates, where):
             skip_duplicate(policy, skips, _Doc(str(domain[row]), str(place)))
         rows = np.flatnonzero(kept)
         names, first_row, codes = np.unique(domain[rows], return_index=True, return_inverse=True)
-        for i in np.argsort(first_row, kind="stable"):  # this file's domains in order of first appearance
-            domains.setdefault(str(names[i]), len(domains))
-        ids = np.array([domains[str(n)] for n in names], dtype=np.int64)[codes.reshape(-1)]
+        appearance = np.argsort(first_row, kind="stable")  # this file's domains in order of first appearance
+        local = np.empty(len(names), dtype=np.int64)
+        local[appearance] = np.arange(len(names))
         val = np.ones(len(rows), dtype=bool) if work.val_file[f] else (held_out[rows] & held_out_by_hash)
-        parts.append((np.full(len(rows), f, dtype=np.int64), rows, ids, val))
-    train_names = [str(work.files[f]) for f in range(len(work.files)) if not work.val_file[f]]
-    if not sum(len(p[1]) for p in parts):
+        with atomic_file(work.path("merge", f"{f:06d}.npz")) as out:
+            np.savez(out, row=rows.astype(np.int64), domain=local[codes.reshape(-1)].astype(np.int32), val=val)
+        atomic_json(work.path("merge", f"{f:06d}.json"), {
+            "domains": [str(names[i]) for i in appearance], "documents": len(rows),
+            "train": int((~val).sum()), "skipped": skips.as_dict()})
+
+
+def corpus(work: Work) -> dict:
+    """What the merge stage found in all files together: the domains in order of first appearance,
+    the kept and training documents, the skipped ones; each file's domain ids into the global list.
+    Raises when no document was kept or there are more domains than per-token ids can hold."""
+    skips = SkipLog()
+    domains: dict[str, int] = {}  # name -> id, in order of first appearance
+    files, documents, train = [], 0, 0
+    for f in range(len(work.files)):
+        part = json.loads((work.folder / "merge" / f"{f:06d}.json").read_text("utf-8"))
+        skips.absorb(part["skipped"])
+        files.append([domains.setdefault(name, len(domains)) for name in part["domains"]])
+        documents += part["documents"]
+        train += part["train"]
+    if not documents:
+        train_names = [str(work.files[f]) for f in range(len(work.files)) if not work.val_file[f]]
         raise ValueError(f"no valid documents in {train_names}: see the skipped counts {skips.as_dict()['by_reason']}")
     if len(domains) > 255:
         raise ValueError(f"{len(domains)} domains; per-token domain ids are stored as uint8 (at most 255)")
-    docs = {key: np.concatenate([p[i] for p in parts]).astype(dtype)
-            for i, (key, dtype) in enumerate((("source", np.int64), ("row", np.int64), ("domain", np.uint8),
-                                              ("val", bool)))}
-    del parts
-    with atomic_file(work.path("merge", "docs.npz")) as out:
-        np.savez(out, **docs)
-    atomic_json(work.path("merge", "meta.json"), {"domains": list(domains), "skipped": skips.as_dict(),
-                                                  "documents": len(docs["source"])})
+    return {"domains": list(domains), "skipped": skips.as_dict(), "documents": documents, "train_documents": train,
+            "file_domains": files}
+
+
+def doc_table(work: Work, f: int, file_domains: list[int]) -> dict[str, np.ndarray]:
+    """Input file f's kept documents: row in the file (ascending), domain id (global), validation."""
+    with np.load(work.folder / "merge" / f"{f:06d}.npz", allow_pickle=False) as z:
+        return {"row": z["row"], "domain": np.array(file_domains, dtype=np.uint8)[z["domain"]], "val": z["val"]}
+
+
+def doc_tables(work: Work, file_domains: list[list[int]]) -> dict[str, np.ndarray]:
+    """All files' document tables in reading order, with each document's input file ("source")."""
+    parts = [doc_table(work, f, file_domains[f]) for f in range(len(work.files))]
+    out = {key: np.concatenate([np.zeros(0, dtype), *[p[key] for p in parts]]).astype(dtype)
+           for key, dtype in (("row", np.int64), ("domain", np.uint8), ("val", bool))}
+    out["source"] = np.repeat(np.arange(len(parts), dtype=np.int64), [len(p["row"]) for p in parts])
+    return out
 
 
 # -- fit -------------------------------------------------------------------------------------------
@@ -233,31 +319,31 @@ def fit(folder: Path, rank: int, tasks: int) -> None:
     map (fit/embed.npz, for the tfidf-svd embedder), each fit on its own seeded sample."""
     work = Work(folder)
     cfg = work.cfg
-    with np.load(work.folder / "merge" / "docs.npz", allow_pickle=False) as z:
-        docs = {k: z[k] for k in ("source", "row", "val")}
-    n_train = int((~docs["val"]).sum())
+    n_train = corpus(work)["train_documents"]
     for key in mine(len(FIT_MODELS), rank, tasks):
         if key == 0:
             if cfg["tokenizer"]:
                 tok, eod = load_tokenizer(cfg["tokenizer"])
             else:  # seeded apart from the embedder's sample (seed + 1), all documents when there are fewer
                 rows = sample_rows(n_train, cfg["tokenizer_sample"], cfg["seed"] + 1)
-                tok = train_tokenizer(training_texts(work, docs, rows), cfg["vocab_size"])
+                tok = train_tokenizer(training_texts(work, rows), cfg["vocab_size"])
                 eod = eod_id(tok)
             atomic_write_bytes(work.path("fit", TOKENIZER), tok.to_str().encode("utf-8"))
             atomic_json(work.path("fit", "tokenizer.meta.json"), {"eod_id": eod, "vocab_size": tok.get_vocab_size()})
         elif cfg["embedder"] == "tfidf-svd":
             rows = sample_rows(n_train, cfg["embed_sample"], cfg["seed"])
-            fit_tfidf_svd(training_texts(work, docs, rows), cfg["embed_dim"], seed=cfg["seed"]).save(
+            fit_tfidf_svd(training_texts(work, rows), cfg["embed_dim"], seed=cfg["seed"]).save(
                 work.path("fit", "embed.npz"))
 
 
-def training_texts(work: Work, docs: dict[str, np.ndarray], rows: np.ndarray) -> Iterator[str]:
-    """Texts of the training documents of the document table ``docs`` whose training index is in the
-    sorted ``rows``, in order; a file none of whose documents is wanted is not read."""
+def training_texts(work: Work, rows: np.ndarray) -> Iterator[str]:
+    """Texts of the training documents whose training index (in reading order) is in the sorted
+    ``rows``, in order; one file's document table at a time, and a file none of whose documents is
+    wanted is not read."""
     start = 0  # training index of the file's first training document
-    for f, part in enumerate(by_file(docs["source"], len(work.files))):
-        train_rows = docs["row"][part][~docs["val"][part]]  # (n_f,) ascending
+    for f in range(len(work.files)):
+        with np.load(work.folder / "merge" / f"{f:06d}.npz", allow_pickle=False) as z:
+            train_rows = z["row"][~z["val"]]  # (n_f,) ascending
         a, b = np.searchsorted(rows, [start, start + len(train_rows)])
         wanted = train_rows[rows[a:b] - start]
         start += len(train_rows)
@@ -271,15 +357,9 @@ class _Doc:  # what skip_duplicate needs of a document
     where: str
 
 
-def by_file(source: np.ndarray, n_files: int) -> list[slice]:
-    """The slice of the document table (in reading order, so sorted by input file) of each file."""
-    bounds = np.searchsorted(source, np.arange(n_files + 1))
-    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
-
-
 def _meta(work: Work) -> dict:
-    """merge's meta (domains, skipped, documents) and the tokenizer's (eod_id, vocab_size)."""
-    return {**json.loads((work.folder / "merge" / "meta.json").read_text("utf-8")),
+    """The corpus (``corpus``: domains, skipped, documents) and the tokenizer (eod_id, vocab_size)."""
+    return {**corpus(work),
             **json.loads((work.folder / "fit" / "tokenizer.meta.json").read_text("utf-8"))}
 
 
@@ -298,12 +378,12 @@ def encode(folder: Path, rank: int, tasks: int) -> None:
     meta = _meta(work)
     tok = Tokenizer.from_str((work.folder / "fit" / TOKENIZER).read_text("utf-8"))
     dtype = token_dtype(meta["vocab_size"])
-    with np.load(work.folder / "merge" / "docs.npz", allow_pickle=False) as z:
-        docs = {k: z[k] for k in ("source", "row", "val")}
-    parts = by_file(docs["source"], len(work.files))
     embed_map = TfidfSvdMap.load(work.folder / "fit" / "embed.npz") if work.cfg["embedder"] == "tfidf-svd" else None
-    for f in balanced(np.array([p.stop - p.start for p in parts]), rank, tasks):  # by kept documents
-        rows, is_val = docs["row"][parts[f]], docs["val"][parts[f]]  # kept rows (ascending), their split
+    kept = [json.loads((work.folder / "merge" / f"{f:06d}.json").read_text("utf-8"))["documents"]
+            for f in range(len(work.files))]
+    for f in balanced(np.array(kept), rank, tasks):  # by kept documents
+        table = doc_table(work, f, meta["file_domains"][f])
+        rows, is_val = table["row"], table["val"]  # kept rows (ascending), their split
         lengths, batch, shape = [], [], [0, 0]  # shape: embedded rows, their dimension
 
         def flush(out, embedded) -> None:  # noqa: ANN001 (binary files)
@@ -412,8 +492,9 @@ def pack(folder: Path, rank: int, tasks: int) -> None:
     every shard mixes the whole corpus), validation domains dealt round-robin."""
     work = Work(folder)
     cfg, meta = work.cfg, _meta(work)
-    with np.load(work.folder / "merge" / "docs.npz", allow_pickle=False) as z:
-        doc_domain, doc_val = z["domain"], z["val"]
+    docs = doc_tables(work, meta["file_domains"])
+    doc_domain, doc_val = docs["domain"], docs["val"]
+    del docs
     lengths = load_npy(work.folder / "partition" / "lengths.npy")
     offsets = np.zeros(len(lengths), dtype=np.int64)
     np.cumsum(lengths[:-1], out=offsets[1:])
@@ -575,8 +656,9 @@ def finish(folder: Path, rank: int, tasks: int) -> None:
     work = Work(folder)
     cfg, meta = work.cfg, _meta(work)
     out = work.out
-    with np.load(work.folder / "merge" / "docs.npz", allow_pickle=False) as z:
-        doc_domain, doc_val, doc_file, doc_row = z["domain"], z["val"], z["source"], z["row"]
+    docs = doc_tables(work, meta["file_domains"])
+    doc_domain, doc_val, doc_file, doc_row = docs["domain"], docs["val"], docs["source"], docs["row"]
+    del docs
     domains = meta["domains"]
     lengths = load_npy(work.folder / "partition" / "lengths.npy")
     offsets = np.zeros(len(lengths), dtype=np.int64)
@@ -644,6 +726,6 @@ def finish(folder: Path, rank: int, tasks: int) -> None:
     atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
-STAGES = (("read", "files"), ("merge", None), ("fit", "models"), ("encode", "files"), ("partition", None), ("order", "partitions"),
+STAGES = (("read", "files"), ("dedup", "digest ranges"), ("merge", "files"), ("fit", "models"), ("encode", "files"), ("partition", None), ("order", "partitions"),
           ("pack", None), ("shards", "shards"), ("finish", None))
 """(name of the task function in this module, what its parallel tasks split: None for a one-task stage)."""

@@ -5,31 +5,70 @@ import hashlib
 import numpy as np
 
 from lory_lightning.data.partition import member_table, members
-from lory_lightning.data.stages import balanced, first_copies, mine, rows_of, same_domain_fraction
+from lory_lightning.data.stages import (BUCKETS, DEDUP_RANGE, balanced, bucket_bounds, dedup_ranges, digest_keys,
+                                        later_copies, mine, rows_of, same_domain_fraction)
 
 
 def _digest(i: int) -> np.ndarray:
     return np.frombuffer(hashlib.blake2b(str(i).encode(), digest_size=16).digest(), dtype=np.uint8)
 
 
-def test_first_copies_keeps_the_first_row_of_every_digest():
+def _later_copies_of(digests: np.ndarray) -> list[int]:
+    """later_copies over digests in reading order: rows 0..n-1 as reading positions."""
+    keys = digest_keys(digests)
+    return later_copies(keys[:, :2], keys[:, 2].astype(np.int64)).tolist()
+
+
+def test_later_copies_are_every_row_but_the_first_of_each_digest():
     rng = np.random.default_rng(0)
     texts = rng.integers(0, 300, size=2000)  # many repeats, in random places
     digests = np.stack([_digest(int(t)) for t in texts])
     seen, expected = set(), []
-    for t in texts:  # the slow reference: a set of texts in reading order
-        expected.append(int(t) not in seen)
+    for i, t in enumerate(texts):  # the slow reference: a set of texts in reading order
+        if int(t) in seen:
+            expected.append(i)
         seen.add(int(t))
-    assert first_copies(digests).tolist() == expected
-    assert first_copies(digests).sum() == len(set(texts.tolist()))
+    assert _later_copies_of(digests) == expected
+    assert len(expected) == len(texts) - len(set(texts.tolist()))
 
 
-def test_first_copies_digests_equal_in_one_word_only_are_different():
+def test_later_copies_digests_equal_in_one_word_only_are_different():
     a, b = _digest(1), _digest(2)
     half = np.concatenate([a[:8], b[8:]])  # shares its first 8 bytes with a, its last 8 with b
     digests = np.stack([a, half, b, a, np.concatenate([b[:8], a[8:]]), half])
-    assert first_copies(digests).tolist() == [True, True, True, False, True, False]
-    assert first_copies(np.zeros((0, 16), dtype=np.uint8)).tolist() == []
+    assert _later_copies_of(digests) == [3, 5]
+    assert _later_copies_of(np.zeros((0, 16), dtype=np.uint8)) == []
+
+
+def test_dedup_by_ranges_over_files_equals_dedup_of_the_whole_corpus():
+    """The dedup stage's way: each file's keys sorted and bucketed, each range a slice of every file;
+    the union over ranges is the whole corpus's later copies, whatever the number of ranges."""
+    rng = np.random.default_rng(1)
+    texts = rng.integers(0, 500, size=3000)
+    digests = np.stack([_digest(int(t)) for t in texts])
+    files = np.split(np.arange(3000), [700, 1900, 1900, 2600])  # one file empty
+    first = np.cumsum([0] + [len(f) for f in files])
+    keys = [digest_keys(digests[rows]) for rows in files]
+    buckets = [bucket_bounds(k[:, 0]) for k in keys]
+    assert all(b[0] == 0 and b[-1] == len(k) and np.all(np.diff(b) >= 0) for b, k in zip(buckets, keys))
+    whole = _later_copies_of(digests)
+    for n in (1, 2, 7, 300):  # ranges
+        ranges = dedup_ranges(n * DEDUP_RANGE)
+        assert len(ranges) == n
+        assert sorted(b for r in ranges for b in r) == list(range(BUCKETS))  # every bucket in one range
+        found = []
+        for r in ranges:
+            parts = [k[b[r.start]:b[r.stop]] for k, b in zip(keys, buckets)]
+            found += later_copies(np.concatenate([p[:, :2] for p in parts]),
+                                  np.concatenate([p[:, 2].astype(np.int64) + first[f] for f, p in enumerate(parts)])).tolist()
+        assert sorted(found) == whole, n
+
+
+def test_dedup_ranges_follow_the_corpus_size_only():
+    assert len(dedup_ranges(0)) == 1 and len(dedup_ranges(DEDUP_RANGE)) == 1
+    assert len(dedup_ranges(DEDUP_RANGE + 1)) == 2
+    assert len(dedup_ranges(235_000_000)) == 225  # the paper-scale corpus: about a million documents a range
+    assert len(dedup_ranges(10 ** 12)) == BUCKETS
 
 
 def test_rows_of_takes_ascending_rows_and_stops_reading_after_the_last():
