@@ -30,14 +30,18 @@ from .ordering import KnnParams, greedy_path, order_partition, random_order
 
 
 class RowFile:
-    """The rows of a .npy file, read on demand with pread: ``x[a:b]`` (one read) or ``x[rows]`` (one
-    read a row), no memory map. A map counts every page it touched as resident, and the kernel maps
-    the 64 KB around each touched page with it (fault-around): rows picked across the whole file (a
-    partition's members, k-means' sample) made nearly all of it resident, and the order stage's
-    peak grew with the corpus (145, 245 and 540 MB at 100k, 300k and 1M documents)."""
+    """The rows of a .npy file, or of a raw file given its dtype and shape, read on demand with pread:
+    ``x[a:b]`` (one read) or ``x[rows]`` (one read a row), no memory map. A map counts every page it
+    touched as resident, and the kernel maps the 64 KB around each touched page with it
+    (fault-around): rows picked across the whole file (a partition's members, k-means' sample) made
+    nearly all of it resident, and the order stage's peak grew with the corpus (145, 245 and 540 MB
+    at 100k, 300k and 1M documents)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = path
+    def __init__(self, path: str | Path, dtype: type | None = None, shape: tuple[int, ...] | None = None) -> None:
+        self.path, self.fd = path, None
+        if shape is not None:  # a raw file: rows of ``dtype`` from its first byte
+            self.shape, self.dtype, self.offset = tuple(shape), np.dtype(dtype), 0
+            return
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
             shape, fortran, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
@@ -51,25 +55,75 @@ class RowFile:
         return self.shape[0]
 
     def __getitem__(self, index: slice | np.ndarray | int) -> np.ndarray:
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            if isinstance(index, slice):
-                a, b, step = index.indices(self.shape[0])
-                if step != 1:
-                    raise ValueError("RowFile reads contiguous slices only")
-                return self._read(fd, a, max(b - a, 0))
-            if isinstance(index, (int, np.integer)):
-                return self._read(fd, int(index) % self.shape[0], 1)[0]
-            index = np.asarray(index)
-            out = np.empty((len(index), *self.shape[1:]), dtype=self.dtype)
-            for k, i in enumerate(index.tolist()):
-                out[k] = self._read(fd, i, 1)[0]
-            return out
-        finally:
-            os.close(fd)
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_RDONLY)
+        if isinstance(index, slice):
+            a, b, step = index.indices(self.shape[0])
+            if step != 1:
+                raise ValueError("RowFile reads contiguous slices only")
+            return self._read(a, max(b - a, 0))
+        if isinstance(index, (int, np.integer)):
+            return self._read(int(index) % self.shape[0], 1)[0]
+        index = np.asarray(index)
+        out = np.empty((len(index), *self.shape[1:]), dtype=self.dtype)
+        for k, i in enumerate(index.tolist()):
+            out[k] = self._read(i, 1)[0]
+        return out
 
-    def _read(self, fd: int, start: int, rows: int) -> np.ndarray:
-        return pread_rows(fd, self.path, self.dtype, self.shape[1:], self.offset, start, rows)
+    def _read(self, start: int, rows: int) -> np.ndarray:
+        return pread_rows(self.fd, self.path, self.dtype, self.shape[1:], self.offset, start, rows)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    __del__ = close
+
+    def __enter__(self) -> "RowFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class JoinedRows:
+    """Row files read as one array, end to end (each input file's tokens or embeddings as the
+    corpus's), without joining them on disk: ``x[a:b]``, ``x[rows]``, rows numbered across files."""
+
+    def __init__(self, parts: list[RowFile]) -> None:
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts])  # (files + 1,) each file's first row
+        self.shape = (int(self.starts[-1]), *(parts[0].shape[1:] if parts else ()))
+        self.dtype = parts[0].dtype if parts else np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: slice | np.ndarray) -> np.ndarray:
+        if isinstance(index, slice):
+            a, b, _ = index.indices(self.shape[0])
+            first, last = np.searchsorted(self.starts, [a, max(a, b - 1)], side="right") - 1
+            pieces = [self.parts[f][max(a - int(self.starts[f]), 0):max(b - int(self.starts[f]), 0)]
+                      for f in range(first, min(last, len(self.parts) - 1) + 1)]
+            return np.concatenate([np.zeros((0, *self.shape[1:]), self.dtype), *pieces])
+        index = np.asarray(index, dtype=np.int64)
+        out = np.empty((len(index), *self.shape[1:]), dtype=self.dtype)
+        file = np.searchsorted(self.starts, index, side="right") - 1  # (n,) the file of each row
+        for f in np.unique(file):
+            at = np.flatnonzero(file == f)
+            out[at] = self.parts[f][index[at] - self.starts[f]]
+        return out
+
+    def close(self) -> None:
+        for p in self.parts:
+            p.close()
+
+    def __enter__(self) -> "JoinedRows":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def pread_rows(fd: int, path: str | Path, dtype: np.dtype, row_shape: tuple[int, ...], offset: int, start: int,
@@ -129,23 +183,34 @@ def members(labels: np.ndarray) -> list[np.ndarray]:
 
 
 def split_oversized(x: np.ndarray, labels: np.ndarray, size: int, batch: int = 65536) -> np.ndarray:
-    """Labels (n,) renumbered 0..P-1 in order of first cluster, every part at most ``size`` documents:
-    a larger cluster is cut into ceil(n_c / size) equal runs of its documents sorted along its main
-    direction (``main_direction``; ties by document index). Rows are read ``batch`` at a time."""
+    """Labels (n,) renumbered 0..P-1 in order of first cluster, every part at most ``size`` documents
+    (``cut``). Rows are read ``batch`` at a time."""
     out = np.empty_like(labels)
     next_label = 0
     for group in members(labels):
-        if not len(group):
-            continue  # an empty cluster
-        parts = math.ceil(len(group) / size)
-        if parts > 1:
-            direction = main_direction(x, group, batch)
-            along = np.concatenate([x[group[a:a + batch]] @ direction for a in range(0, len(group), batch)])  # (n_c,)
-            group = group[np.lexsort((group, along))]
-        for chunk in np.array_split(group, parts):
+        for chunk in cut(x, group, size, batch):
             out[chunk] = next_label
             next_label += 1
     return out
+
+
+def cut(x: np.ndarray, group: np.ndarray, size: int, batch: int = 65536) -> list[np.ndarray]:
+    """The rows ``group`` (ascending) of one cluster as ceil(n_c / size) parts, each ascending: a
+    cluster over the size is cut into equal runs of its documents sorted along its main direction
+    (``main_direction``; ties by document index), so a cut keeps neighbours together. None for an
+    empty cluster."""
+    parts = math.ceil(len(group) / size)
+    if parts > 1:
+        direction = main_direction(x, group, batch)
+        along = np.concatenate([x[group[a:a + batch]] @ direction for a in range(0, len(group), batch)])  # (n_c,)
+        group = group[np.lexsort((group, along))]
+    return [np.sort(chunk) for chunk in np.array_split(group, parts)] if parts else []
+
+
+def part_sizes(cluster_sizes: np.ndarray, size: int) -> list[list[int]]:
+    """The sizes of the parts ``cut`` makes of each cluster (np.array_split's: the first ones one larger)."""
+    return [[len(c) for c in np.array_split(np.empty(int(n)), math.ceil(int(n) / size))] if n else []
+            for n in cluster_sizes]
 
 
 def main_direction(x: np.ndarray, rows: np.ndarray, batch: int = 65536) -> np.ndarray:
@@ -166,28 +231,48 @@ def main_direction(x: np.ndarray, rows: np.ndarray, batch: int = 65536) -> np.nd
     return direction
 
 
-def partition(x: np.ndarray, size: int, seed: int, sample: int = 100_000) -> np.ndarray:
-    """Partition label (n,) of each unit row, at most ``size`` rows per partition; one partition
-    (all zeros) when n <= size. k-means runs on a seeded sample of at most ``sample`` rows."""
+def centroids(x: np.ndarray, size: int, seed: int, sample: int = 100_000) -> np.ndarray | None:
+    """The k-means centroids (k, dim), k = ceil(n / size), of the unit rows x (n, dim), fit on a seeded
+    sample of at most ``sample`` rows; None when n <= size (one partition, no clustering)."""
     if size < 2:
         raise ValueError(f"partition_size must be >= 2 documents, got {size}")
     n = x.shape[0]
     if n <= size:
-        return np.zeros(n, dtype=np.int64)
+        return None
     k = math.ceil(n / size)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, size=min(n, max(sample, 4 * k)), replace=False))
-    centroids = spherical_kmeans(x[rows], k, seed)
-    return split_oversized(x, assign(x, centroids), size)
+    return spherical_kmeans(x[rows], k, seed)
+
+
+def partition(x: np.ndarray, size: int, seed: int, sample: int = 100_000) -> np.ndarray:
+    """Partition label (n,) of each unit row, at most ``size`` rows per partition; one partition
+    (all zeros) when n <= size. k-means runs on a seeded sample of at most ``sample`` rows."""
+    c = centroids(x, size, seed, sample)
+    if c is None:
+        return np.zeros(x.shape[0], dtype=np.int64)
+    return split_oversized(x, assign(x, c), size)
+
+
+def add_rows(sums: np.ndarray, labels: np.ndarray, x: np.ndarray, batch: int = 65536) -> None:
+    """sums[labels[i]] += x[i] in float64, row by row in order (the same additions wherever the rows
+    are split), ``batch`` rows read at a time: x may be a RowFile."""
+    for a in range(0, len(labels), batch):
+        np.add.at(sums, labels[a:a + batch], x[a:a + batch])
 
 
 def centroid_path(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """The order in which to visit the partitions: a greedy path over their unit centroids (exact
-    neighbours, most similar first), as documents are walked inside a partition."""
-    n_parts = int(labels.max()) + 1
-    sums = np.zeros((n_parts, x.shape[1]), dtype=np.float64)
-    for a in range(0, x.shape[0], 65536):  # in batches: x may be a RowFile
-        np.add.at(sums, labels[a:a + 65536], x[a:a + 65536])
+    """The order in which to visit the partitions (``visit_path``) of the rows x labelled ``labels``."""
+    sums = np.zeros((int(labels.max()) + 1, x.shape[1]), dtype=np.float64)
+    add_rows(sums, labels, x)
+    return visit_path(sums)
+
+
+def visit_path(sums: np.ndarray) -> np.ndarray:
+    """The order in which to visit the partitions, given each one's sum of unit rows (P, dim): a
+    greedy path over their unit centroids (exact neighbours, most similar first), as documents are
+    walked inside a partition."""
+    n_parts = len(sums)
     c = normalize_rows(sums)
     if n_parts == 1:
         return np.zeros(1, dtype=np.int64)

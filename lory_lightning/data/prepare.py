@@ -1,7 +1,8 @@
 """`lory prepare`: raw documents -> tokenizer, similarity-ordered packed sequences, WebDataset shards.
 
 This module owns the command: its config, the output folder, and the order of the stages
-(data/stages.py: read -> dedup -> merge -> fit -> encode -> partition -> order -> pack -> shards -> finish, LORY.md
+(data/stages.py: read -> dedup -> merge -> fit -> encode -> cluster ->
+assign -> split -> order -> pack -> shards -> finish, LORY.md
 section 4) on an engine (data/engine.py: datatrove, local or Slurm). Every file is written under a
 temporary name and renamed when complete, and the manifest comes last, so a killed run leaves
 nothing that looks finished; running it again continues from the stage tasks that completed, and
@@ -400,9 +401,15 @@ def stage_summary(name: str, work: Path) -> str:
         tokens = sum(json.loads((work / "encode" / f"{f:06d}.embed.json").read_text("utf-8"))["tokens"]
                      for f in range(len(w.files)))
         return f"{tokens:,} tokens"
-    if name == "partition":
-        rows = len(np.load(work / "partition" / "members.npy", mmap_mode="r"))
-        return f"{rows} training documents embedded, {len(np.load(work / 'partition' / 'bounds.npy')) - 1} partition(s)"
+    if name == "cluster":
+        k = len(np.load(work / "cluster" / "centroids.npy", mmap_mode="r"))
+        return f"{sum(s['rows'] for s in stages.encoded(w))} training documents embedded, " + (
+            f"{k} k-means clusters" if k else "one cluster")
+    if name == "assign":
+        counts, _ = stages.cluster_parts(w)
+        return f"clusters of {counts.min()} to {counts.max()} documents"
+    if name == "split":
+        return f"{len(stages.partition_sizes(w))} partition(s) of at most {w.cfg['partition_size']} documents"
     if name == "order":
         return f"{w.cfg['order']}: {len(list((work / 'order').glob('*.npz')))} partition(s) ordered"
     summary = json.loads((work / "pack" / "summary.json").read_text("utf-8"))

@@ -12,7 +12,9 @@ workers.
     merge      (parallel, by input file)  each file's document table: kept rows, domains, splits
     fit        (parallel, by model)       the tokenizer and the embedding map, each on a seeded sample
     encode     (parallel, by input file)  token ids of every document, embeddings of training ones
-    partition  (one task)   one token array, one embedding array, partitions and their visiting order
+    cluster    (one task)   k-means centroids on a seeded sample of the embeddings
+    assign     (parallel, by input file)  each training document's nearest centroid
+    split      (parallel, by cluster)     clusters cut into partitions of at most partition_size
     order      (parallel, by partition)   kNN, near-duplicates and greedy path inside each partition
     pack       (one task)   documents in order -> token streams -> the sequences of every shard
     shards     (parallel, by shard)       write the .tar.gz shards
@@ -24,10 +26,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
-import io
 import json
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -413,41 +412,93 @@ def encode(folder: Path, rank: int, tasks: int) -> None:
                                                                  "tokens": int(lengths.sum())})
 
 
-# -- partition -------------------------------------------------------------------------------------
+# -- cluster, assign, split: the partitions ------------------------------------------------------
 
-def _concatenate(parts: list[Path], out: Path, header: bytes = b"") -> None:
-    """``header`` and then the files ``parts``, byte for byte, copied in blocks."""
-    with atomic_file(out) as dst:
-        dst.write(header)
-        for p in parts:
-            with open(p, "rb") as src:
-                shutil.copyfileobj(src, dst, 1 << 20)
+def token_rows(work: Work, meta: dict) -> partitions.JoinedRows:
+    """Every document's tokens, documents in reading order: the input files' token files read as one."""
+    dtype = token_dtype(meta["vocab_size"])
+    return partitions.JoinedRows([partitions.RowFile(work.folder / "encode" / f"{f:06d}.tokens.bin", dtype, (s["tokens"],))
+                                  for f, s in enumerate(encoded(work))])
 
 
-def partition(folder: Path, rank: int, tasks: int) -> None:
-    """One task: all token ids in one file (documents in reading order), all training embeddings in
-    one file, their partitions (at most ``partition_size`` documents) and the partitions' visiting
-    order. Files are joined one input file at a time and read back in batches (``RowFile``): memory
-    stays at a batch, not the corpus."""
+def embedding_rows(work: Work) -> partitions.JoinedRows:
+    """Every training document's embedding (N, dim), in reading order: the input files' embedding
+    files read as one (a file of validation documents has none)."""
+    return partitions.JoinedRows([partitions.RowFile(work.folder / "encode" / f"{f:06d}.embed.f32", np.float32,
+                                                     (s["rows"], s["dim"])) for f, s in enumerate(encoded(work)) if s["rows"]])
+
+
+def encoded(work: Work) -> list[dict]:
+    """Per input file, what encode wrote: embedded rows, their dimension, tokens."""
+    return [json.loads((work.folder / "encode" / f"{f:06d}.embed.json").read_text("utf-8")) for f in range(len(work.files))]
+
+
+def doc_lengths(work: Work) -> np.ndarray:
+    """(N,) int64 the token count of every kept document, in reading order."""
+    return np.concatenate([np.zeros(0, np.int64)] + [load_npy(work.folder / "encode" / f"{f:06d}.lengths.npy")
+                                                      for f in range(len(work.files))])
+
+
+def cluster(folder: Path, rank: int, tasks: int) -> None:
+    """One task: spherical k-means centroids, k = ceil(N / partition_size), of a seeded sample of the
+    training embeddings (cluster/centroids.npy; (0, dim) when N fits one partition: one cluster)."""
     work = Work(folder)
-    n_files = len(work.files)
-    _concatenate([work.folder / "encode" / f"{f:06d}.tokens.bin" for f in range(n_files)],
-                 work.path("partition", "tokens.bin"))
-    atomic_npy(work.path("partition", "lengths.npy"),
-               np.concatenate([load_npy(work.folder / "encode" / f"{f:06d}.lengths.npy") for f in range(n_files)]))
-    shapes = [json.loads((work.folder / "encode" / f"{f:06d}.embed.json").read_text("utf-8")) for f in range(n_files)]
-    n, dim = sum(s["rows"] for s in shapes), max(s["dim"] for s in shapes)  # a file of validation documents has none
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
-                                                  "fortran_order": False, "shape": (n, dim)})
-    _concatenate([work.folder / "encode" / f"{f:06d}.embed.f32" for f in range(n_files)],
-                 work.path("partition", "embeddings.npy"), header.getvalue())
-    embeddings = partitions.RowFile(work.folder / "partition" / "embeddings.npy")
-    labels = partitions.partition(embeddings, work.cfg["partition_size"], work.cfg["seed"])
-    atomic_npy(work.path("partition", "visit.npy"), partitions.centroid_path(embeddings, labels))
-    rows, bounds = partitions.member_table(labels)  # an ordering task reads its partition's rows only
-    atomic_npy(work.path("partition", "members.npy"), rows)
-    atomic_npy(work.path("partition", "bounds.npy"), bounds)
+    with embedding_rows(work) as x:
+        c = partitions.centroids(x, work.cfg["partition_size"], work.cfg["seed"])
+        atomic_npy(work.path("cluster", "centroids.npy"), np.zeros((0, x.shape[1]), np.float32) if c is None else c)
+
+
+def assign(folder: Path, rank: int, tasks: int) -> None:
+    """Per input file: its training documents' nearest centroids, as their training ids (numbered
+    across files) grouped by cluster, ascending within one (assign/NNNNNN.rows.npy), and where each
+    cluster starts in them (assign/NNNNNN.bounds.npy, (k + 1,))."""
+    work = Work(folder)
+    c = load_npy(work.folder / "cluster" / "centroids.npy")  # (k, dim)
+    files = encoded(work)
+    first = np.cumsum([0] + [s["rows"] for s in files])
+    for f in balanced(np.array([s["rows"] for s in files]), rank, tasks):
+        n = files[f]["rows"]
+        with partitions.RowFile(work.folder / "encode" / f"{f:06d}.embed.f32", np.float32, (n, files[f]["dim"])) as x:
+            labels = partitions.assign(x, c) if len(c) else np.zeros(n, dtype=np.int64)
+        order = np.argsort(labels, kind="stable")
+        atomic_npy(work.path("assign", f"{f:06d}.rows.npy"), order + first[f])
+        atomic_npy(work.path("assign", f"{f:06d}.bounds.npy"), np.searchsorted(labels[order], np.arange(max(len(c), 1) + 1)))
+
+
+def cluster_parts(work: Work) -> tuple[np.ndarray, list[list[int]]]:
+    """(each cluster's documents (k,), the sizes of the parts split cuts each into)."""
+    counts = sum(np.diff(load_npy(work.folder / "assign" / f"{f:06d}.bounds.npy")) for f in range(len(work.files)))
+    return counts, partitions.part_sizes(counts, work.cfg["partition_size"])
+
+
+def split(folder: Path, rank: int, tasks: int) -> None:
+    """Per cluster: its documents (read from every file's assignment) cut into partitions of at most
+    ``partition_size`` (``partition.cut``), numbered across clusters in cluster order: a partition's
+    training ids, ascending (split/PPPPPP.npy), and the float64 sum of its embeddings, for the
+    visiting path (split/PPPPPP.sum.npy). A task holds one cluster."""
+    work = Work(folder)
+    counts, parts = cluster_parts(work)
+    first_part = np.cumsum([0] + [len(p) for p in parts])
+    with embedding_rows(work) as x:
+        for c in balanced(counts, rank, tasks):  # by documents
+            group = []
+            for f in range(len(work.files)):
+                a, b = load_npy(work.folder / "assign" / f"{f:06d}.bounds.npy")[c:c + 2]
+                with partitions.RowFile(work.folder / "assign" / f"{f:06d}.rows.npy") as rows:
+                    group.append(rows[int(a):int(b)])
+            group = np.concatenate([np.zeros(0, np.int64), *group])  # (n_c,) ascending: files in order
+            for j, rows in enumerate(partitions.cut(x, group, work.cfg["partition_size"])):
+                total = np.zeros((1, x.shape[1]), dtype=np.float64)
+                for a in range(0, len(rows), 65536):  # row by row in order, as partition.centroid_path adds
+                    np.add.at(total, np.zeros(len(rows[a:a + 65536]), dtype=np.int64), x[rows[a:a + 65536]])
+                p = int(first_part[c]) + j
+                atomic_npy(work.path("split", f"{p:06d}.sum.npy"), total[0])
+                atomic_npy(work.path("split", f"{p:06d}.npy"), rows)
+
+
+def partition_sizes(work: Work) -> np.ndarray:
+    """(P,) the documents of every partition, in partition order."""
+    return np.array([n for sizes in cluster_parts(work)[1] for n in sizes], dtype=np.int64)
 
 
 # -- order -----------------------------------------------------------------------------------------
@@ -456,22 +507,21 @@ def order(folder: Path, rank: int, tasks: int) -> None:
     """Per partition: its documents' greedy path and near-duplicates (order/NNNNNN.npz, training ids)."""
     work = Work(folder)
     cfg = work.cfg
-    embeddings = partitions.RowFile(work.folder / "partition" / "embeddings.npy")
-    members = partitions.RowFile(work.folder / "partition" / "members.npy")
-    bounds = load_npy(work.folder / "partition" / "bounds.npy")  # (partitions + 1,)
     params = KnnParams(cfg["knn_k"], cfg["knn_trees"], cfg["knn_search_k"], cfg["seed"])
-    for p in balanced(np.diff(bounds), rank, tasks):  # by documents: kNN and path cost about N log N
-        rows = members[int(bounds[p]):int(bounds[p + 1])]  # (n_p,) ascending
-        local, drop = order_partition(embeddings[rows], params, cfg["dedup_threshold"])
-        with atomic_file(work.path("order", f"{p:06d}.npz")) as out:
-            np.savez(out, path=rows[local], dropped=rows[drop])
+    with embedding_rows(work) as embeddings:
+        for p in balanced(partition_sizes(work), rank, tasks):  # by documents: kNN and path cost about N log N
+            rows = load_npy(work.folder / "split" / f"{p:06d}.npy")  # (n_p,) ascending
+            local, drop = order_partition(embeddings[rows], params, cfg["dedup_threshold"])
+            with atomic_file(work.path("order", f"{p:06d}.npz")) as out:
+                np.savez(out, path=rows[local], dropped=rows[drop])
 
 
 # -- pack ------------------------------------------------------------------------------------------
 
 def _visit_order(work: Work, train_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """(training documents in visiting order, near-duplicates dropped, partitions), as document ids."""
-    visit = load_npy(work.folder / "partition" / "visit.npy")
+    n_parts = len(partition_sizes(work))
+    visit = partitions.visit_path(np.stack([load_npy(work.folder / "split" / f"{p:06d}.sum.npy") for p in range(n_parts)]))
     paths, dropped = [], []
     for p in visit:
         with np.load(work.folder / "order" / f"{p:06d}.npz", allow_pickle=False) as z:
@@ -495,10 +545,9 @@ def pack(folder: Path, rank: int, tasks: int) -> None:
     docs = doc_tables(work, meta["file_domains"])
     doc_domain, doc_val = docs["domain"], docs["val"]
     del docs
-    lengths = load_npy(work.folder / "partition" / "lengths.npy")
+    lengths = doc_lengths(work)
     offsets = np.zeros(len(lengths), dtype=np.int64)
     np.cumsum(lengths[:-1], out=offsets[1:])
-    tokens = (work.folder / "partition" / "tokens.bin", token_dtype(meta["vocab_size"]), int(lengths.sum()))
     train_ids = np.flatnonzero(~doc_val)
     train_order, dropped, n_parts = _visit_order(work, train_ids)
     val_ids = np.flatnonzero(doc_val)
@@ -509,7 +558,7 @@ def pack(folder: Path, rank: int, tasks: int) -> None:
         entries, tail = [], 0  # per group: its sequences as (group, index) rows
         for g, ids in enumerate(groups):
             total = int(lengths[ids].sum()) + len(ids)
-            starts = _pack_to_files(ids, offsets, lengths, doc_domain, tokens, meta["eod_id"],
+            starts = _pack_to_files(ids, offsets, lengths, doc_domain, token_rows(work, meta), meta["eod_id"],
                                     work.path("pack", f"{split}-{g}.tokens"), work.path("pack", f"{split}-{g}.domains"))
             atomic_npy(work.path("pack", f"{split}-{g}.starts.npy"), starts)
             atomic_npy(work.path("pack", f"{split}-{g}.ids.npy"), ids)
@@ -537,36 +586,10 @@ def same_domain_fraction(domains: np.ndarray) -> float:
     return float(np.mean(domains[1:] == domains[:-1])) if len(domains) > 1 else 1.0
 
 
-class TokenFile:
-    """A flat array file (partition/tokens.bin, a packed stream), read by ``tokens[a:b]`` with pread, no memory map.
-
-    The pack stage reads documents in visiting order, anywhere in the file, a page or two each; under
-    a map the kernel makes the 64 KB around every touched page resident too (fault-around; madvise
-    RANDOM does not stop it), so the pack and finish stages' peaks held the whole file (140 MB at
-    300k documents, more with every document). A pread copies what is asked and nothing stays."""
-
-    def __init__(self, path: Path, dtype: type, n: int) -> None:
-        self.path, self.dtype, self.n = path, np.dtype(dtype), n
-        self.fd = os.open(path, os.O_RDONLY)
-
-    def __getitem__(self, index: slice) -> np.ndarray:
-        a, b, _ = index.indices(self.n)
-        return partitions.pread_rows(self.fd, self.path, self.dtype, (), 0, a, max(b - a, 0))
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-    def __enter__(self) -> "TokenFile":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 CHUNK = 4096  # documents packed or counted at a time
 
 
-def _span(ids: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, tokens: TokenFile, gather: bool = False
+def _span(ids: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, tokens: partitions.JoinedRows, gather: bool = False
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The documents ``ids`` as a token array of their own: (tokens, offsets, lengths, local ids
     0..len-1). Ascending ids are read as one span of the file; with ``gather`` (ids in any order,
@@ -584,12 +607,12 @@ def _span(ids: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, tokens: Tok
 
 
 def _pack_to_files(ids: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, doc_domain: np.ndarray,
-                   token_file: tuple[Path, type, int], eod: int, tokens_out: Path, domains_out: Path) -> np.ndarray:
+                   tokens: partitions.JoinedRows, eod: int, tokens_out: Path, domains_out: Path) -> np.ndarray:
     """``pack_stream`` of the documents ``ids`` written to two files, CHUNK documents at a time;
     returns the start of each document in the stream (len(ids) + 1,)."""
     starts = np.zeros(len(ids) + 1, dtype=np.int64)
     np.cumsum(lengths[ids] + 1, out=starts[1:])
-    with TokenFile(*token_file) as tokens, open(tokens_out, "wb") as tok_file, open(domains_out, "wb") as dom_file:
+    with tokens, open(tokens_out, "wb") as tok_file, open(domains_out, "wb") as dom_file:
         for a in range(0, len(ids), CHUNK):
             part = ids[a:a + CHUNK]
             n = int(starts[a + len(part)] - starts[a])
@@ -633,8 +656,8 @@ def shards(folder: Path, rank: int, tasks: int) -> None:
                         packed = work.folder / "pack"
                         starts = load_npy(packed / f"{split}-{g}.starts.npy")
                         groups[g] = (starts, load_npy(packed / f"{split}-{g}.ids.npy"),
-                                     TokenFile(packed / f"{split}-{g}.tokens", dtype, int(starts[-1])),
-                                     TokenFile(packed / f"{split}-{g}.domains", np.uint8, int(starts[-1])))
+                                     partitions.RowFile(packed / f"{split}-{g}.tokens", dtype, (int(starts[-1]),)),
+                                     partitions.RowFile(packed / f"{split}-{g}.domains", np.uint8, (int(starts[-1]),)))
                     starts, ids, stream, stream_domains = groups[g]
                     s = sequence_slice(int(i), seq_len)
                     first, last = documents_in(int(i), seq_len, starts)
@@ -660,10 +683,10 @@ def finish(folder: Path, rank: int, tasks: int) -> None:
     doc_domain, doc_val, doc_file, doc_row = docs["domain"], docs["val"], docs["source"], docs["row"]
     del docs
     domains = meta["domains"]
-    lengths = load_npy(work.folder / "partition" / "lengths.npy")
+    lengths = doc_lengths(work)
     offsets = np.zeros(len(lengths), dtype=np.int64)
     np.cumsum(lengths[:-1], out=offsets[1:])
-    tokens = TokenFile(work.folder / "partition" / "tokens.bin", token_dtype(meta["vocab_size"]), int(lengths.sum()))
+    tokens = token_rows(work, meta)
     train_order = load_npy(work.folder / "pack" / "train_order.npy")
     dropped = load_npy(work.folder / "pack" / "dropped.npy")
     summary = json.loads((work.folder / "pack" / "summary.json").read_text("utf-8"))
@@ -703,7 +726,7 @@ def finish(folder: Path, rank: int, tasks: int) -> None:
                          for j in range(n_shards)]
         splits[split] = {"sequences": len(entries), "tail_tokens_dropped": summary[f"{split}_tail"],
                          "documents": summary[f"{split}_documents"], "shards": shard_entries}
-    embed_dim = int(load_npy(work.folder / "partition" / "embeddings.npy", mmap=True).shape[1])
+    embed_dim = max(s["dim"] for s in encoded(work))
     manifest = {
         **work.fingerprint,
         "domains": domains,
@@ -726,6 +749,7 @@ def finish(folder: Path, rank: int, tasks: int) -> None:
     atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
-STAGES = (("read", "files"), ("dedup", "digest ranges"), ("merge", "files"), ("fit", "models"), ("encode", "files"), ("partition", None), ("order", "partitions"),
+STAGES = (("read", "files"), ("dedup", "digest ranges"), ("merge", "files"), ("fit", "models"), ("encode", "files"),
+          ("cluster", None), ("assign", "files"), ("split", "clusters"), ("order", "partitions"),
           ("pack", None), ("shards", "shards"), ("finish", None))
 """(name of the task function in this module, what its parallel tasks split: None for a one-task stage)."""

@@ -6,8 +6,9 @@ import pytest
 
 from lory_lightning.data.embed import tfidf_svd_embed
 from lory_lightning.data.ordering import KnnParams, close_beyond_k, greedy_path, knn, near_duplicates, random_order
-from lory_lightning.data.partition import (RowFile, assign, centroid_path, main_direction, members,
-                                           order_documents, partition, spherical_kmeans, split_oversized)
+from lory_lightning.data.partition import (JoinedRows, RowFile, assign, centroid_path, cut, main_direction, members,
+                                           order_documents, part_sizes, partition, spherical_kmeans,
+                                           split_oversized)
 from lory_lightning.data.prepare import PrepareConfig
 
 
@@ -151,3 +152,32 @@ def test_row_file_reads_slices_single_rows_and_index_arrays(tmp_path):
     idx = np.array([49, 0, 7, 7, 13, 2, 30, 31, 32, 40, 1])  # unsorted, repeated, more than a block
     assert np.array_equal(rows[idx], x[idx]) and np.array_equal(rows[5:17], x[5:17])
     assert np.array_equal(rows[3], x[3]) and rows[np.array([], dtype=np.int64)].shape == (0, 3)
+
+
+def test_joined_rows_read_files_end_to_end_as_one_array(tmp_path):
+    x = np.arange(41 * 2, dtype=np.float32).reshape(41, 2)
+    files = []
+    for i, (a, b) in enumerate([(0, 10), (10, 10), (10, 33), (33, 41)]):  # the second file empty
+        x[a:b].tofile(tmp_path / f"{i}.f32")  # raw rows, as encode writes them
+        files.append(RowFile(tmp_path / f"{i}.f32", np.float32, (b - a, 2)))
+    with JoinedRows(files) as rows:
+        assert rows.shape == (41, 2) and len(rows) == 41
+        for a, b in [(0, 41), (5, 12), (10, 10), (9, 11), (33, 41), (40, 41), (12, 30), (41, 41)]:
+            assert np.array_equal(rows[a:b], x[a:b]), (a, b)
+        idx = np.array([40, 0, 10, 9, 33, 32, 32, 5])
+        assert np.array_equal(rows[idx], x[idx])
+
+
+def test_cutting_cluster_by_cluster_gives_split_oversizeds_partitions():
+    """The split stage cuts one cluster per task (``cut``, numbered by ``part_sizes``); together that
+    is ``split_oversized`` over the whole corpus."""
+    x, _ = clusters([80, 80, 80, 80, 80])
+    labels = np.random.default_rng(3).integers(0, 6, size=400)
+    labels[labels == 4] = 2  # cluster 4 empty, cluster 2 oversized
+    whole = split_oversized(x, labels, 50)
+    groups = members(labels)
+    parts = [p for g in groups for p in cut(x, g, 50)]
+    assert [len(p) for p in parts] == [n for sizes in part_sizes(np.array([len(g) for g in groups]), 50) for n in sizes]
+    assert len(parts) == whole.max() + 1
+    for p, rows in enumerate(parts):
+        assert np.array_equal(rows, np.flatnonzero(whole == p)), p

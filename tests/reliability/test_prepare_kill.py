@@ -42,8 +42,10 @@ sys.exit(main(["prepare", *sys.argv[5:]]))
 """
 
 STAGES = {  # id: (module, function, before/after, n-th call); stages run in this process with one worker
+    "while-deduplicating": ("stages", "later_copies", "before", 1),
     "while-training-the-tokenizer": ("stages", "train_tokenizer", "before", 1),
     "while-encoding": ("stages", "encode", "before", 1),
+    "while-clustering": ("stages", "embedding_rows", "before", 1),  # cluster's first read of the embeddings
     "while-ordering": ("stages", "order_partition", "before", 1),
     "after-two-shards": ("stages", "_write_one", "after", 2),
     "after-unigram-before-manifest": ("stages", "sha256_file", "after", 1),  # unigram.npy written, then its hash
