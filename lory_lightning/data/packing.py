@@ -52,3 +52,39 @@ def documents_in(i: int, seq_len: int, starts: np.ndarray) -> tuple[int, int]:
     first = int(np.searchsorted(starts, s.start, side="right")) - 1
     last = int(np.searchsorted(starts, s.stop, side="left"))
     return first, last
+
+
+def shuffled(positions: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """The sequence at each of ``positions`` (0 <= p < n) of a seeded random permutation of 0..n-1,
+    computed for those positions alone: no (n,) array is made, so a shard task finds its sequences
+    without the list of all of them.
+
+    A Feistel network of 4 rounds over the smallest even bit width 2h with 4**h >= n is a bijection
+    of 0..4**h-1; a value that lands outside 0..n-1 is passed through again (cycle walking) until it
+    lands inside, which keeps the map a bijection of 0..n-1 (at most 4n values, so about 1.3 rounds
+    of walking on average). Round keys come from ``seed``.
+    """
+    positions = np.asarray(positions, dtype=np.uint64)
+    if n < 1 or (len(positions) and int(positions.max()) >= n):
+        raise ValueError(f"positions must lie in 0..{n - 1}")
+    h = max(1, (int(n - 1).bit_length() + 1) // 2)  # half width: 4**h >= n
+    mask = np.uint64((1 << h) - 1)
+    keys = np.random.default_rng(seed).integers(0, 2 ** 63, size=4, dtype=np.uint64)
+
+    def permute(x: np.ndarray) -> np.ndarray:
+        left, right = x >> np.uint64(h), x & mask
+        for key in keys:
+            mixed = (right * np.uint64(0x9E3779B97F4A7C15)) ^ key  # odd multiplier: wraps mod 2**64
+            mixed ^= mixed >> np.uint64(29)
+            mixed *= np.uint64(0xBF58476D1CE4E5B9)
+            mixed ^= mixed >> np.uint64(32)
+            left, right = right, left ^ (mixed & mask)
+        return (left << np.uint64(h)) | right
+
+    with np.errstate(over="ignore"):
+        out = permute(positions)
+        outside = out >= np.uint64(n)
+        while outside.any():
+            out[outside] = permute(out[outside])
+            outside = out >= np.uint64(n)
+    return out.astype(np.int64)

@@ -412,8 +412,8 @@ def stage_summary(name: str, work: Path) -> str:
         return f"{len(stages.partition_sizes(w))} partition(s) of at most {w.cfg['partition_size']} documents"
     if name == "order":
         return f"{w.cfg['order']}: {len(list((work / 'order').glob('*.npz')))} partition(s) ordered"
-    summary = json.loads((work / "pack" / "summary.json").read_text("utf-8"))
-    entries = {s: len(np.load(work / "pack" / f"{s}-entries.npy", mmap_mode="r")) for s in SPLITS}
+    summary = stages.stream_summary(w)
+    entries = {s: summary[f"{s}_sequences"] for s in SPLITS}
     if name == "pack":
         return (f"{summary['train_documents']} documents in {summary['partitions']} partition(s), "
                 f"{summary['near_duplicates_dropped']} near-duplicates dropped, "

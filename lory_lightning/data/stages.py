@@ -16,13 +16,14 @@ workers.
     assign     (parallel, by input file)  each training document's nearest centroid
     split      (parallel, by cluster)     clusters cut into partitions of at most partition_size
     order      (parallel, by partition)   kNN, near-duplicates and greedy path inside each partition
-    pack       (one task)   documents in order -> token streams -> the sequences of every shard
+    pack       (parallel, by piece)       each partition's documents along its path -> a piece of the stream
     shards     (parallel, by shard)       write the .tar.gz shards
     finish     (one task)   unigram baseline, tokenizer.json, manifest.json (last)
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -36,11 +37,12 @@ from ..atomic import atomic_file
 from .embed import TfidfSvdMap, fit_tfidf_svd, sample_rows, sentence_transformer_embed
 from .manifest import MANIFEST, TOKENIZER, shard_name
 from .ordering import KnnParams, order_partition, random_order
-from .packing import documents_in, num_sequences, pack_stream, sequence_slice
+from .packed import PackedStream, write_piece
+from .packing import num_sequences, shuffled
 from . import partition as partitions
 from .shards import Sample, _write_one, atomic_write_bytes, npy_bytes, sha256_file
 from .sources import InputFile, ReadPolicy, SkipLog, file_documents, skip_duplicate, text_digest
-from .stats import unigram_counts, unigram_ppl
+from .stats import unigram_ppl
 from .tokenizer import eod_id, load_tokenizer, train_tokenizer
 
 UNIGRAM = "unigram.npy"  # training-token counts, for the unigram baseline on any validated tokens
@@ -433,12 +435,6 @@ def encoded(work: Work) -> list[dict]:
     return [json.loads((work.folder / "encode" / f"{f:06d}.embed.json").read_text("utf-8")) for f in range(len(work.files))]
 
 
-def doc_lengths(work: Work) -> np.ndarray:
-    """(N,) int64 the token count of every kept document, in reading order."""
-    return np.concatenate([np.zeros(0, np.int64)] + [load_npy(work.folder / "encode" / f"{f:06d}.lengths.npy")
-                                                      for f in range(len(work.files))])
-
-
 def cluster(folder: Path, rank: int, tasks: int) -> None:
     """One task: spherical k-means centroids, k = ceil(N / partition_size), of a seeded sample of the
     training embeddings (cluster/centroids.npy; (0, dim) when N fits one partition: one cluster)."""
@@ -518,120 +514,154 @@ def order(folder: Path, rank: int, tasks: int) -> None:
 
 # -- pack ------------------------------------------------------------------------------------------
 
-def _visit_order(work: Work, train_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """(training documents in visiting order, near-duplicates dropped, partitions), as document ids."""
-    n_parts = len(partition_sizes(work))
-    visit = partitions.visit_path(np.stack([load_npy(work.folder / "split" / f"{p:06d}.sum.npy") for p in range(n_parts)]))
-    paths, dropped = [], []
-    for p in visit:
-        with np.load(work.folder / "order" / f"{p:06d}.npz", allow_pickle=False) as z:
-            paths.append(z["path"])
-            dropped.append(z["dropped"])
-    drop = np.zeros(len(train_ids), dtype=bool)
-    drop[np.concatenate(dropped)] = True
-    if work.cfg["order"] == "random":
-        local = random_order(~drop, work.cfg["seed"])
-    else:
-        local = np.concatenate(paths)
-    return train_ids[local], train_ids[drop], len(visit)
+def file_bounds(work: Work) -> dict[str, np.ndarray]:
+    """(files + 1,) each: where each input file's kept documents, training documents and tokens begin
+    in reading order (from the merge and encode stages' small summaries)."""
+    merged = [json.loads((work.folder / "merge" / f"{f:06d}.json").read_text("utf-8")) for f in range(len(work.files))]
+    return {"doc": np.cumsum([0] + [m["documents"] for m in merged]),
+            "train": np.cumsum([0] + [m["train"] for m in merged]),
+            "token": np.cumsum([0] + [e["tokens"] for e in encoded(work)])}
+
+
+def file_docs(work: Work, meta: dict, bounds: dict[str, np.ndarray], f: int) -> dict[str, np.ndarray]:
+    """Input file f's kept documents: id (place in reading order), token offset in ``token_rows``,
+    length, domain id, validation, row in the file."""
+    table = doc_table(work, f, meta["file_domains"][f])
+    lengths = load_npy(work.folder / "encode" / f"{f:06d}.lengths.npy")
+    return {"id": bounds["doc"][f] + np.arange(len(lengths), dtype=np.int64),
+            "offset": bounds["token"][f] + np.cumsum(lengths) - lengths, "length": lengths, **table}
+
+
+def training_docs(work: Work, meta: dict, bounds: dict[str, np.ndarray], train_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """``file_docs`` of the training documents ``train_ids`` (numbered across files), in that order;
+    one input file's table at a time."""
+    file = np.searchsorted(bounds["train"], train_ids, side="right") - 1  # (n,) each one's input file
+    out = {key: np.empty(len(train_ids), dtype) for key, dtype in (("id", np.int64), ("offset", np.int64),
+                                                                  ("length", np.int64), ("domain", np.uint8), ("row", np.int64))}
+    for f in np.unique(file):
+        at = np.flatnonzero(file == f)
+        docs = file_docs(work, meta, bounds, int(f))
+        local = np.flatnonzero(~docs["val"])[train_ids[at] - bounds["train"][f]]
+        for key, column in out.items():
+            column[at] = docs[key][local]
+    return out
+
+
+def _visit(work: Work) -> np.ndarray:
+    """The partitions in visiting order: the greedy path over their centroids."""
+    return partitions.visit_path(np.stack([load_npy(work.folder / "split" / f"{p:06d}.sum.npy")
+                                           for p in range(len(partition_sizes(work)))]))
+
+
+def train_pieces(work: Work) -> np.ndarray:
+    """The documents of each piece of the training stream, in stream order: one piece per partition
+    along the visiting path; one piece of every kept document under --order random."""
+    sizes = partition_sizes(work)
+    return np.array([sizes.sum()]) if work.cfg["order"] == "random" else sizes[_visit(work)]
+
+
+def piece_order(work: Work, q: int) -> tuple[np.ndarray, np.ndarray]:
+    """(piece q's training documents in stream order, the near-duplicates it reports), training ids."""
+    if work.cfg["order"] == "random":  # the baseline: one seeded permutation of all kept documents
+        drop = np.zeros(int(partition_sizes(work).sum()), dtype=bool)
+        for p in range(len(partition_sizes(work))):
+            with np.load(work.folder / "order" / f"{p:06d}.npz", allow_pickle=False) as z:
+                drop[z["dropped"]] = True
+        return random_order(~drop, work.cfg["seed"]), np.flatnonzero(drop)
+    with np.load(work.folder / "order" / f"{int(_visit(work)[q]):06d}.npz", allow_pickle=False) as z:
+        return z["path"], z["dropped"]
 
 
 def pack(folder: Path, rank: int, tasks: int) -> None:
-    """One task: the visiting order, the packed token streams of both splits, and the list of sequences
-    (stream, index) in shard order: training sequences in one seeded permutation of all of them (so
-    every shard mixes the whole corpus), validation domains dealt round-robin."""
+    """Per piece of the training stream (``train_pieces``): its documents packed (``packed.write_piece``,
+    pack/train-QQQQQQ.*), their token counts, domains, the near-duplicates it dropped; and one key for
+    the validation documents, one stream per domain (pack/val-GGGGGG.*, pack/val.json). A task holds
+    one partition's documents (all of them under --order random, the baseline)."""
     work = Work(folder)
-    cfg, meta = work.cfg, _meta(work)
-    docs = doc_tables(work, meta["file_domains"])
-    doc_domain, doc_val = docs["domain"], docs["val"]
-    del docs
-    lengths = doc_lengths(work)
-    offsets = np.zeros(len(lengths), dtype=np.int64)
-    np.cumsum(lengths[:-1], out=offsets[1:])
-    train_ids = np.flatnonzero(~doc_val)
-    train_order, dropped, n_parts = _visit_order(work, train_ids)
-    val_ids = np.flatnonzero(doc_val)
-    val_groups = [g for g in (val_ids[doc_domain[val_ids] == d] for d in range(len(meta["domains"]))) if len(g)]
-    check_splits_fill_a_sequence(cfg, lengths, train_order, val_groups, any(work.val_file))
-    summary = {"train_order": train_order, "dropped": dropped, "partitions": n_parts}
-    for split, groups, shuffle in (("train", [train_order], True), ("val", val_groups, False)):
-        entries, tail = [], 0  # per group: its sequences as (group, index) rows
-        for g, ids in enumerate(groups):
-            total = int(lengths[ids].sum()) + len(ids)
-            starts = _pack_to_files(ids, offsets, lengths, doc_domain, token_rows(work, meta), meta["eod_id"],
-                                    work.path("pack", f"{split}-{g}.tokens"), work.path("pack", f"{split}-{g}.domains"))
-            atomic_npy(work.path("pack", f"{split}-{g}.starts.npy"), starts)
-            atomic_npy(work.path("pack", f"{split}-{g}.ids.npy"), ids)
-            n_seq, dropped_tail = num_sequences(total, cfg["seq_len"])
-            tail += dropped_tail
-            entries.append(np.stack([np.full(n_seq, g, dtype=np.int64), np.arange(n_seq, dtype=np.int64)], axis=1))
-        flat = np.concatenate([np.zeros((0, 2), dtype=np.int64), *entries])  # (S, 2), group by group
-        if shuffle:
-            flat = flat[np.random.default_rng(cfg["seed"]).permutation(len(flat))]
-        else:  # groups dealt round-robin: every group's sequence 0, then every group's sequence 1, ...
-            flat = flat[np.lexsort((flat[:, 0], flat[:, 1]))]
-        atomic_npy(work.path("pack", f"{split}-entries.npy"), flat)
-        summary[f"{split}_tail"] = tail
-        summary[f"{split}_groups"] = len(groups)
-        summary[f"{split}_documents"] = int(sum(len(ids) for ids in groups))
-    summary["near_duplicates_dropped"] = len(dropped)
-    summary["path_same_domain_fraction"] = same_domain_fraction(doc_domain[train_order])
-    atomic_npy(work.path("pack", "train_order.npy"), train_order)
-    atomic_npy(work.path("pack", "dropped.npy"), dropped)
-    atomic_json(work.path("pack", "summary.json"), {k: v for k, v in summary.items() if not isinstance(v, np.ndarray)})
+    meta = _meta(work)
+    bounds = file_bounds(work)
+    pieces = train_pieces(work)
+    with token_rows(work, meta) as tokens:
+        for q in balanced(np.append(pieces, meta["documents"] - meta["train_documents"]), rank, tasks):
+            if q == len(pieces):
+                _pack_validation(work, meta, bounds, tokens)
+                continue
+            ids, dropped = piece_order(work, q)
+            docs = training_docs(work, meta, bounds, ids)
+            counts = write_piece(work.path("pack", f"train-{q:06d}"), tokens, docs["offset"], docs["length"],
+                                 docs["domain"], docs["id"], meta["eod_id"], meta["vocab_size"])
+            atomic_npy(work.path("pack", f"train-{q:06d}.counts.npy"), counts)
+            atomic_npy(work.path("pack", f"train-{q:06d}.dropped.npy"), training_docs(work, meta, bounds, dropped)["id"])
+            n_domains, domain = len(meta["domains"]), docs["domain"]
+            atomic_json(work.path("pack", f"train-{q:06d}.json"), {
+                "documents": len(ids), "tokens": int(docs["length"].sum()) + len(ids),
+                "same_domain_steps": int(np.sum(domain[1:] == domain[:-1])),
+                "ends": [int(domain[0]), int(domain[-1])] if len(ids) else None,
+                "domain_documents": np.bincount(domain, minlength=n_domains).tolist(),
+                "domain_tokens": np.bincount(domain, weights=docs["length"] + 1, minlength=n_domains).astype(np.int64).tolist()})
 
 
-def same_domain_fraction(domains: np.ndarray) -> float:
-    """Share of consecutive pairs of the sequence ``domains`` in one domain (1.0 with under two)."""
-    return float(np.mean(domains[1:] == domains[:-1])) if len(domains) > 1 else 1.0
+def validation_groups(work: Work, meta: dict, bounds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """The validation documents of each domain (``file_docs`` columns), domains in order, empty ones left out."""
+    parts = []
+    for f in range(len(work.files)):
+        docs = file_docs(work, meta, bounds, f)
+        parts.append({key: column[docs["val"]] for key, column in docs.items()})
+    val = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    groups = [{key: column[val["domain"] == d] for key, column in val.items()} for d in range(len(meta["domains"]))]
+    return [g for g in groups if len(g["id"])]
 
 
-CHUNK = 4096  # documents packed or counted at a time
+def _pack_validation(work: Work, meta: dict, bounds: dict[str, np.ndarray], tokens: partitions.JoinedRows) -> None:
+    """Each domain's validation documents as a stream of its own, in reading order; the sequences
+    dealt round-robin over the domains (pack/val-entries.npy: (group, sequence) rows)."""
+    seq_len, entries, tail = work.cfg["seq_len"], [], 0
+    groups = validation_groups(work, meta, bounds)
+    for g, docs in enumerate(groups):
+        write_piece(work.path("pack", f"val-{g:06d}"), tokens, docs["offset"], docs["length"], docs["domain"],
+                    docs["id"], meta["eod_id"], meta["vocab_size"])
+        n_seq, dropped_tail = num_sequences(int(docs["length"].sum()) + len(docs["id"]), seq_len)
+        tail += dropped_tail
+        entries.append(np.stack([np.full(n_seq, g, dtype=np.int64), np.arange(n_seq, dtype=np.int64)], axis=1))
+    flat = np.concatenate([np.zeros((0, 2), dtype=np.int64), *entries])  # (S, 2), group by group
+    atomic_npy(work.path("pack", "val-entries.npy"), flat[np.lexsort((flat[:, 0], flat[:, 1]))])  # round-robin
+    atomic_json(work.path("pack", "val.json"), {"groups": len(groups), "tail": tail,
+                                                "documents": int(sum(len(g["id"]) for g in groups))})
 
 
-def _span(ids: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, tokens: partitions.JoinedRows, gather: bool = False
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The documents ``ids`` as a token array of their own: (tokens, offsets, lengths, local ids
-    0..len-1). Ascending ids are read as one span of the file; with ``gather`` (ids in any order,
-    a validation set) each document is read alone."""
-    if gather:
-        local_tokens = [tokens[int(offsets[d]):int(offsets[d] + lengths[d])] for d in ids]
-        local_lengths = lengths[ids]
-        local_offsets = np.zeros(len(ids), dtype=np.int64)
-        np.cumsum(local_lengths[:-1], out=local_offsets[1:])
-        flat = np.concatenate([np.zeros(0, dtype=tokens.dtype), *local_tokens])
-        return flat, local_offsets, local_lengths, np.arange(len(ids))
-    start = int(offsets[ids[0]])
-    block = tokens[start:int(offsets[ids[-1]] + lengths[ids[-1]])]
-    return block, offsets[ids] - start, lengths[ids], np.arange(len(ids))
+def stream_summary(work: Work) -> dict:
+    """The training stream from its pieces' summaries: documents, tokens, sequences, tail, partitions,
+    near-duplicates dropped, share of path steps inside a domain; the validation side's groups,
+    documents, sequences and tail."""
+    pieces = [json.loads(p.read_text("utf-8")) for p in sorted((work.folder / "pack").glob("train-[0-9]*[0-9].json"))]
+    n_docs = sum(p["documents"] for p in pieces)
+    tokens = sum(p["tokens"] for p in pieces)
+    n_seq, tail = num_sequences(tokens, work.cfg["seq_len"])
+    dropped = sum(len(load_npy(work.folder / "pack" / f"train-{q:06d}.dropped.npy", mmap=True)) for q in range(len(pieces)))
+    val = json.loads((work.folder / "pack" / "val.json").read_text("utf-8"))
+    return {"pieces": len(pieces), "train_documents": n_docs, "train_tokens": tokens, "train_sequences": n_seq,
+            "train_tail": tail, "partitions": len(partition_sizes(work)), "near_duplicates_dropped": dropped,
+            "path_same_domain_fraction": same_domain_fraction(pieces),
+            "val_groups": val["groups"], "val_documents": val["documents"], "val_tail": val["tail"],
+            "val_sequences": len(load_npy(work.folder / "pack" / "val-entries.npy", mmap=True))}
 
 
-def _pack_to_files(ids: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, doc_domain: np.ndarray,
-                   tokens: partitions.JoinedRows, eod: int, tokens_out: Path, domains_out: Path) -> np.ndarray:
-    """``pack_stream`` of the documents ``ids`` written to two files, CHUNK documents at a time;
-    returns the start of each document in the stream (len(ids) + 1,)."""
-    starts = np.zeros(len(ids) + 1, dtype=np.int64)
-    np.cumsum(lengths[ids] + 1, out=starts[1:])
-    with tokens, open(tokens_out, "wb") as tok_file, open(domains_out, "wb") as dom_file:
-        for a in range(0, len(ids), CHUNK):
-            part = ids[a:a + CHUNK]
-            n = int(starts[a + len(part)] - starts[a])
-            out_tokens, out_domains = np.empty(n, dtype=tokens.dtype), np.empty(n, dtype=np.uint8)
-            pack_stream(part, offsets, lengths, doc_domain, tokens, eod, out_tokens, out_domains)
-            tok_file.write(out_tokens.tobytes())
-            dom_file.write(out_domains.tobytes())
-    return starts
+def same_domain_fraction(pieces: list[dict]) -> float:
+    """Share of consecutive documents of the stream in one domain (1.0 with under two), from its
+    pieces' own steps (``same_domain_steps``) and the steps between two pieces (``ends``: the first and
+    last document's domain of each, None when empty)."""
+    ends = [p["ends"] for p in pieces if p["ends"]]
+    same = sum(p["same_domain_steps"] for p in pieces) + sum(a[1] == b[0] for a, b in zip(ends, ends[1:]))
+    n_docs = sum(p["documents"] for p in pieces)
+    return same / (n_docs - 1) if n_docs > 1 else 1.0
 
 
-def check_splits_fill_a_sequence(cfg: dict, lengths: np.ndarray, train_order: np.ndarray,
-                                 val_groups: list[np.ndarray], has_val_files: bool) -> None:
-    """Refuse, before writing, a split that would hold no full sequence (fit and validate need both)."""
-    train_tokens = int(lengths[train_order].sum()) + len(train_order)
-    if num_sequences(train_tokens, cfg["seq_len"])[0] == 0:
-        raise ValueError(f"the training documents hold {train_tokens} tokens, not one sequence of "
+def check_splits_fill_a_sequence(cfg: dict, summary: dict, has_val_files: bool) -> None:
+    """Refuse, before writing a shard, a split that holds no full sequence (fit and validate need both)."""
+    if summary["train_sequences"] == 0:
+        raise ValueError(f"the training documents hold {summary['train_tokens']} tokens, not one sequence of "
                          f"--seq_len {cfg['seq_len']} + 1: give more documents or a smaller --seq_len")
-    val = sum(num_sequences(int(lengths[g].sum()) + len(g), cfg["seq_len"])[0] for g in val_groups)
-    if val == 0:
+    if summary["val_sequences"] == 0:
         where = "the --val_inputs" if has_val_files else f"--val_fraction {cfg['val_fraction']} of the documents"
         raise ValueError(f"{where} hold(s) no full validation sequence of --seq_len {cfg['seq_len']} + 1 tokens "
                          "(validation and the per-domain table need one): give more held-out text "
@@ -641,90 +671,86 @@ def check_splits_fill_a_sequence(cfg: dict, lengths: np.ndarray, train_order: np
 # -- shards ----------------------------------------------------------------------------------------
 
 def shards(folder: Path, rank: int, tasks: int) -> None:
-    """Per shard: its sequences, written as {split}-NNNNN.tar.gz into the output folder."""
+    """Per shard: its sequences, written as {split}-NNNNN.tar.gz into the output folder. Training
+    shards take the training stream's sequences in a seeded permutation computed per position
+    (``packing.shuffled``: every shard mixes the whole corpus, no list of all sequences is held);
+    validation shards take the domains' sequences dealt round-robin."""
     work = Work(folder)
     cfg, meta = work.cfg, _meta(work)
+    summary = stream_summary(work)
+    check_splits_fill_a_sequence(cfg, summary, any(work.val_file))
     dtype, per_shard, seq_len = token_dtype(meta["vocab_size"]), cfg["sequences_per_shard"], cfg["seq_len"]
-    for split in ("train", "val"):
-        entries = load_npy(work.folder / "pack" / f"{split}-entries.npy")
-        groups: dict[int, tuple] = {}  # group -> its document starts and ids (16 bytes a document), its streams
-        try:
-            for j in mine(-(-len(entries) // per_shard), rank, tasks):
+    packed = work.folder / "pack"
+    n_train = summary["train_sequences"]
+    val_entries = load_npy(packed / "val-entries.npy")
+    with PackedStream([packed / f"train-{q:06d}" for q in range(summary["pieces"])], dtype) as train, \
+            contextlib.ExitStack() as streams:
+        val = [streams.enter_context(PackedStream([packed / f"val-{g:06d}"], dtype)) for g in range(summary["val_groups"])]
+        for split, n in (("train", n_train), ("val", len(val_entries))):
+            for j in mine(-(-n // per_shard), rank, tasks):
+                positions = np.arange(j * per_shard, min((j + 1) * per_shard, n))
+                if split == "train":
+                    entries = [(train, 0, int(i)) for i in shuffled(positions, n, cfg["seed"])]
+                else:
+                    entries = [(val[g], int(g), int(i)) for g, i in val_entries[positions]]
                 samples = []
-                for g, i in entries[j * per_shard:(j + 1) * per_shard]:
-                    if g not in groups:
-                        packed = work.folder / "pack"
-                        starts = load_npy(packed / f"{split}-{g}.starts.npy")
-                        groups[g] = (starts, load_npy(packed / f"{split}-{g}.ids.npy"),
-                                     partitions.RowFile(packed / f"{split}-{g}.tokens", dtype, (int(starts[-1]),)),
-                                     partitions.RowFile(packed / f"{split}-{g}.domains", np.uint8, (int(starts[-1]),)))
-                    starts, ids, stream, stream_domains = groups[g]
-                    s = sequence_slice(int(i), seq_len)
-                    first, last = documents_in(int(i), seq_len, starts)
-                    docs = [[int(ids[p]), int(starts[p]) - s.start] for p in range(first, last)]
-                    samples.append(Sample(f"{split}-{g:03d}-{i:07d}", stream[s], stream_domains[s],
-                                          {"split": split, "group": int(g), "sequence": int(i), "documents": docs}))
+                for stream, g, i in entries:
+                    tokens, domains, docs = stream.sequence(i, seq_len)
+                    samples.append(Sample(f"{split}-{g:03d}-{i:07d}", tokens, domains,
+                                          {"split": split, "group": g, "sequence": i, "documents": docs}))
                 entry = _write_one(work.out / shard_name(split, j), samples)
                 atomic_json(work.path("shards", f"{split}-{j:05d}.json"), entry)
-        finally:
-            for _, _, stream, stream_domains in groups.values():
-                stream.close()
-                stream_domains.close()
 
 
 # -- finish ----------------------------------------------------------------------------------------
 
 def finish(folder: Path, rank: int, tasks: int) -> None:
-    """One task: unigram.npy, tokenizer.json, then manifest.json, written last."""
+    """One task: unigram.npy, tokenizer.json, then manifest.json, written last. Reads the pieces'
+    summaries, token counts and near-duplicates, and the validation documents."""
     work = Work(folder)
     cfg, meta = work.cfg, _meta(work)
     out = work.out
-    docs = doc_tables(work, meta["file_domains"])
-    doc_domain, doc_val, doc_file, doc_row = docs["domain"], docs["val"], docs["source"], docs["row"]
-    del docs
     domains = meta["domains"]
-    lengths = doc_lengths(work)
-    offsets = np.zeros(len(lengths), dtype=np.int64)
-    np.cumsum(lengths[:-1], out=offsets[1:])
-    tokens = token_rows(work, meta)
-    train_order = load_npy(work.folder / "pack" / "train_order.npy")
-    dropped = load_npy(work.folder / "pack" / "dropped.npy")
-    summary = json.loads((work.folder / "pack" / "summary.json").read_text("utf-8"))
+    bounds = file_bounds(work)
+    summary = stream_summary(work)
+    packed = work.folder / "pack"
+    pieces = [json.loads((packed / f"train-{q:06d}.json").read_text("utf-8")) for q in range(summary["pieces"])]
     skips = SkipLog()
     skips.absorb(meta["skipped"])
-    where = {}
-    for f in sorted(set(doc_file[dropped].tolist())):
+    dropped = np.sort(np.concatenate([np.zeros(0, np.int64)] + [load_npy(packed / f"train-{q:06d}.dropped.npy")
+                                                                 for q in range(summary["pieces"])]))
+    file = np.searchsorted(bounds["doc"], dropped, side="right") - 1
+    for f in np.unique(file):  # near-duplicates by place, in reading order
+        table = doc_table(work, int(f), meta["file_domains"][f])
         with np.load(work.folder / "read" / f"{f:06d}.npz", allow_pickle=False) as z:
-            where[f] = z["where"]
-    for d in dropped:
-        skips.add("near_duplicate", str(where[int(doc_file[d])][doc_row[d]]), domains[doc_domain[d]],
-                  f"cosine > {cfg['dedup_threshold']}")
-    val_ids = np.flatnonzero(doc_val)
-    val_order = np.concatenate([val_ids[doc_domain[val_ids] == d] for d in range(len(domains))])
+            where = z["where"]
+        for d in dropped[file == f] - bounds["doc"][f]:
+            skips.add("near_duplicate", str(where[table["row"][d]]), domains[table["domain"][d]],
+                      f"cosine > {cfg['dedup_threshold']}")
     counts = np.ones(meta["vocab_size"], dtype=np.int64)  # add-one, as unigram_counts starts
-    in_file_order = np.sort(train_order)  # counts do not depend on the order: read the file front to back
-    with tokens:
-        for a in range(0, len(in_file_order), CHUNK):
-            counts += unigram_counts(*_span(in_file_order[a:a + CHUNK], offsets, lengths, tokens),
-                                     meta["vocab_size"], meta["eod_id"]) - 1
-        val = _span(val_order, offsets, lengths, tokens, gather=True)
-        unigram = unigram_ppl(counts, *val, doc_domain[val_order], meta["eod_id"])
+    for q in range(summary["pieces"]):
+        counts += load_npy(packed / f"train-{q:06d}.counts.npy")
+    val = [{key: np.concatenate([g[key] for g in groups]) for key in groups[0]}
+           for groups in [validation_groups(work, meta, bounds)]][0]
+    with token_rows(work, meta) as tokens:
+        unigram = unigram_ppl(counts, tokens, val["offset"], val["length"], np.arange(len(val["id"])), val["domain"],
+                              meta["eod_id"])
     atomic_write_bytes(out / UNIGRAM, npy_bytes(counts))
     atomic_write_bytes(out / TOKENIZER, (work.folder / "fit" / TOKENIZER).read_bytes())
     by_domain = {d: {"train_documents": 0, "val_documents": 0, "train_tokens": 0, "val_tokens": 0} for d in domains}
-    for ids, split in ((train_order, "train"), (val_order, "val")):
-        n_docs = np.bincount(doc_domain[ids], minlength=len(domains))
-        n_tokens = np.bincount(doc_domain[ids], weights=lengths[ids] + 1, minlength=len(domains))
-        for d, name in enumerate(domains):
-            by_domain[name][f"{split}_documents"] += int(n_docs[d])
-            by_domain[name][f"{split}_tokens"] += int(n_tokens[d])
+    for d, name in enumerate(domains):
+        by_domain[name]["train_documents"] = sum(p["domain_documents"][d] for p in pieces)
+        by_domain[name]["train_tokens"] = sum(p["domain_tokens"][d] for p in pieces)
+        in_d = val["domain"] == d
+        by_domain[name]["val_documents"] = int(in_d.sum())
+        by_domain[name]["val_tokens"] = int((val["length"][in_d] + 1).sum())
     splits = {}
     for split in ("train", "val"):
-        entries = load_npy(work.folder / "pack" / f"{split}-entries.npy")
-        n_shards = -(-len(entries) // cfg["sequences_per_shard"])
+        n_seq = summary[f"{split}_sequences"]
+        n_shards = -(-n_seq // cfg["sequences_per_shard"])
         shard_entries = [json.loads((work.folder / "shards" / f"{split}-{j:05d}.json").read_text("utf-8"))
                          for j in range(n_shards)]
-        splits[split] = {"sequences": len(entries), "tail_tokens_dropped": summary[f"{split}_tail"],
+        splits[split] = {"sequences": n_seq, "tail_tokens_dropped": summary[f"{split}_tail"],
                          "documents": summary[f"{split}_documents"], "shards": shard_entries}
     embed_dim = max(s["dim"] for s in encoded(work))
     manifest = {
@@ -751,5 +777,5 @@ def finish(folder: Path, rank: int, tasks: int) -> None:
 
 STAGES = (("read", "files"), ("dedup", "digest ranges"), ("merge", "files"), ("fit", "models"), ("encode", "files"),
           ("cluster", None), ("assign", "files"), ("split", "clusters"), ("order", "partitions"),
-          ("pack", None), ("shards", "shards"), ("finish", None))
+          ("pack", "pieces"), ("shards", "shards"), ("finish", None))
 """(name of the task function in this module, what its parallel tasks split: None for a one-task stage)."""

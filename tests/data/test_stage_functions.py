@@ -92,9 +92,19 @@ def test_member_table_matches_members():
     assert [g.tolist() for g in members(labels)] == [[1, 4], [], [0, 2, 5], [3]]
 
 
-def test_same_domain_fraction():
-    assert same_domain_fraction(np.array([0, 0, 1, 1, 1], dtype=np.uint8)) == 0.75
-    assert same_domain_fraction(np.array([3], dtype=np.uint8)) == 1.0
+def _piece(domains: list[int]) -> dict:  # what pack writes of a piece's domains
+    d = np.array(domains)
+    return {"documents": len(d), "same_domain_steps": int(np.sum(d[1:] == d[:-1])),
+            "ends": [int(d[0]), int(d[-1])] if len(d) else None}
+
+
+def test_same_domain_fraction_of_pieces_is_the_joined_streams():
+    assert same_domain_fraction([_piece([0, 0, 1, 1, 1])]) == 0.75
+    assert same_domain_fraction([_piece([3])]) == 1.0 and same_domain_fraction([_piece([])]) == 1.0
+    rng = np.random.default_rng(0)
+    streams = [rng.integers(0, 3, size=n).tolist() for n in (5, 0, 1, 7, 0, 4)]  # empty pieces between
+    joined = np.concatenate(streams)
+    assert same_domain_fraction([_piece(s) for s in streams]) == np.mean(joined[1:] == joined[:-1])
 
 
 def test_balanced_gives_each_key_to_one_task_largest_first_to_the_least_loaded():
