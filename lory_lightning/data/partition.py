@@ -19,6 +19,7 @@ exactly the global one.
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 from pathlib import Path
@@ -91,8 +92,11 @@ class JoinedRows:
     """Row files read as one array, end to end (each input file's tokens or embeddings as the
     corpus's), without joining them on disk: ``x[a:b]``, ``x[rows]``, rows numbered across files."""
 
+    OPEN_FILES = 64  # parts kept open at once, least recently read closed first: a corpus of
+    # thousands of input files would otherwise hold a descriptor for each (the limit is often 1024)
+
     def __init__(self, parts: list[RowFile]) -> None:
-        self.parts = parts
+        self.parts, self.open = parts, collections.OrderedDict()
         self.starts = np.cumsum([0] + [len(p) for p in parts])  # (files + 1,) each file's first row
         self.shape = (int(self.starts[-1]), *(parts[0].shape[1:] if parts else ()))
         self.dtype = parts[0].dtype if parts else np.dtype(np.float32)
@@ -104,7 +108,7 @@ class JoinedRows:
         if isinstance(index, slice):
             a, b, _ = index.indices(self.shape[0])
             first, last = np.searchsorted(self.starts, [a, max(a, b - 1)], side="right") - 1
-            pieces = [self.parts[f][max(a - int(self.starts[f]), 0):max(b - int(self.starts[f]), 0)]
+            pieces = [self._part(f)[max(a - int(self.starts[f]), 0):max(b - int(self.starts[f]), 0)]
                       for f in range(first, min(last, len(self.parts) - 1) + 1)]
             return np.concatenate([np.zeros((0, *self.shape[1:]), self.dtype), *pieces])
         index = np.asarray(index, dtype=np.int64)
@@ -112,8 +116,15 @@ class JoinedRows:
         file = np.searchsorted(self.starts, index, side="right") - 1  # (n,) the file of each row
         for f in np.unique(file):
             at = np.flatnonzero(file == f)
-            out[at] = self.parts[f][index[at] - self.starts[f]]
+            out[at] = self._part(f)[index[at] - self.starts[f]]
         return out
+
+    def _part(self, f: int) -> RowFile:
+        self.open[f] = None
+        self.open.move_to_end(f)
+        if len(self.open) > self.OPEN_FILES:
+            self.parts[self.open.popitem(last=False)[0]].close()  # reopened when read again
+        return self.parts[f]
 
     def close(self) -> None:
         for p in self.parts:

@@ -380,6 +380,7 @@ def encode(folder: Path, rank: int, tasks: int) -> None:
     tok = Tokenizer.from_str((work.folder / "fit" / TOKENIZER).read_text("utf-8"))
     dtype = token_dtype(meta["vocab_size"])
     embed_map = TfidfSvdMap.load(work.folder / "fit" / "embed.npz") if work.cfg["embedder"] == "tfidf-svd" else None
+    doc_first = file_bounds(work)["doc"]
     kept = [json.loads((work.folder / "merge" / f"{f:06d}.json").read_text("utf-8"))["documents"]
             for f in range(len(work.files))]
     for f in balanced(np.array(kept), rank, tasks):  # by kept documents
@@ -410,6 +411,10 @@ def encode(folder: Path, rank: int, tasks: int) -> None:
             flush(out, embedded)
         lengths = np.concatenate([np.zeros(0, np.int64), *lengths])
         atomic_npy(work.path("encode", f"{f:06d}.lengths.npy"), lengths)
+        train = np.flatnonzero(~is_val)  # (n_train,) the file's training documents, by training id
+        atomic_npy(work.path("encode", f"{f:06d}.train.npy"), np.stack([
+            doc_first[f] + train, np.full(len(train), f), (np.cumsum(lengths) - lengths)[train], lengths[train],
+            table["domain"][train]], axis=1).astype(np.int64))  # (n_train, 5) as training_docs reads them
         atomic_json(work.path("encode", f"{f:06d}.embed.json"), {"rows": shape[0], "dim": shape[1],
                                                                  "tokens": int(lengths.sum())})
 
@@ -515,36 +520,35 @@ def order(folder: Path, rank: int, tasks: int) -> None:
 # -- pack ------------------------------------------------------------------------------------------
 
 def file_bounds(work: Work) -> dict[str, np.ndarray]:
-    """(files + 1,) each: where each input file's kept documents, training documents and tokens begin
-    in reading order (from the merge and encode stages' small summaries)."""
+    """(files + 1,) each: where each input file's kept documents and training documents begin in
+    reading order (from the merge stage's small summaries)."""
     merged = [json.loads((work.folder / "merge" / f"{f:06d}.json").read_text("utf-8")) for f in range(len(work.files))]
     return {"doc": np.cumsum([0] + [m["documents"] for m in merged]),
-            "train": np.cumsum([0] + [m["train"] for m in merged]),
-            "token": np.cumsum([0] + [e["tokens"] for e in encoded(work)])}
+            "train": np.cumsum([0] + [m["train"] for m in merged])}
 
 
-def file_docs(work: Work, meta: dict, bounds: dict[str, np.ndarray], f: int) -> dict[str, np.ndarray]:
+def file_docs(work: Work, meta: dict, f: int, first_doc: int, first_token: int) -> dict[str, np.ndarray]:
     """Input file f's kept documents: id (place in reading order), token offset in ``token_rows``,
-    length, domain id, validation, row in the file."""
+    length, domain id, validation, row in the file; ``first_doc`` and ``first_token``: where the
+    file's documents and tokens begin in reading order."""
     table = doc_table(work, f, meta["file_domains"][f])
     lengths = load_npy(work.folder / "encode" / f"{f:06d}.lengths.npy")
-    return {"id": bounds["doc"][f] + np.arange(len(lengths), dtype=np.int64),
-            "offset": bounds["token"][f] + np.cumsum(lengths) - lengths, "length": lengths, **table}
+    return {"id": first_doc + np.arange(len(lengths), dtype=np.int64),
+            "offset": first_token + np.cumsum(lengths) - lengths, "length": lengths, **table}
 
 
-def training_docs(work: Work, meta: dict, bounds: dict[str, np.ndarray], train_ids: np.ndarray) -> dict[str, np.ndarray]:
-    """``file_docs`` of the training documents ``train_ids`` (numbered across files), in that order;
-    one input file's table at a time."""
-    file = np.searchsorted(bounds["train"], train_ids, side="right") - 1  # (n,) each one's input file
-    out = {key: np.empty(len(train_ids), dtype) for key, dtype in (("id", np.int64), ("offset", np.int64),
-                                                                  ("length", np.int64), ("domain", np.uint8), ("row", np.int64))}
-    for f in np.unique(file):
-        at = np.flatnonzero(file == f)
-        docs = file_docs(work, meta, bounds, int(f))
-        local = np.flatnonzero(~docs["val"])[train_ids[at] - bounds["train"][f]]
-        for key, column in out.items():
-            column[at] = docs[key][local]
-    return out
+def training_docs(work: Work, train_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """The training documents ``train_ids`` (numbered across files), in that order: id (place in
+    reading order), token offset in ``token_rows``, length, domain id. Read from the per-file
+    records encode wrote (encode/NNNNNN.train.npy), one pread a document: a partition's documents
+    lie in every file, and reading every file's table for each partition would read the corpus's
+    tables once per partition."""
+    files = encoded(work)
+    first_token = np.cumsum([0] + [e["tokens"] for e in files])
+    with partitions.JoinedRows([partitions.RowFile(work.folder / "encode" / f"{f:06d}.train.npy")
+                                for f in range(len(files))]) as records:
+        doc, file, offset, length, domain = records[train_ids].T if len(train_ids) else np.zeros((5, 0), np.int64)
+    return {"id": doc, "offset": first_token[file] + offset, "length": length, "domain": domain.astype(np.uint8)}
 
 
 def _visit(work: Work) -> np.ndarray:
@@ -579,19 +583,18 @@ def pack(folder: Path, rank: int, tasks: int) -> None:
     one partition's documents (all of them under --order random, the baseline)."""
     work = Work(folder)
     meta = _meta(work)
-    bounds = file_bounds(work)
     pieces = train_pieces(work)
     with token_rows(work, meta) as tokens:
         for q in balanced(np.append(pieces, meta["documents"] - meta["train_documents"]), rank, tasks):
             if q == len(pieces):
-                _pack_validation(work, meta, bounds, tokens)
+                _pack_validation(work, meta, tokens)
                 continue
             ids, dropped = piece_order(work, q)
-            docs = training_docs(work, meta, bounds, ids)
+            docs = training_docs(work, ids)
             counts = write_piece(work.path("pack", f"train-{q:06d}"), tokens, docs["offset"], docs["length"],
                                  docs["domain"], docs["id"], meta["eod_id"], meta["vocab_size"])
             atomic_npy(work.path("pack", f"train-{q:06d}.counts.npy"), counts)
-            atomic_npy(work.path("pack", f"train-{q:06d}.dropped.npy"), training_docs(work, meta, bounds, dropped)["id"])
+            atomic_npy(work.path("pack", f"train-{q:06d}.dropped.npy"), training_docs(work, dropped)["id"])
             n_domains, domain = len(meta["domains"]), docs["domain"]
             atomic_json(work.path("pack", f"train-{q:06d}.json"), {
                 "documents": len(ids), "tokens": int(docs["length"].sum()) + len(ids),
@@ -601,22 +604,23 @@ def pack(folder: Path, rank: int, tasks: int) -> None:
                 "domain_tokens": np.bincount(domain, weights=docs["length"] + 1, minlength=n_domains).astype(np.int64).tolist()})
 
 
-def validation_groups(work: Work, meta: dict, bounds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+def validation_groups(work: Work, meta: dict) -> list[dict[str, np.ndarray]]:
     """The validation documents of each domain (``file_docs`` columns), domains in order, empty ones left out."""
     parts = []
+    first_doc, first_token = file_bounds(work)["doc"], np.cumsum([0] + [e["tokens"] for e in encoded(work)])
     for f in range(len(work.files)):
-        docs = file_docs(work, meta, bounds, f)
+        docs = file_docs(work, meta, f, int(first_doc[f]), int(first_token[f]))
         parts.append({key: column[docs["val"]] for key, column in docs.items()})
     val = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     groups = [{key: column[val["domain"] == d] for key, column in val.items()} for d in range(len(meta["domains"]))]
     return [g for g in groups if len(g["id"])]
 
 
-def _pack_validation(work: Work, meta: dict, bounds: dict[str, np.ndarray], tokens: partitions.JoinedRows) -> None:
+def _pack_validation(work: Work, meta: dict, tokens: partitions.JoinedRows) -> None:
     """Each domain's validation documents as a stream of its own, in reading order; the sequences
     dealt round-robin over the domains (pack/val-entries.npy: (group, sequence) rows)."""
     seq_len, entries, tail = work.cfg["seq_len"], [], 0
-    groups = validation_groups(work, meta, bounds)
+    groups = validation_groups(work, meta)
     for g, docs in enumerate(groups):
         write_piece(work.path("pack", f"val-{g:06d}"), tokens, docs["offset"], docs["length"], docs["domain"],
                     docs["id"], meta["eod_id"], meta["vocab_size"])
@@ -731,7 +735,7 @@ def finish(folder: Path, rank: int, tasks: int) -> None:
     for q in range(summary["pieces"]):
         counts += load_npy(packed / f"train-{q:06d}.counts.npy")
     val = [{key: np.concatenate([g[key] for g in groups]) for key in groups[0]}
-           for groups in [validation_groups(work, meta, bounds)]][0]
+           for groups in [validation_groups(work, meta)]][0]
     with token_rows(work, meta) as tokens:
         unigram = unigram_ppl(counts, tokens, val["offset"], val["length"], np.arange(len(val["id"])), val["domain"],
                               meta["eod_id"])

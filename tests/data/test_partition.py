@@ -161,11 +161,13 @@ def test_joined_rows_read_files_end_to_end_as_one_array(tmp_path):
         x[a:b].tofile(tmp_path / f"{i}.f32")  # raw rows, as encode writes them
         files.append(RowFile(tmp_path / f"{i}.f32", np.float32, (b - a, 2)))
     with JoinedRows(files) as rows:
+        rows.OPEN_FILES = 2  # files closed and opened again as they are read
         assert rows.shape == (41, 2) and len(rows) == 41
         for a, b in [(0, 41), (5, 12), (10, 10), (9, 11), (33, 41), (40, 41), (12, 30), (41, 41)]:
             assert np.array_equal(rows[a:b], x[a:b]), (a, b)
         idx = np.array([40, 0, 10, 9, 33, 32, 32, 5])
         assert np.array_equal(rows[idx], x[idx])
+        assert len(rows.open) <= 2 and sum(f.fd is not None for f in files) <= 2
 
 
 def test_cutting_cluster_by_cluster_gives_split_oversizeds_partitions():
