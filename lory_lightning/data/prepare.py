@@ -407,7 +407,9 @@ def stage_summary(name: str, work: Path) -> str:
             f"{k} k-means clusters" if k else "one cluster")
     if name == "assign":
         counts, _ = stages.cluster_parts(w)
-        return f"clusters of {counts.min()} to {counts.max()} documents"
+        if len(counts) == 1:
+            return f"one cluster of {counts[0]} documents"
+        return f"{len(counts)} clusters of {counts.min()} to {counts.max()} documents"
     if name == "split":
         return f"{len(stages.partition_sizes(w))} partition(s) of at most {w.cfg['partition_size']} documents"
     if name == "order":
