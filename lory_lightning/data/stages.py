@@ -3,9 +3,13 @@
 A stage reads what earlier stages left in the work folder and writes its own outputs there (each
 file atomically), so a task killed midway is simply run again, and a finished task is skipped
 (the engine's completion records). Parallel stages split their work by a key that does not depend
-on the number of tasks (input file, digest range, partition, shard), and every merge is in that key's
-order: the same inputs and config give byte-identical shards and manifest with any number of tasks or
-workers.
+on the number of tasks (input file, digest range, model, cluster, partition, piece, shard), and every
+merge is in that key's order: the same inputs and config give byte-identical shards and manifest with
+any number of tasks or workers. No task holds a table of every document: what one holds is one
+input file, digest range, sample, cluster, partition or shard (the two one-task stages read a
+sample and the pieces' summaries), so memory stays flat as the corpus grows. Two exceptions: the
+validation documents (a --val_fraction share, in one pack key and in finish) and --order random's
+single piece (the ablation baseline's one permutation of all documents).
 
     read       (parallel, by input file)  validate records; text, domain, place, sorted digests
     dedup      (parallel, by digest range)  exact duplicates across all files, one range at a time
@@ -170,7 +174,7 @@ def rows_of(items: Iterator[str], rows: np.ndarray) -> Iterator[str]:
 BUCKETS = 4096
 """Digest buckets (the top 12 bits of a digest's first word): a dedup range is a run of them."""
 DEDUP_RANGE = 1 << 20
-"""Documents a dedup task holds at once, about (40 bytes each at the peak): ranges = ceil(N / this)."""
+"""Documents in one dedup task's range, about (ranges = ceil(N / this)): its memory, not the corpus's."""
 
 
 def digest_keys(digests: np.ndarray) -> np.ndarray:
