@@ -418,7 +418,7 @@ def encode(folder: Path, rank: int, tasks: int) -> None:
         train = np.flatnonzero(~is_val)  # (n_train,) the file's training documents, by training id
         atomic_npy(work.path("encode", f"{f:06d}.train.npy"), np.stack([
             doc_first[f] + train, np.full(len(train), f), (np.cumsum(lengths) - lengths)[train], lengths[train],
-            table["domain"][train]], axis=1).astype(np.int64))  # (n_train, 5) as training_docs reads them
+            table["domain"][train]], axis=1).astype(np.int64))  # (n_train, 5) as TrainingDocs reads them
         atomic_json(work.path("encode", f"{f:06d}.embed.json"), {"rows": shape[0], "dim": shape[1],
                                                                  "tokens": int(lengths.sum())})
 
@@ -487,8 +487,9 @@ def split(folder: Path, rank: int, tasks: int) -> None:
     with embedding_rows(work) as x:
         for c in balanced(counts, rank, tasks):  # by documents
             group = []
-            for f in range(len(work.files)):
-                a, b = load_npy(work.folder / "assign" / f"{f:06d}.bounds.npy")[c:c + 2]
+            for f in range(len(work.files)):  # two short reads a file: its cluster bounds, then its rows
+                with partitions.RowFile(work.folder / "assign" / f"{f:06d}.bounds.npy") as bounds:
+                    a, b = bounds[c:c + 2]
                 with partitions.RowFile(work.folder / "assign" / f"{f:06d}.rows.npy") as rows:
                     group.append(rows[int(a):int(b)])
             group = np.concatenate([np.zeros(0, np.int64), *group])  # (n_c,) ascending: files in order
@@ -541,42 +542,50 @@ def file_docs(work: Work, meta: dict, f: int, first_doc: int, first_token: int) 
             "offset": first_token + np.cumsum(lengths) - lengths, "length": lengths, **table}
 
 
-def training_docs(work: Work, train_ids: np.ndarray) -> dict[str, np.ndarray]:
-    """The training documents ``train_ids`` (numbered across files), in that order: id (place in
-    reading order), token offset in ``token_rows``, length, domain id. Read from the per-file
-    records encode wrote (encode/NNNNNN.train.npy), one pread a document: a partition's documents
-    lie in every file, and reading every file's table for each partition would read the corpus's
-    tables once per partition."""
-    files = encoded(work)
-    first_token = np.cumsum([0] + [e["tokens"] for e in files])
-    with partitions.JoinedRows([partitions.RowFile(work.folder / "encode" / f"{f:06d}.train.npy")
-                                for f in range(len(files))]) as records:
-        doc, file, offset, length, domain = records[train_ids].T if len(train_ids) else np.zeros((5, 0), np.int64)
-    return {"id": doc, "offset": first_token[file] + offset, "length": length, "domain": domain.astype(np.uint8)}
+class TrainingDocs:
+    """The training documents' records encode wrote (encode/NNNNNN.train.npy), read by training id
+    (numbered across files) with one pread a document: a partition's documents lie in every file,
+    and reading every file's table for each partition would read the corpus's tables once per
+    partition. Opened once per task (thousands of input files: thousands of headers)."""
+
+    def __init__(self, work: Work) -> None:
+        files = encoded(work)
+        self.first_token = np.cumsum([0] + [e["tokens"] for e in files])  # (files + 1,)
+        self.records = partitions.JoinedRows([partitions.RowFile(work.folder / "encode" / f"{f:06d}.train.npy")
+                                              for f in range(len(files))])
+
+    def __getitem__(self, train_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Of each of ``train_ids``, in that order: id (place in reading order), token offset in
+        ``token_rows``, length, domain id."""
+        doc, file, offset, length, domain = self.records[train_ids].T if len(train_ids) else np.zeros((5, 0), np.int64)
+        return {"id": doc, "offset": self.first_token[file] + offset, "length": length, "domain": domain.astype(np.uint8)}
+
+    def close(self) -> None:
+        self.records.close()
 
 
-def _visit(work: Work) -> np.ndarray:
-    """The partitions in visiting order: the greedy path over their centroids."""
-    return partitions.visit_path(np.stack([load_npy(work.folder / "split" / f"{p:06d}.sum.npy")
-                                           for p in range(len(partition_sizes(work)))]))
+def train_pieces(work: Work, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pieces of the training stream, in stream order: (their documents, the partition each one
+    packs), given the partitions' ``sizes``. One piece per partition along the visiting path (the
+    greedy path over the partitions' centroids); under --order random one piece of every kept
+    document (partition -1)."""
+    if work.cfg["order"] == "random":
+        return np.array([sizes.sum()]), np.array([-1])
+    visit = partitions.visit_path(np.stack([load_npy(work.folder / "split" / f"{p:06d}.sum.npy")
+                                            for p in range(len(sizes))]))
+    return sizes[visit], visit
 
 
-def train_pieces(work: Work) -> np.ndarray:
-    """The documents of each piece of the training stream, in stream order: one piece per partition
-    along the visiting path; one piece of every kept document under --order random."""
-    sizes = partition_sizes(work)
-    return np.array([sizes.sum()]) if work.cfg["order"] == "random" else sizes[_visit(work)]
-
-
-def piece_order(work: Work, q: int) -> tuple[np.ndarray, np.ndarray]:
-    """(piece q's training documents in stream order, the near-duplicates it reports), training ids."""
-    if work.cfg["order"] == "random":  # the baseline: one seeded permutation of all kept documents
-        drop = np.zeros(int(partition_sizes(work).sum()), dtype=bool)
-        for p in range(len(partition_sizes(work))):
+def piece_order(work: Work, partition: int, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(a piece's training documents in stream order, the near-duplicates it reports), training ids:
+    partition ``partition``'s path, or (-1) every kept document in one seeded random order."""
+    if partition < 0:  # the baseline: one seeded permutation of all kept documents
+        drop = np.zeros(int(sizes.sum()), dtype=bool)
+        for p in range(len(sizes)):
             with np.load(work.folder / "order" / f"{p:06d}.npz", allow_pickle=False) as z:
                 drop[z["dropped"]] = True
         return random_order(~drop, work.cfg["seed"]), np.flatnonzero(drop)
-    with np.load(work.folder / "order" / f"{int(_visit(work)[q]):06d}.npz", allow_pickle=False) as z:
+    with np.load(work.folder / "order" / f"{partition:06d}.npz", allow_pickle=False) as z:
         return z["path"], z["dropped"]
 
 
@@ -587,18 +596,20 @@ def pack(folder: Path, rank: int, tasks: int) -> None:
     one partition's documents (all of them under --order random, the baseline)."""
     work = Work(folder)
     meta = _meta(work)
-    pieces = train_pieces(work)
-    with token_rows(work, meta) as tokens:
+    sizes = partition_sizes(work)
+    pieces, packs = train_pieces(work, sizes)
+    training = TrainingDocs(work)
+    with token_rows(work, meta) as tokens, contextlib.closing(training):
         for q in balanced(np.append(pieces, meta["documents"] - meta["train_documents"]), rank, tasks):
             if q == len(pieces):
                 _pack_validation(work, meta, tokens)
                 continue
-            ids, dropped = piece_order(work, q)
-            docs = training_docs(work, ids)
+            ids, dropped = piece_order(work, int(packs[q]), sizes)
+            docs = training[ids]
             counts = write_piece(work.path("pack", f"train-{q:06d}"), tokens, docs["offset"], docs["length"],
                                  docs["domain"], docs["id"], meta["eod_id"], meta["vocab_size"])
             atomic_npy(work.path("pack", f"train-{q:06d}.counts.npy"), counts)
-            atomic_npy(work.path("pack", f"train-{q:06d}.dropped.npy"), training_docs(work, dropped)["id"])
+            atomic_npy(work.path("pack", f"train-{q:06d}.dropped.npy"), training[dropped]["id"])
             n_domains, domain = len(meta["domains"]), docs["domain"]
             atomic_json(work.path("pack", f"train-{q:06d}.json"), {
                 "documents": len(ids), "tokens": int(docs["length"].sum()) + len(ids),
