@@ -738,19 +738,19 @@ def finish(folder: Path, rank: int, tasks: int) -> None:
     skips.absorb(meta["skipped"])
     dropped = np.sort(np.concatenate([np.zeros(0, np.int64)] + [load_npy(packed / f"train-{q:06d}.dropped.npy")
                                                                  for q in range(summary["pieces"])]))
-    file = np.searchsorted(bounds["doc"], dropped, side="right") - 1
-    for f in np.unique(file):  # near-duplicates by place, in reading order
+    at = np.searchsorted(dropped, bounds["doc"])  # (files + 1,) each file's first near-duplicate in dropped
+    for f in np.flatnonzero(np.diff(at)):  # near-duplicates by place, in reading order, a file at a time
         table = doc_table(work, int(f), meta["file_domains"][f])
         with np.load(work.folder / "read" / f"{f:06d}.npz", allow_pickle=False) as z:
             where = z["where"]
-        for d in dropped[file == f] - bounds["doc"][f]:
+        for d in dropped[at[f]:at[f + 1]] - bounds["doc"][f]:
             skips.add("near_duplicate", str(where[table["row"][d]]), domains[table["domain"][d]],
                       f"cosine > {cfg['dedup_threshold']}")
     counts = np.ones(meta["vocab_size"], dtype=np.int64)  # add-one, as unigram_counts starts
     for q in range(summary["pieces"]):
         counts += load_npy(packed / f"train-{q:06d}.counts.npy")
-    val = [{key: np.concatenate([g[key] for g in groups]) for key in groups[0]}
-           for groups in [validation_groups(work, meta)]][0]
+    groups = validation_groups(work, meta)  # domain by domain, as the validation shards are packed
+    val = {key: np.concatenate([g[key] for g in groups]) for key in groups[0]}
     with token_rows(work, meta) as tokens:
         unigram = unigram_ppl(counts, tokens, val["offset"], val["length"], np.arange(len(val["id"])), val["domain"],
                               meta["eod_id"])
