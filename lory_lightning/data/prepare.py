@@ -1,12 +1,12 @@
 """`lory prepare`: raw documents -> tokenizer, similarity-ordered packed sequences, WebDataset shards.
 
 This module owns the command: its config, the output folder, and the order of the stages
-(data/stages.py: read -> dedup -> merge -> fit -> encode -> cluster ->
-assign -> split -> order -> pack -> shards -> finish, LORY.md
-section 4) on an engine (data/engine.py: datatrove, local or Slurm). Every file is written under a
-temporary name and renamed when complete, and the manifest comes last, so a killed run leaves
-nothing that looks finished; running it again continues from the stage tasks that completed, and
-a folder whose manifest matches the config and whose shards verify is left as it is.
+(data/stages.py: read -> dedup -> merge -> fit -> encode -> cluster -> assign -> split -> order ->
+pack -> shards -> finish, LORY.md section 4) on an engine (data/engine.py: datatrove, local or
+Slurm). Every file is written under a temporary name and renamed when complete, and the manifest
+comes last, so a killed run leaves nothing that looks finished; running it again continues from
+the stage tasks that completed, and a folder whose manifest matches the config and whose shards
+verify is left as it is.
 
 The output folder is prepare's own: it refuses a non-empty folder it did not write (no manifest,
 no ``.lory-prepare`` mark), deletes only the files it writes, and holds a lock on the folder while
