@@ -77,7 +77,7 @@ def test_the_readme_commands_at_scale_locally_and_on_an_emulated_slurm_cluster(t
         "read", "dedup", "merge", "fit", "encode", "cluster", "assign", "split", "order", "pack",
         "shards", "finish"]
     arrays = [int(re.search(r"--array=0-(\d+)", j["script"]).group(1)) + 1 for j in stage_jobs]
-    assert arrays == [2, 2, 2, 2, 2, 1, 2, 2, 2, 1, 2, 1]  # parallel stages: --tasks 2
+    assert arrays == [2, 2, 2, 2, 2, 1, 2, 2, 2, 2, 2, 1]  # parallel stages: --tasks 2
     assert all("--partition=cpu" in j["script"] and "source .venv/bin/activate" in j["script"] for j in stage_jobs)
     ids = {j["script"]: 1000 + i for i, j in enumerate(jobs)}
     for before, after in zip(stage_jobs, stage_jobs[1:]):  # each stage waits for the one before
