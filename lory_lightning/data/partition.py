@@ -180,11 +180,13 @@ def assign(x: np.ndarray, centroids: np.ndarray, batch: int = 65536) -> np.ndarr
     return out
 
 
-def member_table(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rows grouped by label 0..max, ascending within (n,); each label's bounds in it (max + 2,)):
-    one sort, not a scan per label."""
+def member_table(labels: np.ndarray, n_labels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(rows grouped by label 0..n_labels-1, ascending within (n,); each label's bounds in it
+    (n_labels + 1,)): one sort, not a scan per label. n_labels defaults to max + 1; give it when
+    labels past the largest present must be listed too (empty clusters)."""
     order = np.argsort(labels, kind="stable")
-    return order, np.searchsorted(labels[order], np.arange(int(labels.max(initial=-1)) + 2))
+    n_labels = int(labels.max(initial=-1)) + 1 if n_labels is None else n_labels
+    return order, np.searchsorted(labels[order], np.arange(n_labels + 1))
 
 
 def members(labels: np.ndarray) -> list[np.ndarray]:

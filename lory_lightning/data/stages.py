@@ -465,9 +465,9 @@ def assign(folder: Path, rank: int, tasks: int) -> None:
         n = files[f]["rows"]
         with partitions.RowFile(work.folder / "encode" / f"{f:06d}.embed.f32", np.float32, (n, files[f]["dim"])) as x:
             labels = partitions.assign(x, c) if len(c) else np.zeros(n, dtype=np.int64)
-        order = np.argsort(labels, kind="stable")
+        order, bounds = partitions.member_table(labels, max(len(c), 1))  # every cluster, empty ones too
         atomic_npy(work.path("assign", f"{f:06d}.rows.npy"), order + first[f])
-        atomic_npy(work.path("assign", f"{f:06d}.bounds.npy"), np.searchsorted(labels[order], np.arange(max(len(c), 1) + 1)))
+        atomic_npy(work.path("assign", f"{f:06d}.bounds.npy"), bounds)
 
 
 def cluster_parts(work: Work) -> tuple[np.ndarray, list[list[int]]]:
