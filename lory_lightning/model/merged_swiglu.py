@@ -78,7 +78,11 @@ class MergedSwiGLU(torch.autograd.Function):
         dtype = _compute_dtype(xs)
         f = w_gate.shape[2]
         with torch.autocast(xs.device.type, enabled=False):
-            x, wts = xs.to(dtype), weights.to(dtype)
+            # Cast only when the dtype differs: `xs.to(xs.dtype)` returns xs itself, and torch.compile
+            # refuses to save for backward an intermediate that aliases an input (a fresh process
+            # failed in backward with InternalTorchDynamoError).
+            x = xs if xs.dtype == dtype else xs.to(dtype)
+            wts = weights if weights.dtype == dtype else weights.to(dtype)
             w_gu = _cat_experts(w_gate, w_up).to(dtype)  # (E, d, 2f)
             gu = x @ _merge(wts, w_gu, 'm_gu')  # (R, T, 2f): gate and up pre-activations together
             g, u = gu[..., :f], gu[..., f:]
