@@ -8,9 +8,10 @@ comes last, so a killed run leaves nothing that looks finished; running it again
 the stage tasks that completed, and a folder whose manifest matches the config and whose shards
 verify is left as it is.
 
-The output folder is prepare's own: it refuses a non-empty folder it did not write (no manifest,
-no ``.lory-prepare`` mark), deletes only the files it writes, and holds a lock on the folder while
-it works, so two runs never write into one folder at once.
+The output folder is prepare's own: it refuses a non-empty folder without its owner mark
+(``.lory-prepare``, a file only prepare writes; a manifest.json alone proves nothing), deletes
+only the files it writes, and holds a lock on the folder while it works, so two runs never write
+into one folder at once (a waiting run prints who holds it).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -315,12 +317,18 @@ def _up_to_date(out: Path, fingerprint: dict, quiet: bool) -> dict | None:
     return existing
 
 
+MARK_FORMAT = 1  # what the owner mark holds: {"written_by": "lory prepare", "format": 1, "holder": ...}
+
+
 class _OutputLock:
     """Make ``out`` prepare's own folder and hold an exclusive lock on it (context manager).
 
-    A non-empty folder without a manifest or the owner mark holds someone else's files: refused,
-    nothing deleted. The lock (flock on the owner mark) is released by the kernel if the process
-    dies, so a killed run never leaves the folder locked.
+    The folder is prepare's own only if it holds the owner mark (``.lory-prepare``), a file only
+    prepare writes, or is new or empty (then the mark is written first). A manifest.json proves
+    nothing: any web app has one. Anything else is refused before a file is touched. The lock
+    (flock on the mark) is released by the kernel if the process dies, so a killed run never
+    leaves the folder locked; while held, the mark names the holder (pid, host, start), which a
+    refused or waiting run prints.
     """
 
     def __init__(self, out: Path, wait: bool) -> None:
@@ -332,22 +340,70 @@ class _OutputLock:
             raise NotADirectoryError(errno.ENOTDIR, "--output is a file, not a folder: choose a folder path",
                                      str(out))
         mark = out / OWNER_MARK
-        if out.is_dir() and not mark.exists() and not (out / MANIFEST).exists() and any(out.iterdir()):
-            raise FileExistsError(f"{out} is not empty and was not written by `lory prepare` (no {MANIFEST}, "
-                                  f"no {OWNER_MARK}): choose a new or empty --output; nothing was deleted")
+        if out.is_dir() and not mark.exists() and any(out.iterdir()):
+            raise FileExistsError(f"{out} is not empty and was not written by `lory prepare` (no {OWNER_MARK} "
+                                  "mark): choose a new or empty --output; nothing was written or deleted")
         out.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(mark, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
-        except BlockingIOError:
+            self._lock()
+            content = _read_mark(self.fd)
+            if content is None:  # refused: a file of that name that prepare did not write
+                raise FileExistsError(f"{mark} was not written by `lory prepare` (it is not prepare's mark): "
+                                      "choose a new or empty --output; nothing was written or deleted")
+        except BaseException:
             os.close(self.fd)
-            raise FileExistsError(f"{out} is being prepared by another process: wait for it to finish, "
-                                  "or choose another --output") from None
+            raise
+        self._write_mark(holder={"pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
         return self
 
+    def _lock(self) -> None:
+        """Take the lock; held by another run: refuse (the CLI) or say who holds it and wait."""
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        holder = _holder(self.fd)
+        if not self.wait:
+            raise FileExistsError(f"{self.out} is being prepared by another process ({holder}): wait for it to "
+                                  "finish, or choose another --output")
+        print(f"[prepare] waiting for {self.out}: another `lory prepare` is writing it ({holder}); this run "
+              "goes on when that one ends (a stopped or hung one must be ended first)", file=sys.stderr, flush=True)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def _write_mark(self, holder: dict | None) -> None:
+        text = json.dumps({"written_by": "lory prepare", "format": MARK_FORMAT, "holder": holder}).encode()
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, text, 0)
+        os.fsync(self.fd)
+
     def __exit__(self, *exc: object) -> None:
+        self._write_mark(holder=None)
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
+
+
+def _read_mark(fd: int) -> dict | None:
+    """The owner mark's content: {} for an empty one (a new folder, or one prepared by an earlier
+    version, whose mark was an empty lock file); None for a file prepare did not write."""
+    data = os.pread(fd, 1 << 16, 0)
+    if not data:
+        return {}
+    try:
+        mark = json.loads(data)
+    except ValueError:
+        return None
+    return mark if isinstance(mark, dict) and mark.get("written_by") == "lory prepare" else None
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, as the mark says (read without the lock: best effort)."""
+    holder = (_read_mark(fd) or {}).get("holder")
+    if not isinstance(holder, dict):
+        return "holder not recorded"
+    return f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
 
 
 def _is_own(name: str) -> bool:

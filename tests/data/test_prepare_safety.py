@@ -1,8 +1,12 @@
 """`lory prepare` never deletes what it did not write, locks its folder, repairs damage, and says why in one line."""
 
+import fcntl
 import gzip
 import json
+import os
 import shutil
+import socket
+import threading
 
 import pytest
 
@@ -40,6 +44,70 @@ def test_a_folder_prepare_did_not_write_is_refused_and_left_alone(tmp_path, inpu
     # --overwrite does not make a stranger's folder prepare's own either
     assert run(["--output", str(out), "--inputs", *inputs, "--overwrite"], capsys)[0] == 1
     assert (out / "backup.tar").read_bytes() == b"precious"
+
+
+def _a_web_apps_folder(out):
+    """The hostile tester's folder: a manifest.json of another program and a _work.tmp of the user's."""
+    (out / "_work.tmp").mkdir(parents=True)
+    (out / "manifest.json").write_text('{"name": "my web app"}')
+    (out / "_work.tmp" / "thesis.tex").write_text("thesis")
+    (out / "tokenizer.json").write_text("{}")
+    return {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+def test_a_manifest_json_of_another_program_does_not_make_a_folder_prepares_own(tmp_path, inputs, capsys):
+    out = tmp_path / "site"
+    before = _a_web_apps_folder(out)
+    code, err = run(["--output", str(out), "--inputs", *inputs, "--seq_len", "64", "--vocab_size", "400"], capsys)
+    assert code == 1 and "was not written by `lory prepare` (no .lory-prepare mark)" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_lory_fit_with_inputs_refuses_another_programs_folder(tmp_path, inputs, capsys):
+    out = tmp_path / "site"
+    before = _a_web_apps_folder(out)
+    code = main(["fit", "--config", "configs/lory-tiny.yaml", "--data.data_dir", str(out), "--data.inputs",
+                 json.dumps(inputs), "--trainer.max_steps", "1", "--trainer.logger", "false"])
+    assert code == 1 and "not written by `lory prepare`" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_mark_file_prepare_did_not_write_is_refused(tmp_path, inputs, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / ".lory-prepare").write_text("my own notes")
+    code, err = run(["--output", str(out), "--inputs", *inputs], capsys)
+    assert code == 1 and "is not prepare's mark" in err
+    assert (out / ".lory-prepare").read_text() == "my own notes"
+
+
+def test_a_waiting_prepare_says_who_holds_the_folder(tmp_path, inputs, capsys):
+    # The data module waits (nodes share a folder): it must say for whom, not hang silently.
+    out = tmp_path / "o"
+    prepare(PrepareConfig(output=str(out), inputs=inputs, **SMALL), quiet=True)
+    mark = out / ".lory-prepare"
+    holder = {"pid": 4242, "host": "node7", "since": "2026-12-02 10:00:00 UTC"}
+    mark.write_text(json.dumps({"written_by": "lory prepare", "format": 1, "holder": holder}))
+    fd = os.open(mark, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a stopped prepare holding the lock
+    done = threading.Event()
+    waiter = threading.Thread(target=lambda: (prepare(PrepareConfig(output=str(out), inputs=inputs, **SMALL),
+                                                      quiet=True, wait=True), done.set()))
+    waiter.start()
+    said = ""
+    try:
+        for _ in range(600):  # the message comes before the wait: poll for it, no sleep decides the test
+            said += capsys.readouterr().err
+            if "waiting for" in said or done.is_set():
+                break
+            threading.Event().wait(0.05)
+        assert not done.is_set()
+        assert f"waiting for {out}: another `lory prepare` is writing it (pid 4242 on node7, since 2026-12-02" in said
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        waiter.join(60)
+    assert done.is_set()
 
 
 def test_rebuilding_deletes_only_the_files_prepare_writes(tmp_path, inputs):
@@ -84,6 +152,7 @@ def test_a_second_prepare_on_a_locked_folder_exits_with_one_line(tmp_path, input
         prepare_mod.run_stages = real_run
     code, err = results["second"]
     assert code == 1 and "being prepared by another process" in err
+    assert f"(pid {os.getpid()} on {socket.gethostname()}, since " in err  # who holds it
     assert manifest["seq_len"] == 64
     assert all(not list(verify_shards(out, manifest["splits"][s]["shards"])) for s in ("train", "val"))
 
