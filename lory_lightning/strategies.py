@@ -10,7 +10,6 @@ recommend.
 
 from __future__ import annotations
 
-import shutil
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
-from .atomic import replace_folder
+from .atomic import new_folder, replace_folder
 from .checkpoint_io import load_sharded_state, read_checkpoint_meta
 from .model.transformer import Block, LoryTransformer
 
@@ -68,8 +67,8 @@ class LoryFSDPStrategy(ModelParallelStrategy):
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         path = Path(self.broadcast(str(filepath)))
         tmp = path.with_name(path.name + ".tmp")
-        if self.global_rank == 0 and tmp.exists():
-            shutil.rmtree(tmp)  # a killed save's leftover
+        if self.global_rank == 0:
+            new_folder(tmp)  # a killed save's leftover goes; a folder of anyone else's is refused
         self.barrier("lory_ckpt_tmp_clear")
         super().save_checkpoint(checkpoint, tmp, storage_options)
         self.barrier("lory_ckpt_written")

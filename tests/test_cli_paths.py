@@ -199,3 +199,36 @@ def test_a_corpus_with_one_domain_fits_validates_and_analyzes(tmp_path, capsys):
     assert float(row[1]) > 1 and float(row[2]) > 1
     assert main(["analyze", "--ckpt_path", str(ckpt), "--output", str(tmp_path / "analysis")]) == 0
     assert "recipes" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [
+    ["generate", "--prompt", "hi", "--ckpt_path"], ["export", "--output", "EXPORT", "--ckpt_path"],
+    ["evaluate", "--tasks", "lory_toy_mc", "--ckpt_path"], ["perplexity", "--inputs", "IN", "--ckpt_path"],
+    ["analyze", "--ckpt_path"], ["validate", "--config", "configs/lory-tiny.yaml", "--ckpt_path"],
+    ["fit", "--config", "configs/lory-tiny.yaml", "--model.init_from"],
+])
+def test_no_command_deletes_a_folder_named_like_a_checkpoint_backup(tmp_path, capsys, command):
+    # Given a folder X that is not a checkpoint, no command may touch X.old (how users name a
+    # backup) or X.lory-old without the swap's mark: X is refused with one line, the rest stays.
+    folder = tmp_path / "last.ckpt"
+    folder.mkdir()
+    for name in ("last.ckpt.old", "last.ckpt.lory-old"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "thesis.tex").write_text("precious")
+    args = [str(tmp_path / "export") if a == "EXPORT" else str(tmp_path / "in.txt") if a == "IN" else a
+            for a in command]
+    (tmp_path / "in.txt").write_text("some text to score " * 20)
+    assert main([*args, str(folder), *(["--trainer.max_steps", "1"] if command[0] == "fit" else [])]) != 0
+    for name in ("last.ckpt.old", "last.ckpt.lory-old"):
+        assert (tmp_path / name / "thesis.tex").read_text() == "precious", name
+
+
+def test_resume_last_leaves_a_backup_of_last_ckpt_alone(small_data, tmp_path, capsys):
+    cfg = small_config(tmp_path, small_data)
+    assert main(["fit", "--config", str(cfg), "--trainer.max_steps", "2"]) == 0
+    checkpoints = tmp_path / "runs" / "lory-tiny" / "version_0" / "checkpoints"
+    backup = checkpoints / "last.ckpt.old"
+    backup.mkdir()
+    (backup / "notes.txt").write_text("my backup")
+    assert main(["fit", "--config", str(cfg), "--ckpt_path", "last", "--trainer.max_steps", "4"]) == 0
+    assert (backup / "notes.txt").read_text() == "my backup"

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
-from lory_lightning.atomic import recover_folder, replace_folder
+from lory_lightning.atomic import SWAP_MARK, new_folder, recover_folder, replace_folder
 from lory_lightning.checkpoint_io import (META_FILE, load_checkpoint, load_sharded_state, model_state,
                                           read_checkpoint_meta)
 from lory_lightning.model import LoryTransformer, ModelConfig
@@ -92,25 +92,48 @@ def test_a_missing_shard_file_is_named(tmp_path):
 
 
 def test_replace_folder_swaps_whole_folders_and_a_killed_swap_recovers(tmp_path):
-    path, new = tmp_path / "last.ckpt", tmp_path / "last.ckpt.tmp"
+    path = tmp_path / "last.ckpt"
     path.mkdir()
     (path / "a").write_text("old")
-    new.mkdir()
+    new = new_folder(tmp_path / "last.ckpt.tmp")
     (new / "a").write_text("new")
     replace_folder(new, path)
     assert (path / "a").read_text() == "new" and not new.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
-    # killed between the two renames: only last.ckpt.old (whole) is left; readers put it back
-    os.replace(path, tmp_path / "last.ckpt.old")
+    # killed between the two renames: only last.ckpt.lory-old (whole, marked) is left; readers put it back
+    old = tmp_path / "last.ckpt.lory-old"
+    os.replace(path, old)
     recover_folder(path)
-    assert (path / "a").read_text() == "new" and not (tmp_path / "last.ckpt.old").exists()
+    assert (path / "a").read_text() == "new" and not old.exists()
     # killed after the second rename, before the old folder was deleted: the new folder stays
-    (tmp_path / "last.ckpt.old").mkdir()
+    old.mkdir()
+    (old / SWAP_MARK).touch()
     recover_folder(path)
-    assert (path / "a").read_text() == "new" and not (tmp_path / "last.ckpt.old").exists()
+    assert (path / "a").read_text() == "new" and not old.exists()
     recover_folder(tmp_path / "absent")  # nothing to do
     assert not (tmp_path / "absent").exists()
+
+
+def test_a_users_backup_beside_a_checkpoint_is_never_deleted(tmp_path):
+    # `cp -r last.ckpt last.ckpt.old` is how a user names a backup; neither it nor a folder of the
+    # swap's own name without the swap's mark is ever taken for a swap's leftover.
+    path = tmp_path / "last.ckpt"
+    path.mkdir()
+    for name in ("last.ckpt.old", "last.ckpt.lory-old"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "thesis.tex").write_text("precious")
+    recover_folder(path)
+    with pytest.raises(FileExistsError, match="last.ckpt.lory-old: a folder that lory did not write"):
+        replace_folder(new_folder(tmp_path / "new"), path)
+    assert path.is_dir() and (tmp_path / "new").is_dir()  # refused before either rename
+    (tmp_path / "last.ckpt.tmp").mkdir()
+    (tmp_path / "last.ckpt.tmp" / "notes").write_text("mine")
+    with pytest.raises(FileExistsError, match="a folder that lory did not write"):
+        new_folder(tmp_path / "last.ckpt.tmp")
+    for name in ("last.ckpt.old", "last.ckpt.lory-old"):
+        assert (tmp_path / name / "thesis.tex").read_text() == "precious"
+    assert (tmp_path / "last.ckpt.tmp" / "notes").read_text() == "mine"
 
 
 def test_the_cli_finds_a_sharded_last_checkpoint_even_mid_swap(tmp_path):
@@ -119,7 +142,8 @@ def test_the_cli_finds_a_sharded_last_checkpoint_even_mid_swap(tmp_path):
 
     checkpoints = tmp_path / "runs" / "x" / "version_0" / "checkpoints"
     checkpoints.mkdir(parents=True)
-    write_folder(checkpoints / "last.ckpt.old", {"w": torch.ones(2)}, meta={"global_step": 5})
+    old = write_folder(checkpoints / "last.ckpt.lory-old", {"w": torch.ones(2)}, meta={"global_step": 5})
+    (old / SWAP_MARK).touch()  # what a swap killed between its renames leaves
     logger = Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
                        init_args=Namespace(save_dir=str(tmp_path / "runs"), name="x", version=None))
     path, (folder, step) = resolve_last(Namespace(logger=[logger]))
