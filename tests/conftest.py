@@ -2,7 +2,6 @@ import functools
 import json
 import os
 import random
-import tempfile
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
@@ -12,9 +11,6 @@ import torch
 # The suite never reaches a hub: transformers, datasets and lm-eval read only local files.
 for _flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(_flag, "1")
-# Verified shard versions are recorded in a folder of the suite's own, never in the user's ~/.cache
-# (child processes inherit it).
-os.environ["LORY_CACHE_DIR"] = tempfile.mkdtemp(prefix="lory-test-cache-")
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from .location import check_folder, is_url, member, read_bytes
 from .manifest import FORMAT_VERSION, MANIFEST, TOKENIZER, load_manifest
 from .prepare import PrepareConfig, prepare
-from .shards import ShardReader, VerifiedCache, npy_of, verify_shards
+from .shards import ShardReader, npy_of, verify_shards
 from .stats import unigram_log_probs
 from .sources import input_files
 from .stream import TrainStream, ValStream, samples_consumed_by_worker
@@ -52,21 +52,19 @@ class LoryDataModule(L.LightningDataModule):
         shuffle_block: Shards whose sequences are permuted together in the training stream (their
             samples are held in memory: about 0.4 MB per shard of 256 sequences at L = 512).
         seed: Seeds shard order and sequence shuffling.
-        verify: Check each shard's sha256 against the manifest before its first use (once per file
-            version: see ``cache_dir``); sizes are always checked.
+        verify: Check each shard's sha256 against the manifest each time it is read (about 0.1% of
+            the cost of parsing it); sizes, and the gzip CRC-32, are always checked.
         max_bad_shards: Missing, truncated or corrupt shards tolerated: each is named in a warning,
             counted and left out; one more stops the run (default 0: any stops it). Local folders
             are checked for missing and truncated shards at setup; content, and remote shards, as
             they are read, where the bound holds per reading process.
-        cache_dir: Where verified shard versions are recorded (None: ``$LORY_CACHE_DIR``, else
-            ``~/.cache/lory-lightning``).
     """
 
     def __init__(self, data_dir: str = "data/sample", inputs: list[str] | None = None,
                  val_inputs: list[str] | None = None, order: Literal["similarity", "random"] = "similarity",
                  seq_len: int = 512, vocab_size: int = 8192, prepare_args: dict[str, Any] | None = None,
                  batch_size: int = 8, num_workers: int = 0, shuffle_block: int = 4,
-                 seed: int = 0, verify: bool = True, max_bad_shards: int = 0, cache_dir: str | None = None) -> None:
+                 seed: int = 0, verify: bool = True, max_bad_shards: int = 0) -> None:
         super().__init__()
         if batch_size < 1 or num_workers < 0 or shuffle_block < 1 or max_bad_shards < 0:
             raise ValueError(f"data: batch_size ({batch_size}) and shuffle_block ({shuffle_block}) must be >= 1, "
@@ -78,7 +76,6 @@ class LoryDataModule(L.LightningDataModule):
                                             vocab_size=vocab_size, seed=seed, **(prepare_args or {}))
         self.batch_size, self.num_workers = batch_size, num_workers
         self.shuffle_block, self.seed, self.verify = shuffle_block, seed, verify
-        self.cache = VerifiedCache(Path(cache_dir) / "verified-shards" if cache_dir else None)
         self.manifest: dict[str, Any] | None = None
         self._resume_batches = 0
         self.max_bad_shards = max_bad_shards
@@ -145,7 +142,7 @@ class LoryDataModule(L.LightningDataModule):
 
     def reader(self) -> ShardReader:
         """Reads this folder's shards, verifying each before use; the setup's bad shards count against the bound."""
-        return ShardReader(self.data_dir, verify=self.verify, cache=self.cache,
+        return ShardReader(self.data_dir, verify=self.verify,
                            max_bad_shards=self.max_bad_shards - len(self.bad_shards))
 
     @property

@@ -9,7 +9,6 @@ for s3:// and gs://, aiohttp for http(s):// which lightning already installs).
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -87,24 +86,3 @@ def sha256_of(location: str) -> str:
     return h.hexdigest()
 
 
-def version(location: str) -> tuple[int, str] | None:
-    """(size, a marker that changes when the file is rewritten), or None when the store gives no marker.
-
-    Local files: size and mtime in ns. Object stores: their ETag or modification time.
-    """
-    if not is_url(location):
-        st = os.stat(location)
-        return st.st_size, str(st.st_mtime_ns)
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(location)
-    try:
-        info = fs.info(path)
-    except FileNotFoundError as err:
-        raise _not_found(location, err) from err
-    except Exception as err:
-        raise _remote_error(location, err) from err
-    for key in ("ETag", "etag", "Last-Modified", "mtime", "LastModified", "last_modified", "updated"):
-        if info.get(key) and info.get("size") is not None:
-            return int(info["size"]), f"{key}={info[key]}"
-    return None

@@ -6,10 +6,11 @@ and ``{key}.json`` (its documents), in a gzip-compressed tar (``.tar.gz``, which
 took 9.0 (three 512-byte tar headers and their padding per sample). Tokens are stored as .npy only:
 webdataset's default decoder unpickles .pyd/.pickle members, which a shard must never carry.
 
-Reading verifies ahead of use: a shard is read whole (a few MB), its size and sha256 checked
-against the manifest, and only then parsed, so a corrupt shard never feeds a batch. A shard that
-verified once is not hashed again while its size and modification marker stay the same
-(``VerifiedCache``): each process hashes only the shards it reads, once per file version.
+Reading verifies ahead of use: a shard is read whole (a few hundred KB), its size and sha256
+checked against the manifest at every read (hashing costs about 0.1% of parsing the shard, so
+nothing is cached), and only then parsed, so a corrupt shard never feeds a batch. Parsing
+decompresses the gzip member to its end, so its CRC-32 and length are checked too, and compares
+the header with the one prepare writes.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import warnings
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..atomic import atomic_file
-from .location import member, read_bytes, sha256_of, version
+from .location import member, read_bytes, sha256_of
 from .manifest import shard_name
 
 
@@ -92,11 +93,29 @@ def write_shards(out_dir: Path, split: str, samples: Iterable[Sample], per_shard
     return shards
 
 
+# The 10-byte gzip header `_write_one` writes: deflate, no flags, mtime 0, level 6 (XFL 0), OS
+# unknown (255). Nothing else in gzip covers these bytes, so they are compared whole.
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+
+
+def shard_tar(data: bytes, where: str) -> bytes:
+    """A shard's tar bytes, decompressed to the end of its gzip member, so that the member's
+    CRC-32 and length are checked on every read (a reader that stops at the last tar block never
+    reaches them); a damaged shard is a ValueError naming it."""
+    if data[:len(GZIP_HEADER)] != GZIP_HEADER:
+        raise ValueError(f"{where}: damaged (its gzip header is not the one `lory prepare` writes)")
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as err:
+        raise ValueError(f"{where}: damaged ({err}: the gzip CRC-32 or length check failed)") from None
+
+
 def parse_shard(data: bytes, where: str) -> list[dict[str, Any]]:
     """The samples of one shard's bytes, in order: {"key", "tokens" (L+1,), "domains" (L+1,), "meta"}."""
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-    files = ({**f, "__url__": where} for f in tar_file_iterator(io.BytesIO(data)))  # group_by_keys wants the url
+    tar = io.BytesIO(shard_tar(data, where))
+    files = ({**f, "__url__": where} for f in tar_file_iterator(tar))  # group_by_keys wants the url
     samples = []
     for s in group_by_keys(files):
         try:
@@ -137,60 +156,19 @@ def verify_shards(folder: Path, shards: Iterable[dict], hash_content: bool = Tru
             yield problem
 
 
-def default_cache_dir() -> Path:
-    """``$LORY_CACHE_DIR``, else ``$XDG_CACHE_HOME/lory-lightning``, else ``~/.cache/lory-lightning``."""
-    if os.environ.get("LORY_CACHE_DIR"):
-        return Path(os.environ["LORY_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lory-lightning"
-
-
-class VerifiedCache:
-    """Shard versions whose sha256 already matched: one empty file per (location, size, marker, sha256).
-
-    A file per entry (created atomically) lets every rank and dataloader worker record and look up
-    versions at once with no lock. The marker is a local file's mtime in ns or a store's ETag: a
-    rewrite changes it, so the shard is hashed again. A change that keeps size and marker (a byte
-    edited in place with the mtime set back by hand) is not seen: the same rule as rsync's quick check.
-    """
-
-    def __init__(self, folder: str | Path | None = None) -> None:
-        self.folder = Path(folder) if folder is not None else default_cache_dir() / "verified-shards"
-
-    def _path(self, location: str, ver: tuple[int, str], sha256: str) -> Path:
-        key = hashlib.sha256(f"{location}\0{ver[0]}\0{ver[1]}\0{sha256}".encode()).hexdigest()
-        return self.folder / key[:2] / key
-
-    def __contains__(self, item: tuple[str, tuple[int, str] | None, str]) -> bool:
-        location, ver, sha = item
-        return ver is not None and self._path(location, ver, sha).is_file()
-
-    def add(self, location: str, ver: tuple[int, str] | None, sha256: str) -> None:
-        if ver is None:
-            return  # the store gives no marker: such a shard is hashed at every read
-        path = self._path(location, ver, sha256)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.touch()
-        except OSError as err:  # a read-only home must not stop training: hash again next time
-            warnings.warn(f"cannot record a verified shard in {self.folder} ({err}); set LORY_CACHE_DIR "
-                          "to a writable folder to avoid hashing it again", stacklevel=2)
-
-
 class ShardReader:
     """Reads the shards of one prepared folder, each checked against its manifest entry before use.
 
     Args:
         folder: The prepared folder (local path or URL).
-        verify: Check each shard's sha256 (size is always checked); False only on the user's request.
+        verify: Check each shard's sha256 at every read (size is always checked); False only on the
+            user's request.
         max_bad_shards: Shards this process may leave out (missing, truncated, corrupt); each is named
             in a warning and listed in ``bad``; one more is an error naming them.
-        cache: Versions already verified (None: the default cache folder).
     """
 
-    def __init__(self, folder: str, verify: bool = True, max_bad_shards: int = 0,
-                 cache: VerifiedCache | None = None) -> None:
+    def __init__(self, folder: str, verify: bool = True, max_bad_shards: int = 0) -> None:
         self.folder, self.verify, self.max_bad_shards = folder, verify, max_bad_shards
-        self.cache = cache if cache is not None else VerifiedCache()
         self.bad: list[str] = []
 
     def read(self, entry: dict) -> list[dict[str, Any]]:
@@ -198,7 +176,10 @@ class ShardReader:
         location = member(self.folder, entry["name"])
         problem, data = self.verified_bytes(location, entry)
         if problem is None:
-            return parse_shard(data, location)
+            try:
+                return parse_shard(data, location)
+            except ValueError as err:  # damaged where only the gzip check sees it (verify off)
+                problem = ShardProblem(entry["name"], str(err))
         self.bad.append(entry["name"])
         if len(self.bad) > self.max_bad_shards:
             raise ValueError(f"{len(self.bad)} shard(s) fail verification against manifest.json (data.max_bad_shards "
@@ -208,15 +189,9 @@ class ShardReader:
         return []
 
     def verified_bytes(self, location: str, entry: dict) -> tuple[ShardProblem | None, bytes]:
-        """(what is wrong or None, the shard's bytes): hashed unless this version verified before."""
+        """(what is wrong or None, the shard's bytes), hashed unless ``verify`` is off."""
         try:
-            ver = version(location) if self.verify else None  # before reading: a later rewrite changes it
             data = read_bytes(location)
         except FileNotFoundError:
             return _problem(location, entry, None, None), b""
-        if not self.verify or (location, ver, entry["sha256"]) in self.cache:
-            return _problem(location, entry, len(data), None), data
-        problem = _problem(location, entry, len(data), hashlib.sha256(data).hexdigest())
-        if problem is None:
-            self.cache.add(location, ver, entry["sha256"])
-        return problem, data
+        return _problem(location, entry, len(data), hashlib.sha256(data).hexdigest() if self.verify else None), data
