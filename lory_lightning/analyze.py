@@ -14,7 +14,7 @@ from .data.shards import ShardReader
 from .data.stream import ValStream
 from .data.manifest import load_manifest
 from .metrics import DomainPerplexity, perplexity_metrics
-from .checkpoint_io import load_model
+from .checkpoint_io import check_same_tokenizer, load_model
 from .summary import perplexity_table
 
 
@@ -26,6 +26,7 @@ def analyze(ckpt_path: str, data: str | None = None, output: str | None = None, 
     cfg = model.config
     data_dir = check_folder(data or ckpt.get("datamodule_hyper_parameters", {}).get("data_dir") or "")
     manifest = load_manifest(data_dir)
+    check_same_tokenizer(ckpt, ckpt_path, data_dir, manifest)
     if manifest["seq_len"] % cfg.segment_len or manifest["vocab_size"] > cfg.vocab_size:
         raise ValueError(f"{data_dir}: sequences of {manifest['seq_len']} tokens / vocab {manifest['vocab_size']} "
                          f"do not fit the model (segment_len {cfg.segment_len}, vocab_size {cfg.vocab_size})")

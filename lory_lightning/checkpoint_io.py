@@ -223,6 +223,37 @@ def load_model(path: str | Path) -> tuple["LoryTransformer", dict[str, Any]]:
     return model.eval(), ckpt
 
 
+def checkpoint_tokenizer_sha256(checkpoint: dict[str, Any], path: str | Path) -> str | None:
+    """The sha256 of the tokenizer a checkpoint carries (None: it carries none), checked against the
+    digest recorded beside it."""
+    if "tokenizer" not in checkpoint:
+        return None
+    import hashlib
+
+    digest = hashlib.sha256(checkpoint["tokenizer"].encode("utf-8")).hexdigest()
+    recorded = checkpoint.get("tokenizer_sha256")
+    if recorded is not None and recorded != digest:
+        raise ValueError(f"{path}: the tokenizer it carries (sha256 {digest[:12]}) is not the one recorded with it "
+                         f"({recorded[:12]}): the checkpoint was edited or damaged")
+    return digest
+
+
+def check_same_tokenizer(checkpoint: dict[str, Any], path: str | Path, data_dir: str | Path,
+                         manifest: dict[str, Any]) -> None:
+    """Refuse data tokenized by another tokenizer than the checkpoint's: with the same vocabulary
+    size it would run, and every number would be about other tokens."""
+    from .data.manifest import tokenizer_sha256
+
+    ours = checkpoint_tokenizer_sha256(checkpoint, path)
+    if ours is None:  # a checkpoint of a run without a prepared folder: nothing to compare
+        return
+    theirs = tokenizer_sha256(data_dir, manifest)
+    if ours != theirs:
+        raise ValueError(f"{data_dir} was tokenized by another tokenizer (sha256 {theirs[:12]}) than checkpoint {path} "
+                         f"(sha256 {ours[:12]}): its token ids mean other words; use data prepared with the "
+                         "checkpoint's tokenizer (`lory prepare --tokenizer` with it)")
+
+
 def end_of_text_id(checkpoint: dict[str, Any], tokenizer: Any) -> int | None:
     """The end-of-text id the checkpoint's data was packed with (``eod_id``); checkpoints written
     before it was kept: the ``<|endoftext|>`` token of its (``tokenizers``) tokenizer, or None."""

@@ -4,6 +4,7 @@ upcycling step, per-domain validation metrics)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any
 
 import lightning as L
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 
 from .callbacks.guard import NonFiniteGuard
-from .checkpoint_io import first_line, load_checkpoint, model_state, rng_state, set_rng_state
+from .checkpoint_io import check_same_tokenizer, first_line, load_checkpoint, model_state, rng_state, set_rng_state
 from .metrics import DomainPerplexity, perplexity_metrics
 from .model import LoryTransformer, ModelConfig, load_balancing_loss, router_z_loss
 from .model.config import training_flops_per_token
@@ -230,11 +231,17 @@ class LoryLM(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and hasattr(dm, "tokenizer_json"):
             checkpoint["tokenizer"] = dm.tokenizer_json  # `lory generate` needs nothing but the checkpoint
+            checkpoint["tokenizer_sha256"] = hashlib.sha256(checkpoint["tokenizer"].encode("utf-8")).hexdigest()
         manifest = getattr(dm, "manifest", None) if dm is not None else None
         if manifest and "eod_id" in manifest:
             checkpoint["eod_id"] = int(manifest["eod_id"])  # the tokenizer's own end-of-text token
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Resumed or validated on a data folder: its tokenizer must be the checkpoint's (fit would
+        # otherwise write the folder's into the next checkpoint, and validate would score other tokens).
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if getattr(dm, "manifest", None):
+            check_same_tokenizer(checkpoint, self.trainer.ckpt_path or "(--ckpt_path)", dm.data_dir, dm.manifest)
         if "rng" in checkpoint:
             set_rng_state(checkpoint["rng"])
         self.tokens_seen = int(checkpoint.get("tokens_seen", 0))

@@ -97,7 +97,7 @@ def perplexity(ckpt_path: str, inputs: Sequence[str], batch_size: int = 8, max_s
     """Per-domain perplexity of the checkpoint's model on ``inputs``."""
     from tokenizers import Tokenizer
 
-    from .checkpoint_io import end_of_text_id, load_model
+    from .checkpoint_io import checkpoint_tokenizer_sha256, end_of_text_id, load_model
 
     if batch_size < 1 or (max_sequences is not None and max_sequences < 1):
         raise ValueError("--batch_size and --max_sequences must be >= 1")
@@ -105,6 +105,7 @@ def perplexity(ckpt_path: str, inputs: Sequence[str], batch_size: int = 8, max_s
     if "tokenizer" not in ckpt:
         raise ValueError(f"{ckpt_path} carries no tokenizer (written before checkpoints kept one): "
                          "retrain, or tokenize with `lory prepare --tokenizer` and use `lory validate`")
+    checkpoint_tokenizer_sha256(ckpt, ckpt_path)  # the tokenizer it carries is the one it was trained with
     tok = Tokenizer.from_str(ckpt["tokenizer"])
     eod = end_of_text_id(ckpt, tok)
     if eod is None:

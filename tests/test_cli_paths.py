@@ -232,3 +232,34 @@ def test_resume_last_leaves_a_backup_of_last_ckpt_alone(small_data, tmp_path, ca
     (backup / "notes.txt").write_text("my backup")
     assert main(["fit", "--config", str(cfg), "--ckpt_path", "last", "--trainer.max_steps", "4"]) == 0
     assert (backup / "notes.txt").read_text() == "my backup"
+
+
+def test_data_tokenized_by_another_tokenizer_of_the_same_size_is_refused(small_data, tmp_path, capsys):
+    # Same vocabulary size, other tokenizer (trained on other text): validate, analyze and a
+    # resumed fit all ran and scored other tokens; now each stops with one line naming both.
+    from conftest import make_corpus
+    from lory_lightning.data.manifest import load_manifest
+    from lory_lightning.data.prepare import PrepareConfig, prepare
+
+    other = tmp_path / "other"
+    inputs = [str(p) for p in make_corpus(tmp_path / "in", docs_per_domain=60, seed=7)]
+    prepare(PrepareConfig(output=str(other), inputs=inputs, seq_len=32, vocab_size=300, sequences_per_shard=4,
+                          val_fraction=0.1), quiet=True)
+    assert load_manifest(other)["vocab_size"] == load_manifest(small_data)["vocab_size"]
+    assert load_manifest(other)["tokenizer"]["sha256"] != load_manifest(small_data)["tokenizer"]["sha256"]
+    cfg = small_config(tmp_path, small_data)
+    assert main(["fit", "--config", str(cfg), "--trainer.max_steps", "2"]) == 0
+    ckpt = str(tmp_path / "runs" / "lory-tiny" / "version_0" / "checkpoints" / "last.ckpt")
+    capsys.readouterr()
+    for args in (["validate", "--config", str(cfg), "--ckpt_path", ckpt, "--data.data_dir", str(other)],
+                 ["fit", "--config", str(cfg), "--ckpt_path", ckpt, "--data.data_dir", str(other),
+                  "--trainer.max_steps", "4"],
+                 ["analyze", "--ckpt_path", ckpt, "--data", str(other), "--output", str(tmp_path / "a")]):
+        assert main(args) == 1, args[0]
+        err = capsys.readouterr().err.strip().splitlines()
+        assert f"{other} was tokenized by another tokenizer (sha256 " in err[-1], (args[0], err[-3:])
+        assert f"than checkpoint {ckpt} (sha256 " in err[-1]
+    # a tokenizer.json replaced after preparing is named by the manifest's record
+    (other / "tokenizer.json").write_bytes((small_data / "tokenizer.json").read_bytes())
+    assert main(["analyze", "--ckpt_path", ckpt, "--data", str(other), "--output", str(tmp_path / "a")]) == 1
+    assert "differs from manifest.json's" in capsys.readouterr().err

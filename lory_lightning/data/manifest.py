@@ -6,6 +6,7 @@ through ``load_manifest``, which names the file and the key that is wrong and sa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -99,3 +100,21 @@ def check_manifest(manifest: Any, path: Path | str = MANIFEST) -> None:
         if listed != total:
             raise ManifestError(f"{path}: key 'splits.{split}.shards' lists {listed} sequences, "
                                 f"'splits.{split}.sequences' says {total} (a shard entry removed?); {fix}")
+
+
+def tokenizer_sha256(folder: str | Path, manifest: dict[str, Any]) -> str:
+    """The sha256 of a prepared folder's tokenizer.json: the identity of what its token ids mean.
+
+    Checked against the manifest's record (``tokenizer.sha256``, written since round 3) where there
+    is one, so a replaced tokenizer.json is named rather than trusted.
+    """
+    path = member(check_folder(folder), TOKENIZER)
+    try:
+        digest = hashlib.sha256(read_bytes(path)).hexdigest()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing; rerun `lory prepare --output {folder} --overwrite`") from None
+    recorded = (manifest.get("tokenizer") or {}).get("sha256")
+    if recorded is not None and recorded != digest:
+        raise ManifestError(f"{path}: sha256 {digest[:12]} differs from manifest.json's {recorded[:12]} (the tokenizer "
+                            f"was replaced after preparing); rerun `lory prepare --output {folder} --overwrite`")
+    return digest

@@ -788,6 +788,7 @@ def finish(folder: Path, rank: int, tasks: int) -> None:
                      "partitions": summary["partitions"],
                      "path_same_domain_fraction": round(summary["path_same_domain_fraction"], 6)},
         "splits": splits,
+        "tokenizer": {"name": TOKENIZER, "sha256": sha256_file(out / TOKENIZER)},
         "baselines": {"unigram_val_ppl": {domains[d]: round(p, 3) for d, p in unigram.items()},
                       "unigram_counts": {"name": UNIGRAM, "sha256": sha256_file(out / UNIGRAM)}},
     }
