@@ -148,6 +148,14 @@ class LoryLM(L.LightningModule):
         if self.upcycle_step is not None and self.global_step >= self.upcycle_step and self.in_dense_phase():
             self.upcycle_now()
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # The last step is always validated, and so checkpointed (ModelCheckpoint saves last.ckpt
+        # after each validation): a stop requested here makes Lightning validate this step. Left
+        # alone, a max_steps that is not a multiple of val_check_interval ended with a checkpoint
+        # and a table of an earlier step, printed as the last one.
+        if 0 < self.trainer.max_steps <= self.trainer.global_step:
+            self.trainer.should_stop = True
+
     def upcycle_now(self) -> None:
         """End the dense warmup (model/upcycle.py): experts from the dense FFN, fresh routers drawn alike
         on every rank, the dense FFN's Adam moments for every expert."""

@@ -263,3 +263,26 @@ def test_data_tokenized_by_another_tokenizer_of_the_same_size_is_refused(small_d
     (other / "tokenizer.json").write_bytes((small_data / "tokenizer.json").read_bytes())
     assert main(["analyze", "--ckpt_path", ckpt, "--data", str(other), "--output", str(tmp_path / "a")]) == 1
     assert "differs from manifest.json's" in capsys.readouterr().err
+
+
+def test_the_last_step_is_validated_and_checkpointed_when_max_steps_is_not_a_validation_step(small_data, tmp_path,
+                                                                                               capsys):
+    # max_steps 6, validation every 4: the run used to end with last.ckpt and the table of step 4,
+    # printed as "validation after step 6".
+    from lory_lightning.checkpoint_io import read_checkpoint_meta
+
+    cfg = small_config(tmp_path, small_data)
+    assert main(["fit", "--config", str(cfg), "--trainer.max_steps", "6", "--trainer.val_check_interval", "4"]) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "runs" / "lory-tiny" / "version_0"
+    assert read_checkpoint_meta(run / "checkpoints" / "last.ckpt")["global_step"] == 6
+    assert [int(r["step"]) for r in metrics(run) if r.get("val/ppl")] == [3, 5]  # after steps 4 and 6 (0-based)
+    def table(text, title):
+        lines = text[text.index(title):].splitlines()[1:]
+        return lines[:next(i for i, line in enumerate(lines) if line.startswith("checkpoint:"))]
+
+    final = table(out, "validation after step 6:")
+    assert any(line.startswith("all") for line in final)
+    assert main(["validate", "--config", str(cfg), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]) == 0
+    again = capsys.readouterr().out
+    assert table(again, "validation of") == final  # the table printed is the checkpoint's
