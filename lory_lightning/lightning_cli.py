@@ -72,7 +72,11 @@ class LoryCLI(LightningCLI):
         if config is None:
             return
         if config.get("ckpt_path") == "last":
-            config.ckpt_path, self._resume = resolve_last(config.trainer)
+            # fit continues the run in its own folder; validate/test/predict only read it, and log
+            # into a new version folder of their own (they never edit the run they read)
+            resuming = subcommand == "fit"
+            config.ckpt_path, found = resolve_last(config.trainer, pin=resuming)
+            self._resume = found if resuming else None
         path = config.get("ckpt_path")
         if not path or not Path(path).exists():
             return
@@ -158,14 +162,16 @@ def pin_shared_versions(trainer_config) -> None:  # noqa: ANN001 (jsonargparse N
             args.version = max(taken, default=-1) + 1
 
 
-def resolve_last(trainer_config) -> tuple[str, tuple[Path, int] | None]:  # noqa: ANN001
+def resolve_last(trainer_config, pin: bool = True) -> tuple[str, tuple[Path, int] | None]:  # noqa: ANN001
     """``--ckpt_path last``: the last.ckpt (file, or folder of shards) of the latest run of this
     config, and (run folder, step).
 
     Lightning alone looks for last.ckpt in the new run's folder, finds none, warns and trains from
     step 0. Here the latest ``save_dir/name/version_N`` with a ``checkpoints/last.ckpt`` is found and
-    every logger of that save_dir and name is pinned to version N, so the run continues in its own
-    folder and its curves are not split. Nothing to resume is an error.
+    with ``pin`` (fit) every logger of that save_dir and name is pinned to version N, so the run
+    continues in its own folder and its curves are not split; without (validate, test, predict)
+    they log into a new version folder and the run read is left as it was. Nothing to resume is
+    an error.
     """
     loggers = _logger_dirs(trainer_config)
     if not loggers:
@@ -188,7 +194,7 @@ def resolve_last(trainer_config) -> tuple[str, tuple[Path, int] | None]:  # noqa
         raise FileNotFoundError(f"--ckpt_path last: nothing to resume: no {runs}/version_*/checkpoints/last.ckpt; "
                                 "start without --ckpt_path")
     version, folder = max(found)
-    for args in loggers:
+    for args in loggers if pin else ():
         if args.save_dir == first.save_dir and args.name == first.name:
             args.version = version
     last = folder / "checkpoints" / "last.ckpt"

@@ -286,3 +286,16 @@ def test_the_last_step_is_validated_and_checkpointed_when_max_steps_is_not_a_val
     assert main(["validate", "--config", str(cfg), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]) == 0
     again = capsys.readouterr().out
     assert table(again, "validation of") == final  # the table printed is the checkpoint's
+
+
+def test_validate_last_reads_the_run_and_writes_nothing_into_it(small_data, tmp_path, capsys):
+    # `lory validate --ckpt_path last` used to trim the run's metrics.csv at the checkpoint's step,
+    # append a step-0 row and overwrite its config.yaml and hparams.yaml.
+    cfg = small_config(tmp_path, small_data)
+    assert main(["fit", "--config", str(cfg), "--trainer.max_steps", "4"]) == 0
+    runs = tmp_path / "runs" / "lory-tiny"
+    before = {p: p.read_bytes() for p in (runs / "version_0").rglob("*") if p.is_file()}
+    assert main(["validate", "--config", str(cfg), "--ckpt_path", "last"]) == 0
+    assert "validation of " + str(runs / "version_0" / "checkpoints" / "last.ckpt") in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in (runs / "version_0").rglob("*") if p.is_file()} == before
+    assert (runs / "version_1" / "metrics.csv").is_file()  # its own logs: a new version folder
