@@ -112,3 +112,13 @@ def test_heldout_files_are_well_formed():
         assert records and all(r["domain"] == name and r["text"] and r["source"] and r["license"] for r in records)
         assert 290_000 < sum(len(r["text"]) for r in records) < 310_000  # the build's budget
         assert max(len(r["text"]) for r in records) <= 2_000  # passages of at most 2,000 characters
+
+
+def test_a_lone_surrogate_in_the_inputs_is_skipped_and_counted(checkpoint, tmp_path, capsys):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"text": "' + "oven \\ud800 flour " * 50 + '"}\n' + json.dumps({"text": "oven flour " * 200}) + "\n")
+    out = tmp_path / "p.json"
+    assert main(["perplexity", "--ckpt_path", str(checkpoint), "--inputs", str(path), "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["domains"]["x"]["documents"] == 1
+    assert report["skipped"]["by_reason"] == {"bad_unicode": 1} and report["skipped"]["first"][0].startswith(f"{path}:1")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from .location import is_url, read_bytes
 
-SKIP_REASONS = ("bad_utf8", "malformed_json", "not_an_object", "missing_text", "bad_domain", "empty",
+SKIP_REASONS = ("bad_utf8", "bad_unicode", "malformed_json", "not_an_object", "missing_text", "bad_domain", "empty",
                 "too_short", "too_long", "exact_duplicate", "near_duplicate", "unreadable_rest_of_file")
 
 
@@ -341,7 +341,10 @@ def text_digest(text: str) -> bytes:
 def file_documents(file: InputFile, policy: ReadPolicy, skips: SkipLog) -> Iterator[Document]:
     """The valid documents of one file in order (exact duplicates not yet removed), the rest logged."""
     for text, domain, where in _raw_records(file, policy, skips):
-        if not text.strip():
+        bad = _unencodable(text) or _unencodable(domain)
+        if bad:  # JSON's "\ud800" escape reads into a str that no UTF-8 writer (tokenizer, digest) takes
+            _skip(policy, skips, "bad_unicode", where, None, bad)
+        elif not text.strip():
             _skip(policy, skips, "empty", where, domain, "")
         elif len(text) < policy.min_chars:
             _skip(policy, skips, "too_short", where, domain, f"{len(text)} < min_chars {policy.min_chars}")
@@ -349,6 +352,15 @@ def file_documents(file: InputFile, policy: ReadPolicy, skips: SkipLog) -> Itera
             _skip(policy, skips, "too_long", where, domain, f"{len(text)} > max_chars {policy.max_chars}")
         else:
             yield Document(text, domain, where)
+
+
+def _unencodable(text: str) -> str:
+    """Why ``text`` has no UTF-8 form (a lone surrogate), or "" when it has one."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return f"{err.reason} (U+{ord(text[err.start]):04X} at character {err.start})"
+    return ""
 
 
 def skip_duplicate(policy: ReadPolicy, skips: SkipLog, doc: Document) -> None:

@@ -306,3 +306,12 @@ def test_a_folder_of_the_first_format_is_named_and_rebuilt_by_the_data_module(tm
     dm.setup("fit")
     assert load_manifest(out)["format_version"] == 2
     assert not list(out.glob("*.tar"))  # the old shards are prepare's own: replaced, not left beside
+
+
+def test_prepare_and_perplexity_skip_a_lone_surrogate_and_count_it(tmp_path, inputs, capsys):
+    bad = tmp_path / "in" / "bad.jsonl"
+    bad.write_text('{"text": "' + "a lone \\ud800 surrogate " * 4 + '", "domain": "cooking"}\n')
+    out = tmp_path / "o"
+    manifest = prepare(PrepareConfig(output=str(out), inputs=[*inputs, str(bad)], **SMALL), quiet=True)
+    assert manifest["skipped"]["by_reason"]["bad_unicode"] == 1
+    assert any(f"{bad}:1: bad_unicode" in e for e in manifest["skipped"]["first"])

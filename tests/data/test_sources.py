@@ -62,3 +62,20 @@ def test_gzip_txt_folders_and_missing_paths(tmp_path):
     with pytest.raises(DataError, match="unsupported input"):
         (tmp_path / "x.csv").write_text("a,b")
         list(read_documents([tmp_path / "x.csv"]))
+
+
+def test_a_lone_surrogate_is_a_counted_skip_with_its_line_not_an_abort(tmp_path):
+    # JSON may escape a lone surrogate ("\ud800"); the str it reads into has no UTF-8 form, and
+    # the first writer that encodes it (digest, tokenizer) used to abort the whole prepare.
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"text": "a lone \\ud800 surrogate in a long enough text", "domain": "x"}\n'
+                    '{"text": "a fine document that is long enough", "domain": "\\udfff"}\n'
+                    '{"text": "a fine document that is long enough", "domain": "x"}\n')
+    skips = SkipLog()
+    docs = list(read_documents([path], ReadPolicy(), skips))
+    assert [d.where for d in docs] == [f"{path}:3"]
+    assert dict(skips.by_reason) == {"bad_unicode": 2}
+    assert sorted(e.split(": ")[0] for e in skips.examples) == [f"{path}:1", f"{path}:2"]
+    assert "U+D800 at character 7" in " ".join(skips.examples)
+    with pytest.raises(DataError, match=r"s.jsonl:1: bad_unicode: surrogates not allowed"):
+        list(read_documents([path], ReadPolicy(strict=True)))
