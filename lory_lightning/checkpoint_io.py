@@ -38,6 +38,10 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except UNREADABLE as err:
         raise checkpoint_error(path, err) from err
+    except OSError as err:  # a truncated file memory-mapped: "[Errno 22] Invalid argument", no path
+        if err.filename is not None:
+            raise
+        raise checkpoint_error(path, err) from err
 
 
 # What torch.load raises on a damaged file: an empty one gives IndexError, random bytes an

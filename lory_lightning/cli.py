@@ -212,11 +212,13 @@ def _generate(args: argparse.Namespace) -> int:
     from tokenizers import Tokenizer
 
     from .checkpoint_io import end_of_text_id, load_model
+    from .data.tokenizer import tokenizer_files
     from .model import generate
+    from .model.generate import available_memory_bytes, kv_cache_bytes
 
     model, ckpt = load_model(args.ckpt_path)
     if args.tokenizer:
-        tok = Tokenizer.from_file(args.tokenizer)
+        tok = Tokenizer.from_file(str(tokenizer_files(args.tokenizer)[0]))  # a missing path: one line naming it
     elif "tokenizer" in ckpt:
         tok = Tokenizer.from_str(ckpt["tokenizer"])
     else:
@@ -224,6 +226,16 @@ def _generate(args: argparse.Namespace) -> int:
     ids = tok.encode(args.prompt).ids
     if not ids:
         raise ValueError("--prompt is empty after tokenization")
+    length, trained = len(ids) + args.max_new_tokens, model.config.seq_len
+    need, free = kv_cache_bytes(model.config, 1, length, model.tok_emb.weight.dtype), available_memory_bytes()
+    if free is not None and need > free // 2:
+        raise ValueError(f"--max_new_tokens {args.max_new_tokens} needs a KV cache of {need / 2**30:.1f} GiB for "
+                         f"{length} positions, more than half the {free / 2**30:.1f} GiB of memory available: ask "
+                         f"for fewer tokens (the model was trained on {trained})")
+    if length > trained:
+        print(f"lory generate: warning: the prompt ({len(ids)} tokens) and --max_new_tokens reach position {length}, "
+              f"past the {trained} positions the model was trained on: text past that is untested territory",
+              file=sys.stderr)
     out = generate(model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature,
                    top_k=args.top_k, routing=args.routing,
                    eos_id=end_of_text_id(ckpt, tok),

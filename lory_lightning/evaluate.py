@@ -147,6 +147,14 @@ def evaluate(ckpt_path: str | Path, tasks: list[str], num_fewshot: int | None = 
 
     from .checkpoint_io import end_of_text_id, load_model
 
+    manager = TaskManager(include_path=[str(TASKS), *(include_path or [])])
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        import difflib
+
+        near = difflib.get_close_matches(unknown[0], manager.all_tasks, n=3)
+        raise ValueError(f"--tasks: {', '.join(unknown)} not known to lm-eval or in {TASKS} / --include_path"
+                         f"{' (close: ' + ', '.join(near) + ')' if near else ''}; `lm-eval ls tasks` lists the names")
     model, ckpt = load_model(ckpt_path)
     if "tokenizer" not in ckpt:
         raise ValueError(f"{ckpt_path} carries no tokenizer (written before checkpoints kept it); lm-eval needs one")
@@ -155,7 +163,6 @@ def evaluate(ckpt_path: str | Path, tasks: list[str], num_fewshot: int | None = 
     if eod is None:
         raise ValueError(f"{ckpt_path}: its tokenizer has no <|endoftext|> token and the checkpoint names no eod_id")
     lm = LoryEvalLM(model, tok, eod, routing, batch_size)
-    manager = TaskManager(include_path=[str(TASKS), *(include_path or [])])
     return simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot, task_manager=manager, limit=limit,
                            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                            fewshot_random_seed=seed, bootstrap_iters=0, log_samples=False)

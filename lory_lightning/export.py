@@ -13,13 +13,16 @@ bias-free attention and SwiGLU): it is written as a plain ``LlamaForCausalLM`` t
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .atomic import SWAP_MARK, new_folder
 from .checkpoint_io import end_of_text_id, load_model
+from .errors import with_path
 from .model import LoryTransformer, ModelConfig
 
 MODEL_CODE = Path(__file__).resolve().parent / "model"
@@ -81,15 +84,34 @@ def _write_tokenizer(ckpt: dict[str, Any], output: Path, max_length: int) -> dic
 
 
 def export(ckpt_path: str | Path, output: str | Path, routing: str = "prompt") -> Path:
-    """Write the checkpoint's model to ``output`` as a Hugging Face folder; returns the folder."""
-    from transformers import GenerationConfig
+    """Write the checkpoint's model to ``output`` as a Hugging Face folder; returns the folder.
 
+    The folder is written beside ``output`` under a temporary name (``NAME.lory-export.tmp``, with
+    the swap mark) and renamed when complete: a failed export (a full disk) leaves nothing behind
+    that looks finished or blocks the same command again.
+    """
     output = Path(output)
-    if output.exists() and any(output.iterdir()):
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise FileExistsError(f"{output}: not empty; export writes a new folder")
     model, ckpt = load_model(ckpt_path)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = new_folder(output.with_name(output.name + ".lory-export.tmp"))  # a killed export's leftover goes
+    try:
+        _write_export(model, ckpt, str(ckpt_path), tmp, routing)
+        (tmp / SWAP_MARK).unlink()
+        if output.exists():
+            output.rmdir()  # empty (checked above)
+        os.replace(tmp, output)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise with_path(err, output) from err
+    return output
+
+
+def _write_export(model: LoryTransformer, ckpt: dict[str, Any], ckpt_path: str, output: Path, routing: str) -> None:
+    from transformers import GenerationConfig
+
     cfg = model.config
-    output.mkdir(parents=True, exist_ok=True)
     tokens = _write_tokenizer(ckpt, output, cfg.seq_len)
     if cfg.ffn == "dense":
         from transformers import LlamaForCausalLM
@@ -116,5 +138,4 @@ def export(ckpt_path: str | Path, output: str | Path, routing: str = "prompt") -
     hf.save_pretrained(output)
     GenerationConfig(**tokens).save_pretrained(output)
     (output / "lory_export.json").write_text(json.dumps(
-        {"checkpoint": str(ckpt_path), "architecture": type(hf).__name__, "routing": routing}, indent=2) + "\n")
-    return output
+        {"checkpoint": ckpt_path, "architecture": type(hf).__name__, "routing": routing}, indent=2) + "\n")

@@ -60,6 +60,7 @@ class LoryCLI(LightningCLI):
         config = self.config[self.subcommand]
         # The saved config.yaml holds every resolved value: it must not extend its base again.
         config["base"] = None
+        check_trainer_values(config.trainer)
         pin_shared_versions(config.trainer)
 
     def _parse_ckpt_path(self) -> None:
@@ -131,6 +132,23 @@ class LoryCLI(LightningCLI):
             print(f"config:     {Path(log_dir) / 'config.yaml'}")
         for logger in trainer.loggers:
             print(f"logs:       {logger.log_dir} ({type(logger).__name__})")
+
+
+def check_trainer_values(trainer_config) -> None:  # noqa: ANN001 (jsonargparse Namespace)
+    """Values Lightning takes and then fails on mid-run (a modulo by zero at the first step) or
+    quietly ignores (a negative clip disables clipping): refused here, by key, before anything runs."""
+    steps = trainer_config.get("max_steps")
+    if steps is not None and steps < -1:
+        raise ValueError(f"trainer.max_steps is {steps}: give the number of optimizer steps to train (>= 1), "
+                         "or -1 for no limit")
+    interval = trainer_config.get("val_check_interval")
+    if interval is not None and interval <= 0:
+        raise ValueError(f"trainer.val_check_interval is {interval}: validate every N >= 1 training batches (an "
+                         "int) or after a fraction in (0, 1] of an epoch; null once per epoch")
+    clip = trainer_config.get("gradient_clip_val")
+    if clip is not None and clip < 0:
+        raise ValueError(f"trainer.gradient_clip_val is {clip}: a gradient norm bound must be >= 0 (0 or null: "
+                         "no clipping)")
 
 
 def _logger_dirs(trainer_config) -> list:  # noqa: ANN001 (jsonargparse Namespace)

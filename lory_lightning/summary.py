@@ -21,5 +21,6 @@ def perplexity_table(domains: Sequence[str], metrics: Mapping[str, float],
         base = unigram.get(name, math.nan)
         lines.append(f"{name:<12}{ppl:>10.2f}{base:>14.2f}")
     overall = f"{metrics['val/unigram_ppl']:>14.2f}" if "val/unigram_ppl" in metrics else ""
-    lines.append(f"{'all':<12}{metrics.get('val/ppl', math.nan):>10.2f}{overall}")
+    total = "all" if "all" not in domains else "(all)"  # a corpus may name a domain "all": keep two rows apart
+    lines.append(f"{total:<12}{metrics.get('val/ppl', math.nan):>10.2f}{overall}")
     return "\n".join(lines)

@@ -43,14 +43,23 @@ def load_manifest(folder: str | Path) -> dict[str, Any]:
     try:
         data = read_bytes(path)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no prepared data; run `lory prepare --output {folder}`") from None
+        raise FileNotFoundError(f"{path}: no prepared data; {prepare_advice(folder, overwrite=False)}") from None
     try:
         manifest = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ManifestError(f"{path}: not valid JSON ({err}); the file is truncated or damaged: "
-                            f"rerun `lory prepare --output {folder} --overwrite`") from err
+                            f"{prepare_advice(folder)}") from err
     check_manifest(manifest, path)
     return manifest
+
+
+def prepare_advice(folder: str | Path, overwrite: bool = True) -> str:
+    """What to run to (re)build ``folder``: prepare writes local folders only, so a URL's folder is
+    prepared locally and uploaded."""
+    if is_url(folder):
+        return (f"prepare it locally (`lory prepare --output DIR ...`) and upload DIR's files to {folder}, "
+                "or train from the local folder")
+    return f"rerun `lory prepare --output {folder} --overwrite`" if overwrite else f"run `lory prepare --output {folder}`"
 
 
 def _folder_of(path: Path | str) -> str:
@@ -61,7 +70,7 @@ def check_manifest(manifest: Any, path: Path | str = MANIFEST) -> None:
     # Shard names must be exactly ``{split}-{i:05d}.tar.gz``: the only files a reader opens, so a
     # tampered name (``pipe:...``, ``../x``, ``https://other/x``) is refused here, by key.
     """Raise ManifestError unless ``manifest`` has every key, type and count `lory prepare` writes."""
-    fix = f"the manifest was edited or damaged: rerun `lory prepare --output {_folder_of(path)} --overwrite`"
+    fix = f"the manifest was edited or damaged: {prepare_advice(_folder_of(path))}"
 
     def need(value: Any, key: str, kind: type) -> Any:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -75,7 +84,7 @@ def check_manifest(manifest: Any, path: Path | str = MANIFEST) -> None:
     if manifest["format_version"] != FORMAT_VERSION:
         raise ManifestError(f"{path}: format_version {manifest['format_version']} (this version of lory reads "
                             f"{FORMAT_VERSION}: gzip-compressed .tar.gz shards); prepare the folder again: "
-                            f"`lory prepare --output {_folder_of(path)} --overwrite` (`lory fit` on the "
+                            f"{prepare_advice(_folder_of(path))} (`lory fit` on the "
                             "folder it prepares itself rebuilds it)")
     for i, name in enumerate(manifest["domains"]):
         need(name, f"domains[{i}]", str)
@@ -112,9 +121,9 @@ def tokenizer_sha256(folder: str | Path, manifest: dict[str, Any]) -> str:
     try:
         digest = hashlib.sha256(read_bytes(path)).hexdigest()
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing; rerun `lory prepare --output {folder} --overwrite`") from None
+        raise FileNotFoundError(f"{path}: missing; {prepare_advice(folder)}") from None
     recorded = (manifest.get("tokenizer") or {}).get("sha256")
     if recorded is not None and recorded != digest:
         raise ManifestError(f"{path}: sha256 {digest[:12]} differs from manifest.json's {recorded[:12]} (the tokenizer "
-                            f"was replaced after preparing); rerun `lory prepare --output {folder} --overwrite`")
+                            f"was replaced after preparing); {prepare_advice(folder)}")
     return digest

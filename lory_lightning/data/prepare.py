@@ -169,6 +169,11 @@ class PrepareConfig:
             raise ValueError(f"tokenizer_sample must be >= 1 document, got {self.tokenizer_sample}")
         if self.embed_sample < 2:
             raise ValueError(f"embed_sample must be >= 2 documents, got {self.embed_sample}")
+        if self.sequences_per_shard < 1:
+            raise ValueError(f"sequences_per_shard must be >= 1, got {self.sequences_per_shard}")
+        if self.embed_dim < 1 and self.embedder == "tfidf-svd":
+            raise ValueError(f"embed_dim must be >= 1 (the similarity order is computed on these embeddings), "
+                             f"got {self.embed_dim}")
         if self.partition_size < 2:
             raise ValueError(f"partition_size must be >= 2 documents, got {self.partition_size}")
         ReadPolicy(min_chars=self.min_chars, max_chars=self.max_chars)  # validates the bounds
@@ -222,6 +227,7 @@ def prepare(cfg: PrepareConfig, quiet: bool = False, overwrite: bool = False, wa
     train_inputs, val_inputs = cfg.resolved_inputs()
     train_files, val_files = input_files(train_inputs), (input_files(val_inputs) if val_inputs else [])
     fingerprint = _fingerprint(cfg, train_files, val_files)
+    _refuse_validation_from_training(fingerprint["inputs"], val_files)
     with _OutputLock(out, wait):
         work = out / WORK_DIR
         if (out / MANIFEST).is_file() and not overwrite:
@@ -254,6 +260,18 @@ def prepare(cfg: PrepareConfig, quiet: bool = False, overwrite: bool = False, wa
         shutil.rmtree(work, ignore_errors=True)  # only once the manifest is written
         manifest["timings_s"] = timings  # returned for reports; kept out of the file (determinism)
         return manifest
+
+
+def _refuse_validation_from_training(inputs: dict, val_files: list[InputFile]) -> None:
+    """A --val_inputs file whose content is also among --inputs: each of its documents would be
+    dropped as an exact duplicate of a training one, and the run would end saying only that no
+    validation sequence is left."""
+    train = {f["sha256"] for f in inputs["train"]}
+    for entry, file in zip(inputs["val"], val_files):
+        if entry["sha256"] in train:
+            raise ValueError(f"--val_inputs {file.location} is also in --inputs (the same content): every validation "
+                             "document would be dropped as an exact duplicate of a training one; give held-out "
+                             "files, or no --val_inputs to hold out --val_fraction of the documents")
 
 
 def _same_plan(work: Path, fingerprint: dict) -> bool:

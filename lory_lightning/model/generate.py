@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .config import ModelConfig
 from .moe import RoutingMode
 from .transformer import LoryTransformer
 
@@ -24,6 +25,23 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = logits.softmax(dim=-1)  # (B, V)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def kv_cache_bytes(config: ModelConfig, batch: int, length: int, dtype: torch.dtype) -> int:
+    """Bytes of the keys and values ``new_cache`` allocates for ``batch`` sequences of ``length``."""
+    return 2 * config.n_layer * batch * config.kv_heads * length * config.head_dim * dtype.itemsize
+
+
+def available_memory_bytes() -> int | None:
+    """Memory a new allocation can take on this machine (Linux's MemAvailable), None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 @torch.no_grad()
