@@ -61,7 +61,7 @@ def new_folder(path: str | Path) -> Path:
             raise FileExistsError(f"{path}: a folder that lory did not write is where the checkpoint is "
                                   "written first: move it away (nothing was deleted)")
         shutil.rmtree(path)  # a killed save's leftover
-    path.mkdir()
+    path.mkdir(parents=True)  # a run's first checkpoint: its folder may not exist yet
     (path / SWAP_MARK).touch()
     return path
 
@@ -85,6 +85,8 @@ def replace_folder(new: str | Path, path: str | Path) -> None:
         _fsync_dir(path.parent)
     os.replace(new, path)
     _fsync_dir(path.parent)
+    # In place, the folder is a checkpoint like any other; the mark is put back when it is next replaced.
+    (path / SWAP_MARK).unlink(missing_ok=True)
     if old.exists():
         shutil.rmtree(old)
 

@@ -125,7 +125,7 @@ def test_kill_9_and_resume_last_from_a_sharded_folder_is_bit_exact(sharded_runs)
     assert sorted(after) == list(range(12))  # steps 0-4 kept from before the kill, 5-11 after the resume
     assert after == reference  # bit for bit (the CSV keeps the full float repr)
     last = runs / "version_1" / "checkpoints" / "last.ckpt"
-    assert last.is_dir() and sorted(p.name for p in last.iterdir())[:3] == [".lory-swap", ".metadata", "__0_0.distcp"]
+    assert last.is_dir() and sorted(p.name for p in last.iterdir())[:3] == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     assert not list(last.parent.glob("*.tmp")) and not list(last.parent.glob("*.lory-old"))
     assert "validation after step 12:" in resumed.stdout
 

@@ -102,7 +102,9 @@ def test_replace_folder_swaps_whole_folders_and_a_killed_swap_recovers(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
     # killed between the two renames: only last.ckpt.lory-old (whole, marked) is left; readers put it back
+    assert not (path / SWAP_MARK).exists()  # in place, a checkpoint holds only its own files
     old = tmp_path / "last.ckpt.lory-old"
+    (path / SWAP_MARK).touch()  # what replace_folder does before its first rename
     os.replace(path, old)
     recover_folder(path)
     assert (path / "a").read_text() == "new" and not old.exists()
