@@ -8,6 +8,11 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
+# Triton kernels run in Triton's CPU interpreter where there is no GPU (tests/model/test_fused_kernels.py);
+# Triton reads this when it is imported, so it is set before any test can import it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # The suite never reaches a hub: transformers, datasets and lm-eval read only local files.
 for _flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(_flag, "1")

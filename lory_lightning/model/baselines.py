@@ -255,5 +255,6 @@ class LoryPrefixMoE(LoryMoE):
     (``FirstSegmentRouting``); everything else is the Lory layer."""
 
     def __init__(self, dim: int, hidden_dim: int, num_experts: int, segment_len: int,
-                 recompute_merge: bool = True) -> None:
-        super().__init__(dim, hidden_dim, num_experts, segment_len, recompute_merge, policy=FirstSegmentRouting())
+                 recompute_merge: bool = True, kernel: str = "auto") -> None:
+        super().__init__(dim, hidden_dim, num_experts, segment_len, recompute_merge, policy=FirstSegmentRouting(),
+                         kernel=kernel)

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .fused import KERNELS
 from .ffn import FFN, ffn_class
 
 
@@ -44,6 +45,11 @@ class ModelConfig:
         capacity_factor: Expert Choice capacity (1: the FLOPs of a dense FFN, as Lory).
         recompute_merge: Lory layers recompute merged weights in backward (saved activations of a
             dense FFN); ``false`` keeps them through autograd (the plain path, for comparison).
+        kernel: How Lory layers run: ``torch`` (merged matrices in device memory; the reference and
+            the CPU path), ``triton`` (fused kernels that merge on chip, inside the GEMMs: no merged
+            matrix or per-segment weight gradient is written; needs the ``gpu`` extra and a CUDA
+            device), or ``auto`` (triton on CUDA when Triton imports, torch elsewhere). Both give
+            the same model: a checkpoint trained with one runs with the other.
     """
 
     vocab_size: int = 8192
@@ -64,6 +70,7 @@ class ModelConfig:
     top_k: int = 2
     capacity_factor: float = 1.0
     recompute_merge: bool = True
+    kernel: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "seq_len", "n_layer", "n_head", "dim", "hidden_dim",
@@ -72,6 +79,8 @@ class ModelConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
         kind = ffn_class(self.ffn)  # refuses an unknown kind, naming the known ones
+        if self.kernel not in KERNELS:
+            raise ValueError(f"model.kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
         if self.n_kv_head is not None and (not isinstance(self.n_kv_head, int) or self.n_kv_head < 1
                                            or self.n_head % self.n_kv_head):
             raise ValueError(f"model.n_kv_head must be a positive divisor of n_head {self.n_head} (or null for "

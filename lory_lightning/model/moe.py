@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .init import derive_seed, normal_
+from .fused import KERNELS, merged_swiglu_fused, use_fused
 from .merged_swiglu import merged_swiglu
 
 if TYPE_CHECKING:  # annotations only: config.py imports the layers through model/ffn.py
@@ -306,13 +307,19 @@ class LoryMoE(RoutedExperts):
             FFN) instead of letting autograd keep them (``False``: the plain path, for comparison).
         policy: How each segment's router probabilities become the weights it merges: Lory's causal
             segment routing (the default) or a variant such as ``FirstSegmentRouting``.
+        kernel: ``torch``, ``triton`` or ``auto`` (ModelConfig.kernel): the fused kernels merge on
+            chip (kernels/), the torch path through device memory.
     """
 
     has_dense_phase: ClassVar[bool] = True
 
     def __init__(self, dim: int, hidden_dim: int, num_experts: int, segment_len: int,
-                 recompute_merge: bool = True, policy: CausalSegmentRouting | None = None) -> None:
+                 recompute_merge: bool = True, policy: CausalSegmentRouting | None = None,
+                 kernel: str = "auto") -> None:
         super().__init__(dim, hidden_dim, num_experts, segment_len)
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+        self.kernel = kernel
         # True: merged weights are recomputed in backward instead of kept (the plain path keeps them).
         self.recompute_merge = recompute_merge
         self.policy = policy if policy is not None else CausalSegmentRouting()
@@ -323,7 +330,7 @@ class LoryMoE(RoutedExperts):
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> LoryMoE:
-        return cls(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.segment_len, cfg.recompute_merge)
+        return cls(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.segment_len, cfg.recompute_merge, kernel=cfg.kernel)
 
     @staticmethod
     def check_config(cfg: ModelConfig) -> None:
@@ -392,7 +399,10 @@ class LoryMoE(RoutedExperts):
         N = routing.weights.shape[1]
         pad = N * T - L
         xs = (F.pad(x, (0, 0, 0, pad)) if pad else x).reshape(B * N, T, d)  # (B*N, T, d)
-        if self.recompute_merge and torch.is_grad_enabled():
+        if use_fused(self.kernel, xs):
+            # The merge happens on chip inside each GEMM (kernels/); saves what a dense SwiGLU saves.
+            y = merged_swiglu_fused(xs, routing.weights.reshape(B * N, -1), self.w_gate, self.w_up, self.w_down)
+        elif self.recompute_merge and torch.is_grad_enabled():
             # Saves what a dense SwiGLU saves; the merge runs again in backward (model/merged_swiglu.py).
             y = merged_swiglu(xs, routing.weights.reshape(B * N, -1), self.w_gate, self.w_up, self.w_down)
         else:
