@@ -219,7 +219,9 @@ def load_model(path: str | Path) -> tuple["LoryTransformer", dict[str, Any]]:
 
     ckpt = load_checkpoint(path)
     try:
-        cfg = ModelConfig(**ckpt["hyper_parameters"]["model"])
+        # model.kernel is how the run computed, not what the model is: a checkpoint trained on the fused
+        # GPU kernels is read on whatever device is at hand (auto: fused on CUDA, torch elsewhere).
+        cfg = ModelConfig(**{**ckpt["hyper_parameters"]["model"], "kernel": "auto"})
     except (KeyError, TypeError) as err:
         raise ValueError(f"{path}: no LoryLM model config in the checkpoint ({err})") from err
     model = LoryTransformer(cfg)

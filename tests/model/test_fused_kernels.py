@@ -194,3 +194,21 @@ def test_kernel_triton_where_it_cannot_run_says_why(monkeypatch):
     monkeypatch.setattr(fused, "TRITON", False)
     with pytest.raises(RuntimeError, match=r"Triton is not installed: pip install -e \"\.\[gpu\]\""):
         fused.use_fused("triton", x)
+
+
+def test_a_checkpoint_trained_on_the_fused_kernels_is_read_anywhere(tmp_path):
+    # generate, export, evaluate, perplexity and analyze build the model with kernel auto: the
+    # checkpoint's model.kernel (how it ran) does not tie it to a GPU
+    import dataclasses
+
+    from lory_lightning.checkpoint_io import load_model
+
+    cfg = ModelConfig(vocab_size=64, seq_len=32, n_layer=1, n_head=2, dim=32, hidden_dim=32, num_experts=2,
+                      segment_len=8, kernel="triton")
+    model = LoryTransformer(cfg)
+    path = tmp_path / "fused.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"model": dataclasses.asdict(cfg)}}, path)
+    loaded, _ = load_model(path)
+    assert loaded.config.kernel == "auto" and dataclasses.replace(loaded.config, kernel="triton") == cfg
+    assert not fused.use_fused(loaded.config.kernel, torch.zeros(1))
