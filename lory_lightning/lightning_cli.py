@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import logging
+import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -11,7 +14,7 @@ from typing import Any, Optional
 import yaml
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, RichModelSummary, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.trainer import Trainer
@@ -21,6 +24,7 @@ from .checkpoint_io import META_FILE, load_checkpoint, read_checkpoint_meta, sav
 from .data.datamodule import LoryDataModule
 from .errors import one_line
 from .callbacks.guard import NonFiniteError
+from .callbacks.progress import LoryModelSummary, LoryRichProgressBar, LoryTQDMProgressBar
 from .module import LoryLM
 from .summary import perplexity_table
 
@@ -62,6 +66,13 @@ class LoryCLI(LightningCLI):
         config["base"] = None
         check_trainer_values(config.trainer)
         pin_shared_versions(config.trainer)
+        # Loggers pinned to one version folder (a new one, or the resumed run's) find it made by the
+        # first of them; the CSV logger's "will be deleted" warning is then false (a resumed run's
+        # rows are kept: continue_csv_logs), so it is not shown for these folders.
+        for args in _logger_dirs(config.trainer):
+            if args.get("version") is not None:
+                folder = os.path.join(str(args.save_dir), str(args.name), f"version_{args.version}")
+                warnings.filterwarnings("ignore", message=re.escape(f"Experiment logs directory {folder} exists"))
 
     def _parse_ckpt_path(self) -> None:
         # As LightningCLI does, the model's hyperparameters come from --ckpt_path; here through
@@ -99,6 +110,9 @@ class LoryCLI(LightningCLI):
             trainer.checkpoint_callback.save_last = True
         if self._resume is not None:
             continue_csv_logs(trainer, self._resume[1])
+        configured = self.config[self.subcommand].trainer.get("callbacks") or []
+        use_lory_summary_and_bar(trainer, {str(c.get("class_path", "")).rsplit(".", 1)[-1] for c in configured
+                                           if hasattr(c, "get")})
         return trainer
 
 
@@ -132,6 +146,34 @@ class LoryCLI(LightningCLI):
             print(f"config:     {Path(log_dir) / 'config.yaml'}")
         for logger in trainer.loggers:
             print(f"logs:       {logger.log_dir} ({type(logger).__name__})")
+
+
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+
+
+def quiet_tips() -> None:
+    """Lightning's advertisements ("Tip: ... try installing litlogger") are not printed: they are not
+    about the run. Filtered where they are logged (rank_zero_info's logger), once."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTips) for f in logger.filters):
+            logger.addFilter(_NoTips())
+
+
+def use_lory_summary_and_bar(trainer: Trainer, configured: set[str] = frozenset()) -> None:
+    """Lightning's default progress bar and model summary become ours (callbacks/progress.py): a step
+    count instead of "Epoch 0/-2", tokens/s and the learning rate, and the model's own FLOP count
+    instead of "Total FLOPs: 0". A bar or summary a config names (``configured``: class names) stays."""
+    swaps = {RichProgressBar: LoryRichProgressBar, TQDMProgressBar: LoryTQDMProgressBar,
+             RichModelSummary: LoryModelSummary, ModelSummary: LoryModelSummary}
+    for i, callback in enumerate(trainer.callbacks):
+        ours = None if type(callback).__name__ in configured else swaps.get(type(callback))
+        if ours is LoryModelSummary:
+            trainer.callbacks[i] = LoryModelSummary(max_depth=callback._max_depth)
+        elif ours is not None:
+            trainer.callbacks[i] = ours()
 
 
 def check_trainer_values(trainer_config) -> None:  # noqa: ANN001 (jsonargparse Namespace)
@@ -331,6 +373,9 @@ def run_lightning_cli(argv: list[str]) -> int:
             # The arguments are always passed (bases expanded); Lightning warns when the process has
             # command-line arguments of its own (pytest's, a notebook's), which it then ignores.
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            # Lightning's own call into torch's pytree, deprecated in torch 2.13: nothing a user can act on
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+            quiet_tips()
             LoryCLI(LoryLM, LoryDataModule, subclass_mode_model=True, subclass_mode_data=True,
                     args=expand_bases(argv), seed_everything_default=0, parser_kwargs={"parser_mode": "omegaconf"},
                     save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
