@@ -30,7 +30,6 @@ import numpy as np
 
 from ..atomic import atomic_file
 from .location import member, read_bytes, sha256_of
-from .manifest import shard_name
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def _write_one(path: Path, samples: list[Sample]) -> dict:
+def write_shard(path: Path, samples: list[Sample]) -> dict:
+    """Write ``samples`` as one gzip-compressed WebDataset tar at ``path`` (atomically); its manifest entry."""
     import webdataset as wds
 
     with atomic_file(path) as f:
@@ -78,22 +78,7 @@ def _write_one(path: Path, samples: list[Sample]) -> dict:
             "bytes": path.stat().st_size}
 
 
-def write_shards(out_dir: Path, split: str, samples: Iterable[Sample], per_shard: int) -> list[dict]:
-    """Write samples into ``{split}-00000.tar.gz``, ... of ``per_shard`` samples; one entry per shard."""
-    if per_shard < 1:
-        raise ValueError(f"sequences per shard must be >= 1, got {per_shard}")
-    shards, batch = [], []
-    for s in samples:
-        batch.append(s)
-        if len(batch) == per_shard:
-            shards.append(_write_one(out_dir / shard_name(split, len(shards)), batch))
-            batch = []
-    if batch:
-        shards.append(_write_one(out_dir / shard_name(split, len(shards)), batch))
-    return shards
-
-
-# The 10-byte gzip header `_write_one` writes: deflate, no flags, mtime 0, level 6 (XFL 0), OS
+# The 10-byte gzip header `write_shard` writes: deflate, no flags, mtime 0, level 6 (XFL 0), OS
 # unknown (255). Nothing else in gzip covers these bytes, so they are compared whole.
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 

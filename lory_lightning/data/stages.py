@@ -44,7 +44,7 @@ from .ordering import KnnParams, order_partition, random_order
 from .packed import PackedStream, write_piece
 from .packing import num_sequences, shuffled
 from . import partition as partitions
-from .shards import Sample, _write_one, atomic_write_bytes, npy_bytes, sha256_file
+from .shards import Sample, atomic_write_bytes, npy_bytes, sha256_file, write_shard
 from .sources import InputFile, ReadPolicy, SkipLog, file_documents, skip_duplicate, text_digest
 from .stats import unigram_ppl
 from .tokenizer import eod_id, load_tokenizer, train_tokenizer
@@ -301,15 +301,6 @@ def doc_table(work: Work, f: int, file_domains: list[int]) -> dict[str, np.ndarr
     """Input file f's kept documents: row in the file (ascending), domain id (global), validation."""
     with np.load(work.folder / "merge" / f"{f:06d}.npz", allow_pickle=False) as z:
         return {"row": z["row"], "domain": np.array(file_domains, dtype=np.uint8)[z["domain"]], "val": z["val"]}
-
-
-def doc_tables(work: Work, file_domains: list[list[int]]) -> dict[str, np.ndarray]:
-    """All files' document tables in reading order, with each document's input file ("source")."""
-    parts = [doc_table(work, f, file_domains[f]) for f in range(len(work.files))]
-    out = {key: np.concatenate([np.zeros(0, dtype), *[p[key] for p in parts]]).astype(dtype)
-           for key, dtype in (("row", np.int64), ("domain", np.uint8), ("val", bool))}
-    out["source"] = np.repeat(np.arange(len(parts), dtype=np.int64), [len(p["row"]) for p in parts])
-    return out
 
 
 # -- fit -------------------------------------------------------------------------------------------
@@ -717,7 +708,7 @@ def shards(folder: Path, rank: int, tasks: int) -> None:
                     tokens, domains, docs = stream.sequence(i, seq_len)
                     samples.append(Sample(f"{split}-{g:03d}-{i:07d}", tokens, domains,
                                           {"split": split, "group": g, "sequence": i, "documents": docs}))
-                entry = _write_one(work.out / shard_name(split, j), samples)
+                entry = write_shard(work.out / shard_name(split, j), samples)
                 atomic_json(work.path("shards", f"{split}-{j:05d}.json"), entry)
 
 

@@ -29,7 +29,8 @@ def test_jsonl_zst_reads_like_jsonl_and_a_truncated_one_keeps_what_came_before(t
     packed = zstd.ZstdCompressor(write_content_size=False).compress(lines)
     (tmp_path / "notes.jsonl.zst").write_bytes(packed)
     plain = texts(read_documents([tmp_path / "plain" / "notes.jsonl"]))
-    assert texts(read_documents([tmp_path / "notes.jsonl.zst"])) == plain == texts(read_documents([tmp_path / "plain" / "notes.jsonl"]))
+    zst = texts(read_documents([tmp_path / "notes.jsonl.zst"]))
+    assert zst == plain == texts(read_documents([tmp_path / "plain" / "notes.jsonl"]))
     assert plain[2] == ("notes", RECORDS[2]["text"])
     (tmp_path / "cut.jsonl.zst").write_bytes(packed[: len(packed) // 2])
     skips = SkipLog()
@@ -78,7 +79,8 @@ def test_a_missing_optional_package_names_the_extra(tmp_path, monkeypatch):
     (tmp_path / "web.parquet").write_bytes(b"PAR1")
     real = importlib.import_module
     monkeypatch.setattr(importlib, "import_module",
-                        lambda name, *a: (_ for _ in ()).throw(ImportError(name)) if name.startswith("pyarrow") else real(name, *a))
+                        lambda name, *a: (_ for _ in ()).throw(ImportError(name)) if name.startswith("pyarrow")
+                        else real(name, *a))
     with pytest.raises(ImportError, match=r"a .parquet input needs the pyarrow package: pip install 'lory-lightning\[io\]'"):
         list(read_documents([tmp_path / "web.parquet"]))
 

@@ -32,7 +32,8 @@ def test_outputs_are_consistent(tmp_path):
     assert on_disk["splits"] == manifest["splits"]
     assert manifest["domains"] == ["cooking", "space", "law"]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [".lory-prepare", "manifest.json", "tokenizer.json", "unigram.npy"] + [s["name"] for sp in ("train", "val") for s in manifest["splits"][sp]["shards"]])
+        [".lory-prepare", "manifest.json", "tokenizer.json", "unigram.npy"]
+        + [s["name"] for sp in ("train", "val") for s in manifest["splits"][sp]["shards"]])
     assert list(verify_shards(out, manifest["splits"]["train"]["shards"])) == []
     train = read_split(out, manifest, "train")
     assert len(train) == manifest["splits"]["train"]["sequences"] > 10
@@ -122,7 +123,7 @@ def test_a_killed_run_leaves_nothing_that_looks_finished_and_continues_where_it_
 
     inputs = [str(p) for p in make_corpus(tmp_path / "in")]
     cfg = PrepareConfig(output=str(tmp_path / "o"), inputs=inputs, **SMALL)
-    real, calls = stages_mod._write_one, []
+    real, calls = stages_mod.write_shard, []
 
     def dies_midway(path, samples):
         calls.append(path.name)
@@ -132,7 +133,7 @@ def test_a_killed_run_leaves_nothing_that_looks_finished_and_continues_where_it_
             raise KeyboardInterrupt
         return real(path, samples)
 
-    with mock.patch.object(stages_mod, "_write_one", dies_midway), pytest.raises(KeyboardInterrupt):
+    with mock.patch.object(stages_mod, "write_shard", dies_midway), pytest.raises(KeyboardInterrupt):
         prepare(cfg, quiet=True)
     out = tmp_path / "o"
     assert not (out / "manifest.json").exists() and not (out / "tokenizer.json").exists()
@@ -196,7 +197,8 @@ def test_the_number_of_workers_and_tasks_does_not_change_a_byte(tmp_path):
         assert done.returncode == 0, done.stderr[-2000:]
     one = sorted(p.name for p in (tmp_path / "one").iterdir())
     assert one == sorted(p.name for p in (tmp_path / "many").iterdir())
-    assert json.loads((tmp_path / "one" / "manifest.json").read_text())["ordering"]["partitions"] == 3  # the training documents, at most 50 a partition
+    # the training documents, at most 50 a partition
+    assert json.loads((tmp_path / "one" / "manifest.json").read_text())["ordering"]["partitions"] == 3
     for name in one:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "many" / name).read_bytes(), name
 
