@@ -203,7 +203,7 @@ def test_a_full_disk_while_writing_shards_names_the_folder(tmp_path, inputs, cap
 
     from lory_lightning.data import stages as stages_mod
 
-    monkeypatch.setattr(stages_mod, "_write_one", full)
+    monkeypatch.setattr(stages_mod, "write_shard", full)
     out = tmp_path / "o"
     code, err = run(["--output", str(out), "--inputs", *inputs, "--seq_len", "64", "--vocab_size", "400"], capsys)
     assert code == 1 and err == f"lory prepare: error: {out}: No space left on device"

@@ -48,7 +48,7 @@ STAGES = {  # id: (module, function, before/after, n-th call); stages run in thi
     "while-clustering": ("stages", "embedding_rows", "before", 1),  # cluster's first read of the embeddings
     "while-ordering": ("stages", "order_partition", "before", 1),
     "after-the-first-piece": ("stages", "write_piece", "after", 1),  # pack: one piece of the stream written
-    "after-two-shards": ("stages", "_write_one", "after", 2),
+    "after-two-shards": ("stages", "write_shard", "after", 2),
     "after-unigram-before-manifest": ("stages", "sha256_file", "after", 1),  # unigram.npy written, then its hash
     "after-the-manifest": ("prepare", "load_manifest", "before", 1),  # finished, killed before cleaning up
 }
