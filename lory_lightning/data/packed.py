@@ -30,7 +30,12 @@ def write_piece(prefix: Path, tokens: JoinedRows, offsets: np.ndarray, lengths: 
                 ids: np.ndarray, eod: int, vocab: int) -> np.ndarray:
     """Pack the documents (in order: their token ``offsets`` and ``lengths`` in ``tokens``, ``domains``,
     ``ids``) into the piece ``prefix``, CHUNK documents at a time; returns the piece's token counts
-    (vocab,) int64 (every document's tokens and its end-of-document token)."""
+    (vocab,) int64 (every document's tokens and its end-of-document token).
+
+    The files are written in place, not atomically: a task killed while writing leaves a partial
+    piece, and that is safe because the engine records a task complete only after it returns, so the
+    rerun writes the piece again from the start (tests/reliability/test_prepare_kill.py kills one
+    after its first piece)."""
     starts = np.zeros(len(ids) + 1, dtype=np.int64)
     np.cumsum(lengths + 1, out=starts[1:])
     counts = np.zeros(vocab, dtype=np.int64)
