@@ -129,7 +129,7 @@ def test_lory_export_command_writes_the_tokenizer_with_its_end_of_text_token(sma
 
 
 @pytest.mark.isolated  # works in another folder (chdir)
-def test_the_readme_export_commands_as_written(small_data, tmp_path, monkeypatch, capsys):
+def test_the_guides_export_and_evaluate_commands_as_written(small_data, tmp_path, monkeypatch, capsys):
     import re
     import shutil
 
@@ -139,18 +139,18 @@ def test_the_readme_export_commands_as_written(small_data, tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     os.symlink(ROOT / "configs", tmp_path / "configs")
     shutil.copytree(small_data, tmp_path / "data" / "sample-512")  # the folder lory-tiny.yaml names
-    section = (ROOT / "README.md").read_text().split("## Models in and out: Hugging Face", 1)[1]
+    section = (ROOT / "docs" / "huggingface.md").read_text()
     command = re.search(r"```bash\n(lory export .*?)\n```", section).group(1)
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert main(["fit", "--config", "configs/lory-tiny.yaml", "--trainer.max_steps", "2", *SIZE,
                  "--data.vocab_size", "300", "--model.model.seq_len", "32", "--model.model.segment_len", "8"]) == 0
     assert main(command.split()[1:]) == 0
     capsys.readouterr()
-    exec(compile(code, "README.md", "exec"), {})  # noqa: S102 (our own README)
+    exec(compile(code, "docs/huggingface.md", "exec"), {})  # noqa: S102 (our own guide)
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("LoryForCausalLM prompt ") and printed[1].startswith("The court held that")
-    if importlib.util.find_spec("lm_eval"):  # the README's evaluate command on the same checkpoint
-        evaluate_section = (ROOT / "README.md").read_text().split("## Downstream tasks: `lory evaluate`", 1)[1]
+    if importlib.util.find_spec("lm_eval"):  # the guide's evaluate command on the same checkpoint
+        evaluate_section = (ROOT / "docs" / "evaluation.md").read_text()
         command = re.search(r"```bash\n(lory evaluate .*?)\n```", evaluate_section).group(1)
         assert main(command.split()[1:]) == 0
         assert "|lory_toy_mc |" in capsys.readouterr().out

@@ -27,15 +27,15 @@ print(f"Submitted batch job {{1000 + n}}")
 """
 
 
-def readme_commands(heading: str) -> list[list[str]]:
-    text = (ROOT / "README.md").read_text().split(heading, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+def guide_commands(heading: str) -> list[list[str]]:
+    text = (ROOT / "docs" / "data.md").read_text().split(heading, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     return [shlex.split(line.split("  #")[0]) for line in text.strip().splitlines()]
 
 
 def test_the_readme_commands_at_scale_locally_and_on_an_emulated_slurm_cluster(tmp_path):
-    # README, "Your own corpus at scale": its three commands as written, in a fresh folder; only sizes
+    # docs/data.md, "Your own corpus at scale": its three commands as written, in a fresh folder; only sizes
     # shrunk (100,000 documents -> 3,000; --tasks 64 -> 2); the cluster is a fake sbatch and this test.
-    generate, local, slurm = readme_commands("### Your own corpus at scale")
+    generate, local, slurm = guide_commands("## Your own corpus at scale")
     assert generate[:4] == ["python", "benchmarks/synthetic_corpus.py", "--documents", "100000"]
     assert local[:2] == slurm[:2] == ["lory", "prepare"] and "--executor" in slurm
     bin_dir, log = tmp_path / "bin", tmp_path / "sbatch-log"

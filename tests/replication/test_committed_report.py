@@ -33,7 +33,7 @@ def test_readme_findings_quote_the_report():
     import re
 
     readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Replication\n"):readme.index("## Data: `lory prepare`")]
+    section = readme[readme.index("## Replication\n"):readme.index("## Speed\n")]
     findings = section[section.index("What the study"):]
     quoted = re.findall(r"[-+]\d+\.\d+% \[[-+]\d+\.\d+, [-+]\d+\.\d+\]|\d+\.\d+ ± \d+\.\d+", findings)
     assert len(quoted) >= 4, "the summary should quote the report's intervals"
