@@ -53,43 +53,36 @@ def train_description(trainer: pl.Trainer) -> str:
     return f"step (to {trainer.max_steps})" if trainer.max_steps and trainer.max_steps > 0 else "train"
 
 
-class LoryRichProgressBar(RichProgressBar):
-    """Lightning's rich bar, for runs sized in steps: tokens/s and the learning rate beside the loss."""
+class _StepMetrics:
+    """What both bars add to Lightning's: the tokens of every training batch counted, and the
+    learning rate and tokens/s shown beside the loss."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.step_rate = StepRate()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.step_rate.add(batch_tokens(batch))
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        return {**super().get_metrics(trainer, pl_module), **step_metrics(trainer, self.step_rate)}
+
+
+class LoryRichProgressBar(_StepMetrics, RichProgressBar):
+    """Lightning's rich bar, for runs sized in steps: tokens/s and the learning rate beside the loss."""
 
     def _get_train_description(self, current_epoch: int) -> str:
         return train_description(self.trainer)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        self.step_rate.add(batch_tokens(batch))
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
-    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        return {**super().get_metrics(trainer, pl_module), **step_metrics(trainer, self.step_rate)}
-
-
-class LoryTQDMProgressBar(TQDMProgressBar):
+class LoryTQDMProgressBar(_StepMetrics, TQDMProgressBar):
     """Lightning's plain bar (where rich is not installed), with the same description and metrics."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.step_rate = StepRate()
 
     def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         super().on_train_epoch_start(trainer, *args)
         self.train_progress_bar.set_description(train_description(trainer))
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        self.step_rate.add(batch_tokens(batch))
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-
-    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        return {**super().get_metrics(trainer, pl_module), **step_metrics(trainer, self.step_rate)}
 
 
 def describe_model(pl_module: pl.LightningModule) -> list[str]:

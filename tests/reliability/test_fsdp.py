@@ -192,16 +192,22 @@ def test_one_file_checkpoints_and_a_sharded_validate(fsdp_config, sharded_runs):
     assert "validation of" in validated.stdout
 
 
-def test_sharded_training_with_compiled_blocks(fsdp_config):
-    # model.compile under the sharded strategy: blocks compiled, then sharded; the same run as eager
+def per_domain_tables(fsdp_config, key: str, values: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """The final per-domain perplexity table of a 4-step sharded run for each value of ``key``."""
     tmp, config = fsdp_config
     tables = {}
-    for compiled in ("false", "true"):
-        result = lory(tmp, "fit", *config, "--model.compile", compiled, "--trainer.max_steps", "4",
-                      "--trainer.val_check_interval", "4", "--trainer.logger.init_args.name", f"compile-{compiled}")
+    for value in values:
+        result = lory(tmp, "fit", *config, f"--{key}", value, "--trainer.max_steps", "4",
+                      "--trainer.val_check_interval", "4", "--trainer.logger.init_args.name", f"{key}-{value}")
         assert result.returncode == 0, result.stderr[-3000:]
-        tables[compiled] = {line.split()[0]: float(line.split()[1]) for line in result.stdout.splitlines()
-                            if line.split()[:1] in (["cooking"], ["space"], ["law"], ["all"])}
+        tables[value] = {line.split()[0]: float(line.split()[1]) for line in result.stdout.splitlines()
+                         if line.split()[:1] in (["cooking"], ["space"], ["law"], ["all"])}
+    return tables
+
+
+def test_sharded_training_with_compiled_blocks(fsdp_config):
+    # model.compile under the sharded strategy: blocks compiled, then sharded; the same run as eager
+    tables = per_domain_tables(fsdp_config, "model.compile", ("false", "true"))
     assert set(tables["true"]) == {"cooking", "space", "law", "all"}
     assert tables["true"] == pytest.approx(tables["false"], rel=1e-3)
 
@@ -211,13 +217,6 @@ def test_sharded_training_with_the_fused_kernels(fsdp_config):
     # conftest reaches the ranks): FSDP2 hands the gathered expert weights to the custom operators as
     # plain tensors; 4 steps under the config's bf16-mixed precision give the torch path's per-domain
     # perplexities within bf16 rounding (the kernels merge in fp32 on chip, the torch path in bf16).
-    tmp, config = fsdp_config
-    tables = {}
-    for kernel in ("torch", "triton"):
-        result = lory(tmp, "fit", *config, "--model.model.kernel", kernel, "--trainer.max_steps", "4",
-                      "--trainer.val_check_interval", "4", "--trainer.logger.init_args.name", f"kernel-{kernel}")
-        assert result.returncode == 0, result.stderr[-3000:]
-        tables[kernel] = {line.split()[0]: float(line.split()[1]) for line in result.stdout.splitlines()
-                          if line.split()[:1] in (["cooking"], ["space"], ["law"], ["all"])}
+    tables = per_domain_tables(fsdp_config, "model.model.kernel", ("torch", "triton"))
     assert set(tables["triton"]) == {"cooking", "space", "law", "all"}
     assert tables["triton"] == pytest.approx(tables["torch"], rel=1e-2)
