@@ -44,7 +44,7 @@ def _fsync_dir(folder: Path) -> None:
 
 # While replace_folder swaps a folder, the old one lies beside it under this suffix, with the swap
 # mark inside. Both together prove a sibling is a swap's own: a user's `cp -r last.ckpt
-# last.ckpt.old` backup (the name round 2 used) has neither, and no reader ever deletes it.
+# last.ckpt.old` backup has neither, and no reader ever deletes it.
 OLD_SUFFIX = ".lory-old"
 SWAP_MARK = ".lory-swap"
 

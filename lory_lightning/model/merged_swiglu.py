@@ -45,8 +45,8 @@ def _scratch(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
     """A buffer kept between calls for a temporary that dies within one forward or backward, on CPU.
 
     glibc's malloc maps and unmaps every block above 32 MB (its threshold cannot be raised past
-    that), so each merge of that size paid for fresh pages on every call (FACTS.md: 13 ms against
-    1.6 ms for a 50 MB merge). GPU allocators cache blocks themselves: None there. A buffer is
+    that), so each merge of that size paid for fresh pages on every call, several times the cost of
+    the merge itself (BENCHMARKS.md). GPU allocators cache blocks themselves: None there. A buffer is
     reused by the next call of the same shape, so at most one forward or backward of this layer may
     run at a time in a process (as in training: Lightning runs them one after another).
     """
@@ -137,9 +137,8 @@ def routing_grad(flat: Tensor, w: Tensor, dtype: torch.dtype) -> Tensor:
     relative precision, however small it is), and expert 0's share, one dot product per row, is
     added to every expert alike. That share is computed in the compute dtype too: its rounding is
     the same for every expert, and a shift common to all experts never reaches the router (the
-    softmax's gradient removes it, as routing weights sum to 1). Taken in full precision it cast
-    the whole merged gradient (R, a*b) to fp32 in every layer: on an H200 at the 0.3B width the
-    casts of a Lory 8E step fell from 46 to 21 ms when it went (BENCHMARKS.md, GPU).
+    softmax's gradient removes it, as routing weights sum to 1). Taken in full precision it would
+    cast the whole merged gradient (R, a*b) to fp32 in every layer (its cost: BENCHMARKS.md, GPU).
     """
     E = w.shape[0]
     if dtype == w.dtype:
