@@ -70,6 +70,7 @@ def looks_finished_only_if_complete(folder):
     return True
 
 
+@pytest.mark.slow  # nine kills, each a full prepare in a child process and its rerun
 @pytest.mark.parametrize("stage", list(STAGES), ids=list(STAGES))
 def test_kill_9_during_prepare(tmp_path, stage):
     inputs = [str(p) for p in make_corpus(tmp_path / "in", docs_per_domain=60)]
