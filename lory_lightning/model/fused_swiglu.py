@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .fused_gemm import merged_matmul, merged_swiglu_up, merged_weight_grad
+from .merged_swiglu import compute_dtype
 
 # The operators' namespace is this module's name: an exported model (transformers loads a copy of
 # these files as another module) registers its own, beside the package's, in one process.
@@ -88,17 +89,12 @@ def _backward(ctx, gy: Tensor, _ggu: Tensor) -> tuple[Tensor, ...]:  # noqa: ANN
 merged_swiglu_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    device = x.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-
-
 def merged_swiglu_fused(xs: Tensor, weights: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:
     """(R, T, d) rows, (R, E) routing weights, expert weights -> (R, T, d) in the compute dtype.
 
     Under autocast the rows are cast to the autocast dtype (as the torch path computes); the
     experts and the routing weights stay as they are: the kernels merge them in fp32 on chip.
     """
-    dtype = _compute_dtype(xs)
+    dtype = compute_dtype(xs)
     x = xs if xs.dtype == dtype else xs.to(dtype)
     return merged_swiglu_forward(x, weights, w_gate, w_up, w_down)[0]

@@ -59,7 +59,8 @@ def _scratch(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
     return buf
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a Lory layer computes in: autocast's where it is on, else the input's."""
     device = x.device.type
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
@@ -75,7 +76,7 @@ class MergedSwiGLU(torch.autograd.Function):
     def forward(ctx, xs: Tensor, weights: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:
         # xs (R, T, d), weights (R, E), experts (E, d, f), (E, d, f), (E, f, d). Under autocast the
         # work runs in the autocast dtype, explicitly, so backward can repeat it exactly.
-        dtype = _compute_dtype(xs)
+        dtype = compute_dtype(xs)
         f = w_gate.shape[2]
         with torch.autocast(xs.device.type, enabled=False):
             # Cast only when the dtype differs: `xs.to(xs.dtype)` returns xs itself, and torch.compile
