@@ -186,6 +186,12 @@ class SegmentExpertChoiceMoE(RoutedExperts):
         return cls(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.segment_len, cfg.capacity_factor)
 
     @staticmethod
+    def check_config(cfg: ModelConfig) -> None:
+        from .config import check_whole_segments  # config.py imports this module (its FFN registry)
+
+        check_whole_segments(cfg)
+
+    @staticmethod
     def flops_per_token(cfg: ModelConfig) -> float:
         # c experts' SwiGLU per token on average, and a router per segment
         return cfg.capacity_factor * 6 * cfg.dim * cfg.hidden_dim + 2 * cfg.dim * cfg.num_experts / cfg.segment_len

@@ -21,7 +21,8 @@ class ModelConfig:
 
     Args:
         vocab_size: Size of the token vocabulary (the tokenizer's, linked by the CLI).
-        seq_len: Training sequence length L. Must be a multiple of ``segment_len``.
+        seq_len: Training sequence length L. A multiple of ``segment_len`` for the kinds that route
+            per segment.
         n_layer: Number of decoder blocks.
         n_head: Attention (query) heads; ``dim`` must divide evenly among them.
         n_kv_head: Key/value heads for grouped-query attention (Llama-style checkpoints); None means
@@ -93,11 +94,6 @@ class ModelConfig:
             raise ValueError(
                 f"head size dim/n_head = {self.head_dim} is odd; RoPE rotates pairs of channels, "
                 "so choose n_head such that dim / n_head is even")
-        if self.seq_len % self.segment_len:
-            raise ValueError(
-                f"model.seq_len {self.seq_len} is not a multiple of model.segment_len "
-                f"{self.segment_len}: causal segment routing cuts every training sequence into "
-                f"whole segments (try segment_len {_largest_divisor_at_most(self.seq_len, self.segment_len)})")
         if self.init_std <= 0:
             raise ValueError(f"model.init_std must be > 0, got {self.init_std}")
         if self.router_init_std <= 0:
@@ -137,6 +133,15 @@ class ModelConfig:
     def replace(self, **changes: Any) -> "ModelConfig":
         """A validated copy with some fields changed (e.g. ``ffn="dense"`` for the dense twin)."""
         return dataclasses.replace(self, **changes)
+
+
+def check_whole_segments(cfg: ModelConfig) -> None:
+    """For the FFN kinds that route per segment (their ``check_config``): L must cut into whole segments."""
+    if cfg.seq_len % cfg.segment_len:
+        raise ValueError(
+            f"model.seq_len {cfg.seq_len} is not a multiple of model.segment_len {cfg.segment_len}: "
+            f"model.ffn {cfg.ffn} routes per segment and cuts every training sequence into whole segments "
+            f"(try segment_len {_largest_divisor_at_most(cfg.seq_len, cfg.segment_len)})")
 
 
 def _largest_divisor_at_most(n: int, limit: int) -> int:

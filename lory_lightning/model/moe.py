@@ -334,6 +334,9 @@ class LoryMoE(RoutedExperts):
 
     @staticmethod
     def check_config(cfg: ModelConfig) -> None:
+        from .config import check_whole_segments  # config.py imports this module (its FFN registry)
+
+        check_whole_segments(cfg)
         if cfg.num_segments < 2:
             raise ValueError(
                 f"model.seq_len {cfg.seq_len} holds one segment of model.segment_len {cfg.segment_len}: "

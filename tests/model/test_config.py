@@ -4,9 +4,20 @@ from lory_lightning.model import LoryTransformer, ModelConfig, param_counts
 from test_cli_lightning import ROOT, resolved_config
 
 
-def test_segment_length_must_divide_sequence_length():
+@pytest.mark.parametrize("ffn", ["lory", "lory_prefix", "segment_expert_choice"])
+def test_segment_length_must_divide_sequence_length_for_the_kinds_routing_per_segment(ffn):
     with pytest.raises(ValueError, match="seq_len 500 is not a multiple of model.segment_len 128"):
-        ModelConfig(seq_len=500, segment_len=128)
+        ModelConfig(seq_len=500, segment_len=128, ffn=ffn)
+
+
+@pytest.mark.parametrize("ffn", ["dense", "topk", "expert_choice"])
+def test_token_level_kinds_take_any_sequence_length(ffn):
+    import torch
+
+    cfg = ModelConfig(seq_len=50, segment_len=128, ffn=ffn, n_layer=1, dim=32, n_head=2, hidden_dim=48,
+                      vocab_size=64, num_experts=4)
+    logits = LoryTransformer(cfg).train()(torch.zeros(2, 50, dtype=torch.long)).logits
+    assert logits.shape == (2, 50, 64)
 
 
 @pytest.mark.parametrize("ffn", ["lory", "lory_prefix"])
@@ -47,7 +58,7 @@ def _shipped_model(name: str) -> ModelConfig:
     """The model section of a shipped run config, resolved by the CLI (bases included), with the
     vocabulary size the CLI links from the data section."""
     printed = resolved_config(ROOT / "configs" / f"{name}.yaml")
-    model = printed["model"]["init_args"]["model"]
+    model = printed["model"]["init_args"]["arch"]
     return ModelConfig(**{**model, "vocab_size": printed["data"]["init_args"]["vocab_size"]})
 
 
