@@ -221,12 +221,31 @@ def load_model(path: str | Path) -> tuple["LoryTransformer", dict[str, Any]]:
     try:
         # model.kernel is how the run computed, not what the model is: a checkpoint trained on the fused
         # GPU kernels is read on whatever device is at hand (auto: fused on CUDA, torch elsewhere).
-        cfg = ModelConfig(**{**ckpt["hyper_parameters"]["model"], "kernel": "auto"})
+        cfg = ModelConfig(**{**upgrade_hparams(ckpt["hyper_parameters"])["arch"], "kernel": "auto"})
     except (KeyError, TypeError) as err:
         raise ValueError(f"{path}: no LoryLM model config in the checkpoint ({err})") from err
     model = LoryTransformer(cfg)
     model.load_state_dict(model_state(ckpt))
     return model.eval(), ckpt
+
+
+TRAINING_KEYS = ("dense_warmup", "upcycle_moments", "load_balance_coef", "z_loss_coef", "nonfinite")
+
+
+def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's LoryLM hyperparameters in today's layout, whichever release wrote them.
+
+    The first layout had the training knobs (dense warmup, upcycle moments, router loss weights,
+    nonfinite) beside ``model`` and ``optim``; they now form ``training``. The decoder's settings
+    were ``model`` (``--model.model.num_experts``); they are now ``arch``.
+    """
+    out = {k: v for k, v in hparams.items() if k not in TRAINING_KEYS}
+    moved = {k: hparams[k] for k in TRAINING_KEYS if k in hparams}
+    if moved:
+        out["training"] = {**out.get("training", {}), **moved}
+    if "model" in out and "arch" not in out:
+        out["arch"] = out.pop("model")
+    return out
 
 
 def checkpoint_tokenizer_sha256(checkpoint: dict[str, Any], path: str | Path) -> str | None:

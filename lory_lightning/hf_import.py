@@ -92,4 +92,4 @@ def check_shape(shape: dict[str, Any], cfg: Any, path: str) -> None:
              if shape[name] != getattr(cfg, name)]
     if wrong:
         raise ValueError(f"model.init_from hf:{path}: the model section differs from the checkpoint; set "
-                         f"model.model to the checkpoint's values ({'; '.join(wrong)}; kv_heads is n_kv_head)")
+                         f"model.arch to the checkpoint's values ({'; '.join(wrong)}; kv_heads is n_kv_head)")

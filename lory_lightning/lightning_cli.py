@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.trainer import Trainer
 
 from .atomic import recover_folder
-from .checkpoint_io import META_FILE, load_checkpoint, read_checkpoint_meta, save_atomically
+from .checkpoint_io import META_FILE, load_checkpoint, read_checkpoint_meta, save_atomically, upgrade_hparams
 from .data.datamodule import LoryDataModule
 from .errors import one_line
 from .callbacks.guard import NonFiniteError
@@ -57,8 +57,8 @@ class LoryCLI(LightningCLI):
         parser.add_argument("--base", type=Optional[str], default=None,
                             help="In a config file: the config it extends, relative to the file's folder")
         # Typed once: the tokenizer's size comes from the data, the sequence length from the model.
-        parser.link_arguments("data.init_args.vocab_size", "model.init_args.model.vocab_size")
-        parser.link_arguments("model.init_args.model.seq_len", "data.init_args.seq_len")
+        parser.link_arguments("data.init_args.vocab_size", "model.init_args.arch.vocab_size")
+        parser.link_arguments("model.init_args.arch.seq_len", "data.init_args.seq_len")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -77,7 +77,7 @@ class LoryCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         # As LightningCLI does, the model's hyperparameters come from --ckpt_path; here through
         # load_checkpoint (weights_only, the same one-line reason for a damaged file as everywhere
-        # else), and those of checkpoints written before round 2 are moved to today's keys.
+        # else), and those of checkpoints written with older keys are moved to today's (upgrade_hparams).
         subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand or "", None)
         self._resume: tuple[Path, int] | None = None
@@ -305,70 +305,48 @@ def refuse_optimizer_flags(argv: list[str]) -> None:
                              f"per-step cosine schedule; set {OPTIMIZER_KEYS} instead")
 
 
-TRAINING_KEYS = ("dense_warmup", "upcycle_moments", "load_balance_coef", "z_loss_coef", "nonfinite")
+RENAMED = {"model.model": "model.arch", "model.init_args.model": "model.init_args.arch"}
 
 
-def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's LoryLM hyperparameters in today's layout: before round 2 the training knobs
-    (dense warmup, upcycle moments, router loss weights, nonfinite) sat beside ``model`` and ``optim``;
-    they now form ``training``."""
-    moved = {k: hparams[k] for k in TRAINING_KEYS if k in hparams}
-    if not moved:
-        return dict(hparams)
-    rest = {k: v for k, v in hparams.items() if k not in moved}
-    return {**rest, "training": {**rest.get("training", {}), **moved}}
-
-
-def config_chain(path: str) -> list[str]:
-    """``path`` and the configs it extends through ``base:`` keys, the furthest base first."""
-    chain: list[Path] = []
-    current = Path(path)
-    while current.is_file():  # not a file: jsonargparse reports it (or reads it as a YAML string)
-        if current.resolve() in {p.resolve() for p in chain}:
-            raise ValueError(f"{path}: the `base:` chain comes back to {current}")
-        chain.append(current)
-        try:
-            base = (yaml.safe_load(current.read_text()) or {}).get("base")
-        except (yaml.YAMLError, AttributeError):
-            break  # not a mapping, or not YAML: jsonargparse names the problem
-        if base is None:
-            break
-        if not isinstance(base, str):
-            raise ValueError(f"{current}: base: must be the path of a config file, got {base!r}")
-        current = current.parent / base
-        if not current.is_file():
-            raise FileNotFoundError(f"{chain[-1]}: base: {base}: no such config file ({current}; "
-                                    "the path is relative to the extending file's folder)")
-    return [str(p) for p in reversed(chain)] or [path]
-
-
-def expand_bases(argv: list[str]) -> list[str]:
-    """Each ``--config FILE`` whose FILE extends a base (``base: lory-tiny.yaml``) becomes
-    ``--config BASE --config FILE``, recursively. LightningCLI merges configs given in order key by
-    key, so a variant file holds only what differs from its base (a config key inside a file would
-    reset every group the file mentions)."""
-    out: list[str] = []
+def refuse_renamed_keys(argv: list[str]) -> None:
+    """A key renamed since an earlier release, on the command line or in a config file, is named
+    with its new name (jsonargparse alone would list every key the model accepts)."""
     args = iter(argv)
     for arg in args:
-        if arg in ("--config", "-c"):
-            value = next(args, None)
-            if value is None:
-                out.append(arg)
-                break
-        elif arg.startswith("--config="):
-            value = arg.split("=", 1)[1]
-        else:
-            out.append(arg)
+        if arg == "--config":
+            path = next(args, "")
+            try:
+                tree = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
+            except (yaml.YAMLError, OSError):
+                continue  # jsonargparse names the problem
+            for old, new in RENAMED.items():
+                node = tree
+                for part in old.split("."):
+                    node = node.get(part) if isinstance(node, dict) else None
+                if node is not None:
+                    raise ValueError(f"{path}: {old} is now {new} (rename the key; checkpoints written with "
+                                     "the old name still load)")
             continue
-        for path in config_chain(value):
-            out += ["--config", path]
-    return out
+        flag = arg.split("=", 1)[0]
+        for old, new in RENAMED.items():
+            if flag.startswith(f"--{old}."):
+                raise ValueError(f"{flag} is now --{new}{flag.removeprefix('--' + old)}")
+
+
+MODEL_KEYS = ("The model's keys: `lory {0} --model.help LoryLM` (model.arch.*: the decoder, model.optim.*, "
+              "model.training.*); the data's: `lory {0} --data.help LoryDataModule`.")
+PARSER_KWARGS = {"parser_mode": "omegaconf",  # `${...}` interpolation in config files, as every lory command
+                 **{c: {"parser_mode": "omegaconf", "description": f"{text}. {MODEL_KEYS.format(c)}"}
+                    for c, text in (("fit", "Train a model"), ("validate", "Validate a checkpoint per domain"),
+                                    ("test", "Score a checkpoint on the held-out split"),
+                                    ("predict", "Per-sequence NLL and routing weights of a checkpoint"))}}
 
 
 def run_lightning_cli(argv: list[str]) -> int:
     """Run one LightningCLI subcommand; bad paths and values end in one line and exit status 1."""
     try:
         refuse_optimizer_flags(argv)
+        refuse_renamed_keys(argv)
         with warnings.catch_warnings():
             # The arguments are always passed (bases expanded); Lightning warns when the process has
             # command-line arguments of its own (pytest's, a notebook's), which it then ignores.
@@ -377,7 +355,7 @@ def run_lightning_cli(argv: list[str]) -> int:
             warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
             quiet_tips()
             LoryCLI(LoryLM, LoryDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                    args=expand_bases(argv), seed_everything_default=0, parser_kwargs={"parser_mode": "omegaconf"},
+                    args=argv, seed_everything_default=0, parser_kwargs=PARSER_KWARGS,
                     save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
     except (OSError, ValueError, NonFiniteError) as err:  # FileNotFound/FileExists are OSErrors
         print(f"lory {argv[0]}: error: {one_line(err)}", file=sys.stderr)

@@ -28,29 +28,30 @@ class LoryLM(L.LightningModule):
     """Pre-trains a Lory (or dense) decoder with LM cross-entropy.
 
     Args:
-        model: The decoder (``ffn: lory``, ``dense`` or a baseline). ``vocab_size`` and ``seq_len``
-            are linked with the data by the CLI.
+        arch: The decoder's architecture (``ffn: lory``, ``dense`` or a baseline; ModelConfig):
+            ``--model.arch.num_experts 16``. ``vocab_size`` and ``seq_len`` are linked with the data
+            by the CLI.
         optim: AdamW + cosine schedule settings.
         training: Dense warmup and upcycling, router losses, and what a non-finite step does.
         init_from: A checkpoint to start from: a dense LoryLM checkpoint is upcycled into this
             routed model; one of the same architecture is loaded as is. ``hf:FOLDER``: a saved Hugging
             Face Llama-architecture model (the ``hf`` extra), upcycled likewise; the model section must
-            have its shape.
+            have its shape (``arch``).
         compile: Compile each decoder block with ``torch.compile`` (once, when the run starts; the
             first step then takes longer while it compiles). BENCHMARKS.md has the speed and memory
             it was measured to give.
     """
 
-    def __init__(self, model: ModelConfig = ModelConfig(), optim: OptimConfig = OptimConfig(),
+    def __init__(self, arch: ModelConfig = ModelConfig(), optim: OptimConfig = OptimConfig(),
                  training: TrainingConfig = TrainingConfig(), init_from: str | None = None,
                  compile: bool = False) -> None:
         super().__init__()
-        model = ModelConfig(**model) if isinstance(model, dict) else model
+        model = ModelConfig(**arch) if isinstance(arch, dict) else arch
         optim = OptimConfig(**optim) if isinstance(optim, dict) else optim
         training = TrainingConfig(**training) if isinstance(training, dict) else training
         training.check(model)
         # Plain data only, so checkpoints load with weights_only=True.
-        self.save_hyperparameters({"model": dataclasses.asdict(model), "optim": dataclasses.asdict(optim),
+        self.save_hyperparameters({"arch": dataclasses.asdict(model), "optim": dataclasses.asdict(optim),
                                    "training": dataclasses.asdict(training), "init_from": init_from,
                                    "compile": compile})
         self.config, self.optim, self.training_config = model, optim, training

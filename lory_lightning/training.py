@@ -46,7 +46,7 @@ class TrainingConfig:
     def check(self, model: ModelConfig) -> None:
         """Refuse settings the model cannot use."""
         if self.dense_warmup and not model.ffn_class.has_dense_phase:
-            raise ValueError(f"model.training.dense_warmup needs model.model.ffn: lory or lory_prefix, got "
+            raise ValueError(f"model.training.dense_warmup needs model.arch.ffn: lory or lory_prefix, got "
                              f"{model.ffn!r} (the baselines start from a dense model with model.init_from instead)")
         if (self.load_balance_coef or self.z_loss_coef) and not model.is_moe:
             raise ValueError("router losses (model.training.load_balance_coef, z_loss_coef) need routed experts, "

@@ -13,7 +13,7 @@ from test_cli_lightning import ROOT, resolved_config, small_config
 @pytest.mark.parametrize("config", ["expert-choice-tiny", "segment-expert-choice-tiny", "topk-tiny", "lory-prefix-tiny"])
 def test_baseline_config_fits_with_monitoring_and_generates(config, small_data, tmp_path, capsys):
     shipped = resolved_config(ROOT / "configs" / f"{config}.yaml")["model"]["init_args"]
-    cfg = small_config(tmp_path, small_data, ffn=shipped["model"]["ffn"])
+    cfg = small_config(tmp_path, small_data, ffn=shipped["arch"]["ffn"])
     spec = yaml.safe_load(cfg.read_text())
     spec["model"]["training"] = dict(shipped["training"])
     spec["trainer"].update(max_steps=8, val_check_interval=4)

@@ -11,7 +11,7 @@ import yaml
 
 from lory_lightning.cli import main
 from lory_lightning.checkpoint_io import load_checkpoint
-from lory_lightning.lightning_cli import config_chain, expand_bases
+from lory_lightning.config_files import config_chain, expand_bases
 from lory_lightning.model import ModelConfig
 from lory_lightning.model.config import training_flops_per_token
 
@@ -35,7 +35,7 @@ def small_config(tmp_path, data_dir, **model):
                           enable_progress_bar=False, enable_model_summary=False)
     for logger in cfg["trainer"]["logger"]:
         logger["init_args"]["save_dir"] = str(tmp_path / "runs")
-    cfg["model"]["model"].update(seq_len=32, segment_len=8, n_layer=2, n_head=2, dim=32, hidden_dim=48,
+    cfg["model"]["arch"].update(seq_len=32, segment_len=8, n_layer=2, n_head=2, dim=32, hidden_dim=48,
                                  num_experts=4, **model)
     cfg["model"]["training"]["dense_warmup"] = 0.25
     # this 32-wide test model has a 16-step budget: it learns visibly only at a higher lr than the shipped 1e-3
@@ -60,9 +60,9 @@ def test_fit_validate_generate(small_data, tmp_path, capsys, caplog):
     assert (run / "config.yaml").is_file()  # the resolved config of every run
     saved = yaml.safe_load((run / "config.yaml").read_text())
     # linked values are written once, at their source; the module received them
-    assert saved["data"]["init_args"]["vocab_size"] == 300 and saved["model"]["init_args"]["model"]["seq_len"] == 32
+    assert saved["data"]["init_args"]["vocab_size"] == 300 and saved["model"]["init_args"]["arch"]["seq_len"] == 32
     hparams = yaml.safe_load((run / "hparams.yaml").read_text())
-    assert hparams["model"]["vocab_size"] == 300
+    assert hparams["arch"]["vocab_size"] == 300
     rows = metrics(run)
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(losses) == 16 and sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.3
@@ -76,7 +76,7 @@ def test_fit_validate_generate(small_data, tmp_path, capsys, caplog):
     # Lightning's ThroughputMonitor (window of 4 here): tokens/s, and FLOPs/s from the model's own count
     speed = [r for r in rows if r.get("train/device/items_per_sec")]
     assert speed and all(float(r["train/device/items_per_sec"]) > 0 for r in speed)
-    cfg_model = ModelConfig(**{**saved["model"]["init_args"]["model"], "vocab_size": 300})
+    cfg_model = ModelConfig(**{**saved["model"]["init_args"]["arch"], "vocab_size": 300})
     for r in speed:
         ratio = float(r["train/device/flops_per_sec"]) / float(r["train/device/items_per_sec"])
         assert ratio == pytest.approx(training_flops_per_token(cfg_model), rel=1e-6)
@@ -134,7 +134,7 @@ def test_bad_key_path_and_checkpoint_exit_nonzero(small_data, tmp_path, capsys):
     assert "missing.ckpt" in capsys.readouterr().err
     assert main(["generate", "--ckpt_path", str(tmp_path / "missing.ckpt"), "--prompt", "x"]) == 1
     assert capsys.readouterr().err.strip() == f"lory generate: error: {tmp_path / 'missing.ckpt'}: no such checkpoint"
-    assert main(["fit", "--config", str(cfg), "--model.model.segment_len", "5"]) != 0
+    assert main(["fit", "--config", str(cfg), "--model.arch.segment_len", "5"]) != 0
     assert "not a multiple of model.segment_len 5" in capsys.readouterr().err
 
 
@@ -144,7 +144,7 @@ def test_every_run_config_parses(config, capsys):
         main(["fit", "--config", str(config), "--print_config"])
     assert err.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    model = printed["model"]["init_args"]["model"]
+    model = printed["model"]["init_args"]["arch"]
     assert model["seq_len"] % model["segment_len"] == 0 and model["seq_len"] // model["segment_len"] >= 4
     data = printed["data"]["init_args"]
     assert "seq_len" not in data and data["vocab_size"] > 0  # linked, typed once
@@ -159,7 +159,7 @@ def test_every_callback_set_composes_with_the_main_job(callbacks, capsys):
         main(["fit", "--config", str(ROOT / "configs" / "lory-tiny.yaml"), *sets, "--print_config"])
     assert err.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["trainer"]["callbacks"] and printed["model"]["init_args"]["model"]["ffn"] == "lory"
+    assert printed["trainer"]["callbacks"] and printed["model"]["init_args"]["arch"]["ffn"] == "lory"
 
 
 def test_omegaconf_interpolation_inside_a_yaml(tmp_path, capsys):
@@ -177,7 +177,7 @@ def test_a_config_extends_its_base_key_by_key(tmp_path, capsys):
     (tmp_path / "sub").mkdir()
     base = yaml.safe_load((ROOT / "configs" / "lory-tiny.yaml").read_text())
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
-    (tmp_path / "sub" / "mid.yaml").write_text("base: ../base.yaml\nmodel:\n  model:\n    ffn: dense\n"
+    (tmp_path / "sub" / "mid.yaml").write_text("base: ../base.yaml\nmodel:\n  arch:\n    ffn: dense\n"
                                                "  training:\n    dense_warmup: 0.0\n")
     (tmp_path / "top.yaml").write_text("base: sub/mid.yaml\ntrainer:\n  max_steps: 7\n")
     assert config_chain(str(tmp_path / "top.yaml")) == [
@@ -186,7 +186,7 @@ def test_a_config_extends_its_base_key_by_key(tmp_path, capsys):
         "--trainer.max_steps", "3"]
     printed = resolved_config(tmp_path / "top.yaml")
     assert printed["trainer"]["max_steps"] == 7 and printed["trainer"]["val_check_interval"] == 100  # kept
-    assert printed["model"]["init_args"]["model"]["ffn"] == "dense"
+    assert printed["model"]["init_args"]["arch"]["ffn"] == "dense"
     assert printed["model"]["init_args"]["optim"]["lr"] == 1.0e-3  # the base's, not the default
     assert printed["model"]["init_args"]["training"]["dense_warmup"] == 0.0
 
@@ -219,22 +219,40 @@ def test_loggers_sharing_a_folder_get_one_version(tmp_path):
     assert [lg.init_args.get("version") for lg in trainer.logger] == [4, 4, None, 7, None]
 
 
-def test_a_round_1_checkpoint_validates_with_its_training_keys_moved(small_data, tmp_path, capsys):
-    from lory_lightning.lightning_cli import upgrade_hparams
+def test_round_1_and_round_2_checkpoints_validate_with_their_keys_moved(small_data, tmp_path, capsys):
+    # Round 1 kept the training knobs beside `model` and `optim`; round 2 grouped them as `training`
+    # and still called the decoder's settings `model` (--model.model.num_experts); today it is `arch`.
+    from lory_lightning.checkpoint_io import load_model, upgrade_hparams
 
     cfg = small_config(tmp_path, small_data)
     assert main(["fit", "--config", str(cfg), "--trainer.max_steps", "2", "--trainer.val_check_interval", "2"]) == 0
     ckpt = tmp_path / "runs" / "lory-tiny" / "version_0" / "checkpoints" / "last.ckpt"
     state = load_checkpoint(ckpt)
     hp = state["hyper_parameters"]
-    old = {**{k: v for k, v in hp.items() if k != "training"}, **hp["training"]}  # the round-1 layout
-    assert upgrade_hparams(old) == hp
-    state["hyper_parameters"] = old
-    legacy = tmp_path / "legacy.ckpt"
-    torch.save(state, legacy)
-    capsys.readouterr()
-    assert main(["validate", "--config", str(cfg), "--ckpt_path", str(legacy)]) == 0
-    assert "validation of" in capsys.readouterr().out
+    assert set(hp) >= {"arch", "optim", "training"} and "model" not in hp
+    round_2 = {("model" if k == "arch" else k): v for k, v in hp.items()}
+    round_1 = {**{k: v for k, v in round_2.items() if k != "training"}, **hp["training"]}
+    for name, old in (("round-1", round_1), ("round-2", round_2)):
+        assert upgrade_hparams(old) == hp
+        state["hyper_parameters"] = old
+        legacy = tmp_path / f"{name}.ckpt"
+        torch.save(state, legacy)
+        capsys.readouterr()
+        assert main(["validate", "--config", str(cfg), "--ckpt_path", str(legacy)]) == 0, name
+        assert "validation of" in capsys.readouterr().out
+        assert main(["generate", "--ckpt_path", str(legacy), "--prompt", "oven", "--max_new_tokens", "2"]) == 0
+        assert load_model(legacy)[0].config == load_model(ckpt)[0].config
+
+
+def test_an_old_config_key_is_named_with_its_new_name(small_data, tmp_path, capsys):
+    cfg = small_config(tmp_path, small_data)
+    old = yaml.safe_load(cfg.read_text())
+    old["model"]["model"] = old["model"].pop("arch")
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    assert main(["fit", "--config", str(tmp_path / "old.yaml")]) == 1
+    assert "model.model is now model.arch" in capsys.readouterr().err
+    assert main(["fit", "--config", str(cfg), "--model.model.num_experts", "2"]) == 1
+    assert "--model.model.num_experts is now --model.arch.num_experts" in capsys.readouterr().err
 
 
 def test_model_compile_trains_the_same_model_and_its_checkpoint_loads_anywhere(small_data, tmp_path):

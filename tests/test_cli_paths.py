@@ -11,8 +11,8 @@ from lory_lightning.optim import lr_multiplier
 from test_cli_lightning import ROOT, metrics, small_config
 
 SIZE = ["--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "2", "--data.batch_size", "2",
-        "--model.model.n_layer", "1", "--model.model.dim", "32", "--model.model.n_head", "2",
-        "--model.model.hidden_dim", "32", "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1"]
+        "--model.arch.n_layer", "1", "--model.arch.dim", "32", "--model.arch.n_head", "2",
+        "--model.arch.hidden_dim", "32", "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1"]
 
 
 @pytest.mark.isolated  # works in another folder (chdir)
@@ -127,25 +127,62 @@ def test_prepare_help_gives_each_knob_its_own_text_and_shows_zero_defaults(capsy
         after = text.rsplit(f"--{knob} {knob.upper()}", 1)[1]  # the help entry, not the usage line
         helps[knob] = after.split(" --", 1)[0]
     assert len(set(helps.values())) == 4
-    assert "(default: 0)" in helps["seed"] and "(default: -1)" in helps["knn_search_k"]
+    assert "default: 0)" in helps["seed"] and "default: -1)" in helps["knn_search_k"]
     assert "--config" in text and "--print_config" in text
 
 
-def test_prepare_takes_a_config_file_and_prints_the_resolved_one(tmp_path, capsys):
+def printed_config(capsys, *argv) -> dict:
+    with pytest.raises(SystemExit) as done:
+        main(list(argv) + ["--print_config"])
+    assert done.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_prepare_config_files_override_left_to_right_as_fit_does(tmp_path, capsys):
     from conftest import make_corpus
 
     inputs = [str(p) for p in make_corpus(tmp_path / "in")]
     path = tmp_path / "prep.yaml"
     path.write_text(yaml.safe_dump({"output": str(tmp_path / "o"), "inputs": inputs, "seq_len": 64,
                                     "vocab_size": 400, "sequences_per_shard": 4}))
-    assert main(["prepare", "--config", str(path), "--seq_len", "32", "--print_config"]) == 0
-    printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["seq_len"] == 32 and printed["vocab_size"] == 400 and printed["inputs"] == inputs
+    after = printed_config(capsys, "prepare", "--config", str(path), "--seq_len", "32")
+    assert after["seq_len"] == 32 and after["vocab_size"] == 400 and after["inputs"] == inputs
+    before = printed_config(capsys, "prepare", "--seq_len", "32", "--config", str(path))
+    assert before["seq_len"] == 64  # the file, given later, wins: as `lory fit --x 1 --config F` does
+    # what --print_config prints is a config file that gives the same settings back
+    (tmp_path / "printed.yaml").write_text(yaml.safe_dump(after))
+    assert printed_config(capsys, "prepare", "--config", str(tmp_path / "printed.yaml")) == after
     assert main(["prepare", "--config", str(path), "--quiet"]) == 0
     assert json.loads((tmp_path / "o" / "manifest.json").read_text())["seq_len"] == 64
     path.write_text(yaml.safe_dump({"output": "x", "seq_lenn": 3}))
-    assert main(["prepare", "--config", str(path)]) == 1
-    assert f"{path}: unknown key 'seq_lenn'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main(["prepare", "--config", str(path)])
+    assert done.value.code == 2 and "seq_lenn" in capsys.readouterr().err
+
+
+def test_interpolation_and_base_work_in_every_commands_config_files(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LORY_TEST_ROOT", str(tmp_path))
+    (tmp_path / "base.yaml").write_text("seq_len: 128\nknn_k: 7\n")
+    (tmp_path / "prep.yaml").write_text("base: base.yaml\nvocab_size: 300\n"
+                                        "output: ${oc.env:LORY_TEST_ROOT}/data-${vocab_size}\n")
+    printed = printed_config(capsys, "prepare", "--config", str(tmp_path / "prep.yaml"))
+    assert printed["output"] == f"{tmp_path}/data-300" and (printed["seq_len"], printed["knn_k"]) == (128, 7)
+    (tmp_path / "gen.yaml").write_text("ckpt_path: ${oc.env:LORY_TEST_ROOT}/last.ckpt\nprompt: oven\n")
+    printed = printed_config(capsys, "generate", "--config", str(tmp_path / "gen.yaml"), "--top_k", "3")
+    assert printed["ckpt_path"] == f"{tmp_path}/last.ckpt" and printed["top_k"] == 3
+
+
+def test_the_shipped_evaluation_groups_are_a_config_file_of_lory_evaluate():
+    from lory_lightning.cli import EvaluateArgs, TaskGroup, build_parser, parsed
+
+    _, values = parsed(build_parser(), ["evaluate", "--ckpt_path", "c", "--config",
+                                        str(ROOT / "configs" / "eval" / "paper-downstream.yaml")])
+    args = EvaluateArgs(**{**values, "groups": [TaskGroup(**g) for g in values["groups"]]})
+    groups = args.task_groups()
+    assert [g.name for g in groups][:2] == ["commonsense reasoning", "reading comprehension"]
+    assert groups[0].tasks[0] == "piqa" and groups[2].num_fewshot == 5
+    with pytest.raises(ValueError, match="give tasks or groups"):
+        EvaluateArgs(ckpt_path="c", tasks="a", groups=groups).task_groups()
 
 
 def test_the_unigram_column_is_scored_on_the_same_tokens_as_the_model(small_data, tmp_path, capsys):

@@ -58,15 +58,15 @@ def test_training_settings_bounds_and_messages():
 
 def test_training_settings_are_checked_against_the_model():
     dense = TINY.replace(ffn="dense")
-    LoryLM(model=dense)  # no router losses, no warmup: a dense model is fine
-    LoryLM(model=TINY, training=TrainingConfig(load_balance_coef=0.01, z_loss_coef=0.001, dense_warmup=0.1))
+    LoryLM(arch=dense)  # no router losses, no warmup: a dense model is fine
+    LoryLM(arch=TINY, training=TrainingConfig(load_balance_coef=0.01, z_loss_coef=0.001, dense_warmup=0.1))
     for coefs in (dict(load_balance_coef=0.01), dict(z_loss_coef=0.001)):
         with pytest.raises(ValueError, match=r"^router losses \(model.training.load_balance_coef, z_loss_coef\) "
                                              "need routed experts, not ffn: dense$"):
-            LoryLM(model=dense, training=TrainingConfig(**coefs))
-    with pytest.raises(ValueError, match="^model.training.dense_warmup needs model.model.ffn: lory or lory_prefix, "
+            LoryLM(arch=dense, training=TrainingConfig(**coefs))
+    with pytest.raises(ValueError, match="^model.training.dense_warmup needs model.arch.ffn: lory or lory_prefix, "
                                          "got 'topk'"):
-        LoryLM(model=TINY.replace(ffn="topk"), training=TrainingConfig(dense_warmup=0.1))
+        LoryLM(arch=TINY.replace(ffn="topk"), training=TrainingConfig(dense_warmup=0.1))
 
 
 def test_the_guard_refuses_a_bad_policy_and_keeps_its_count_in_checkpoints():
@@ -157,7 +157,7 @@ def test_the_guard_decides_on_the_flag_summed_over_ranks():
 
     from lory_lightning.callbacks.guard import NonFiniteError
 
-    lm = LoryLM(model=TINY)
+    lm = LoryLM(arch=TINY)
     for p in lm.parameters():
         p.grad = torch.full_like(p, 0.1)
     lm.last_loss = torch.tensor(1.0)  # finite here: another rank saw a non-finite value
@@ -237,7 +237,7 @@ def test_the_guard_counts_every_skipped_step_and_logs_the_count():
     import torch
     from types import SimpleNamespace
 
-    lm = LoryLM(model=TINY)
+    lm = LoryLM(arch=TINY)
     logged = {}
     lm.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
     guard = NonFiniteGuard("skip")

@@ -33,7 +33,7 @@ def checkpoints(tmp_path_factory):
 
     def save(name):
         path = root / f"{name}.ckpt"
-        torch.save({"hyper_parameters": {"model": dataclasses.asdict(CFG)}, "tokenizer": tok.to_str(), "eod_id": eod,
+        torch.save({"hyper_parameters": {"arch": dataclasses.asdict(CFG)}, "tokenizer": tok.to_str(), "eod_id": eod,
                     "state_dict": {"model." + k: v for k, v in model.state_dict().items()}}, path)
         return str(path)
 
@@ -91,7 +91,7 @@ def test_the_command_prints_lm_evals_table_and_writes_its_results(checkpoints, t
     assert "lory_toy_mc" in printed and "lory_toy_ppl" in printed and "(0-shot, segment routing)" in printed
     assert json.loads(out.read_text())["tasks"]["lory_toy_mc"]["acc,none"] == 1.0
     assert main(["evaluate", "--ckpt_path", checkpoints["trained"]]) == 1
-    assert "give --tasks or --config" in capsys.readouterr().err
+    assert "give tasks or groups" in capsys.readouterr().err
 
 
 def test_the_paper_task_config_names_tasks_lm_eval_knows():

@@ -27,7 +27,7 @@ def _checkpoint(tmp_path, cfg: ModelConfig) -> tuple[LoryTransformer, str]:
     torch.manual_seed(0)
     model = LoryTransformer(cfg).eval()
     path = tmp_path / f"{cfg.ffn}.ckpt"
-    torch.save({"hyper_parameters": {"model": dataclasses.asdict(cfg)},
+    torch.save({"hyper_parameters": {"arch": dataclasses.asdict(cfg)},
                 "state_dict": {"model." + k: v for k, v in model.state_dict().items()}}, path)
     return model, str(path)
 
@@ -143,7 +143,7 @@ def test_the_guides_export_and_evaluate_commands_as_written(small_data, tmp_path
     command = re.search(r"```bash\n(lory export .*?)\n```", section).group(1)
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert main(["fit", "--config", "configs/lory-tiny.yaml", "--trainer.max_steps", "2", *SIZE,
-                 "--data.vocab_size", "300", "--model.model.seq_len", "32", "--model.model.segment_len", "8"]) == 0
+                 "--data.vocab_size", "300", "--model.arch.seq_len", "32", "--model.arch.segment_len", "8"]) == 0
     assert main(command.split()[1:]) == 0
     capsys.readouterr()
     exec(compile(code, "docs/huggingface.md", "exec"), {})  # noqa: S102 (our own guide)

@@ -36,12 +36,12 @@ def test_an_imported_llama_computes_what_transformers_computes_and_upcycles_to_t
                                                                                                   kind):
     hf, path = _saved_llama(tmp_path, tie, kind)
     cfg = ModelConfig(**OURS, ffn="dense", tie_embeddings=tie)
-    dense = LoryLM(model=cfg, init_from=f"hf:{path}").model.eval()
+    dense = LoryLM(arch=cfg, init_from=f"hf:{path}").model.eval()
     idx = torch.randint(0, 97, (2, 32), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = hf(idx).logits
         torch.testing.assert_close(dense(idx).logits, expected, rtol=0, atol=1e-4)
-        lory = LoryLM(model=cfg.replace(ffn="lory"), init_from=f"hf:{path}").model.eval()
+        lory = LoryLM(arch=cfg.replace(ffn="lory"), init_from=f"hf:{path}").model.eval()
         assert lory.moe_layers() and lory.moe_layers()[0].w_gate.shape == (4, 32, 40)
         torch.testing.assert_close(lory(idx).logits, dense(idx).logits, rtol=0, atol=1e-5)  # equal experts
 
@@ -49,16 +49,16 @@ def test_an_imported_llama_computes_what_transformers_computes_and_upcycles_to_t
 def test_the_run_config_must_have_the_checkpoints_shape(tmp_path):
     _, path = _saved_llama(tmp_path, tie=False)
     with pytest.raises(ValueError, match=r"dim: 32 \(config: 64\).*kv_heads: 2 \(config: 4\)"):
-        LoryLM(model=ModelConfig(**{**OURS, "dim": 64, "n_kv_head": None}), init_from=f"hf:{path}")
+        LoryLM(arch=ModelConfig(**{**OURS, "dim": 64, "n_kv_head": None}), init_from=f"hf:{path}")
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        LoryLM(model=ModelConfig(**OURS), init_from=f"hf:{tmp_path / 'nowhere'}")
+        LoryLM(arch=ModelConfig(**OURS), init_from=f"hf:{tmp_path / 'nowhere'}")
 
 
 def test_a_mistral_window_shorter_than_the_sequence_is_refused(tmp_path):
     model = transformers.MistralForCausalLM(transformers.MistralConfig(**LLAMA, sliding_window=16))
     model.save_pretrained(tmp_path / "m")
     with pytest.raises(ValueError, match="sliding window 16 is shorter than model.seq_len 32"):
-        LoryLM(model=ModelConfig(**OURS), init_from=f"hf:{tmp_path / 'm'}")
+        LoryLM(arch=ModelConfig(**OURS), init_from=f"hf:{tmp_path / 'm'}")
 
 
 def test_grouped_query_attention_decodes_as_its_forward():
@@ -76,5 +76,5 @@ def test_grouped_query_attention_decodes_as_its_forward():
 
 def test_a_dense_training_run_warm_starts_from_the_import(tmp_path):
     _, path = _saved_llama(tmp_path, tie=False)
-    lm = LoryLM(model=ModelConfig(**OURS), training=TrainingConfig(), init_from=f"hf:{path}")
+    lm = LoryLM(arch=ModelConfig(**OURS), training=TrainingConfig(), init_from=f"hf:{path}")
     assert not lm.in_dense_phase()  # imported dense weights are upcycled at once, not warmed up again

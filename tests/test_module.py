@@ -14,7 +14,7 @@ CFG = ModelConfig(vocab_size=64, seq_len=32, segment_len=8, n_layer=2, n_head=2,
 
 
 def test_dense_phase_is_exactly_the_dense_model():
-    lm = LoryLM(model=CFG, training=TrainingConfig(dense_warmup=0.5))
+    lm = LoryLM(arch=CFG, training=TrainingConfig(dense_warmup=0.5))
     assert lm.in_dense_phase()
     dense = LoryTransformer(CFG.replace(ffn="dense"))
     state = {}
@@ -34,7 +34,7 @@ def test_dense_phase_is_exactly_the_dense_model():
 
 
 def test_upcycling_in_place_keeps_the_function_and_the_parameters():
-    lm = LoryLM(model=CFG, training=TrainingConfig(dense_warmup=0.5))
+    lm = LoryLM(arch=CFG, training=TrainingConfig(dense_warmup=0.5))
     idx = torch.randint(0, 64, (2, 32))
     before = lm.model(idx).logits
     params_before = [id(p) for p in lm.parameters()]
@@ -47,10 +47,10 @@ def test_upcycling_in_place_keeps_the_function_and_the_parameters():
 
 
 def test_config_conflicts_are_explained():
-    with pytest.raises(ValueError, match="dense_warmup needs model.model.ffn: lory"):
-        LoryLM(model=CFG.replace(ffn="dense"), training=TrainingConfig(dense_warmup=0.1))
+    with pytest.raises(ValueError, match="dense_warmup needs model.arch.ffn: lory"):
+        LoryLM(arch=CFG.replace(ffn="dense"), training=TrainingConfig(dense_warmup=0.1))
     with pytest.raises(ValueError, match="share of max_steps"):
-        LoryLM(model=CFG, training=TrainingConfig(dense_warmup=1.5))
+        LoryLM(arch=CFG, training=TrainingConfig(dense_warmup=1.5))
 
 
 class Payload:
@@ -73,8 +73,8 @@ def test_checkpoint_with_a_pickle_payload_is_refused(tmp_path, capsys):
 
 
 def test_a_checkpoint_taken_during_dense_warmup_restores_the_phase():
-    warm = LoryLM(model=CFG, training=TrainingConfig(dense_warmup=0.5))
-    fresh = LoryLM(model=CFG)
+    warm = LoryLM(arch=CFG, training=TrainingConfig(dense_warmup=0.5))
+    fresh = LoryLM(arch=CFG)
     assert not fresh.in_dense_phase()
     fresh.load_state_dict(warm.state_dict())
     assert fresh.in_dense_phase()
@@ -86,7 +86,7 @@ def test_a_checkpoint_taken_during_dense_warmup_restores_the_phase():
 def test_upcycle_now_gives_every_expert_the_dense_moments_at_the_chosen_scale(mode, ratio):
     from types import SimpleNamespace
 
-    lm = LoryLM(model=CFG, training=TrainingConfig(dense_warmup=0.5, upcycle_moments=mode))
+    lm = LoryLM(arch=CFG, training=TrainingConfig(dense_warmup=0.5, upcycle_moments=mode))
     opt = torch.optim.AdamW(lm.parameters(), lr=1e-3)
     lm.model(torch.randint(0, 64, (2, 32))).logits.square().mean().backward()
     opt.step()
@@ -100,4 +100,4 @@ def test_upcycle_now_gives_every_expert_the_dense_moments_at_the_chosen_scale(mo
         torch.testing.assert_close(opt.state[layer.w_down]["exp_avg"][e], dense_avg * ratio, rtol=1e-6, atol=0)
         torch.testing.assert_close(opt.state[layer.w_down]["exp_avg_sq"][e], dense_sq * ratio ** 2, rtol=1e-6, atol=0)
     with pytest.raises(ValueError, match="upcycle_moments must be 'scaled' or 'copied'"):
-        LoryLM(model=CFG, training=TrainingConfig(dense_warmup=0.5, upcycle_moments="reset"))
+        LoryLM(arch=CFG, training=TrainingConfig(dense_warmup=0.5, upcycle_moments="reset"))

@@ -18,8 +18,8 @@ from test_cli_lightning import ROOT
 pytestmark = pytest.mark.isolated  # works in another folder (chdir)
 
 # What the test's fresh folder is given instead of the README's sizes.
-MODEL = ["--model.model.n_layer", "1", "--model.model.dim", "32", "--model.model.n_head", "2",
-         "--model.model.hidden_dim", "32", "--model.model.seq_len", "32", "--model.model.segment_len", "8"]
+MODEL = ["--model.arch.n_layer", "1", "--model.arch.dim", "32", "--model.arch.n_head", "2",
+         "--model.arch.hidden_dim", "32", "--model.arch.seq_len", "32", "--model.arch.segment_len", "8"]
 RUN = ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "2",
        "--data.batch_size", "2", "--data.vocab_size", "300", "--trainer.enable_progress_bar", "false"]
 SHRUNK = {"--seq_len": "32", "--vocab_size": "300", "--max_new_tokens": "8"}

@@ -116,7 +116,7 @@ def run_config(base: dict[str, Any], run: Run, out: Path, steps: int, data: dict
         {"class_path": "lory_lightning.callbacks.RoutingMonitor", "init_args": {"every_n_steps": 10}},
         {"class_path": "lory_lightning.callbacks.DomainSpecialization"},
         {"class_path": "lory_lightning.callbacks.ValidationRecord"}]
-    cfg["model"]["model"].update({"ffn": run.ffn, **model, **run.model})
+    cfg["model"]["arch"].update({"ffn": run.ffn, **model, **run.model})
     cfg["model"]["training"]["dense_warmup"] = cfg["model"]["training"]["dense_warmup"] if run.ffn == "lory" else 0.0
     data = json.loads(json.dumps(data))
     prepare_args = {**data.pop("prepare_args", {}), **run.prepare}
@@ -145,6 +145,9 @@ def fingerprint(cfg: dict[str, Any], inputs: dict[str, str], heldout: dict[str, 
     """sha256 of what decides a run's numbers: its config without the machine's folders, and the
     contents of its training and held-out files."""
     cfg = json.loads(json.dumps(cfg))
+    # Renamed keys do not change a run's numbers: the hash is over the names result files were
+    # first written with (the decoder's settings were model.model), so committed results stay valid.
+    cfg["model"] = {("model" if k == "arch" else k): v for k, v in cfg["model"].items()}
     for logger in cfg["trainer"]["logger"]:
         logger["init_args"].pop("save_dir", None)
     cfg["data"].pop("data_dir", None)
@@ -223,7 +226,7 @@ def collect(run: Run, run_dir: Path, cfg: dict[str, Any], heldout_inputs: Sequen
 
 def describe(cfg: dict[str, Any], manifest: dict[str, Any]) -> str:
     """One paragraph of what a run is: model, budget, schedule, data."""
-    m = dataclasses.asdict(ModelConfig(**cfg["model"]["model"]))  # the YAML names only non-defaults
+    m = dataclasses.asdict(ModelConfig(**cfg["model"]["arch"]))  # the YAML names only non-defaults
     t, d, o = cfg["trainer"], cfg["data"], cfg["model"]["optim"]
     steps, batch, seq = t["max_steps"], d["batch_size"], m["seq_len"]
     train_tokens = manifest["splits"]["train"]["sequences"] * seq

@@ -207,7 +207,7 @@ def test_a_checkpoint_trained_on_the_fused_kernels_is_read_anywhere(tmp_path):
     model = LoryTransformer(cfg)
     path = tmp_path / "fused.ckpt"
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "hyper_parameters": {"model": dataclasses.asdict(cfg)}}, path)
+                "hyper_parameters": {"arch": dataclasses.asdict(cfg)}}, path)
     loaded, _ = load_model(path)
     assert loaded.config.kernel == "auto" and dataclasses.replace(loaded.config, kernel="triton") == cfg
     assert not fused.use_fused(loaded.config.kernel, torch.zeros(1))

@@ -99,7 +99,7 @@ def main() -> None:
     L.seed_everything(0)
     cfg = ModelConfig(vocab_size=64, seq_len=32, segment_len=8, n_layer=2, n_head=2, dim=32, hidden_dim=48,
                       num_experts=4)
-    model = LoryLM(model=cfg, optim=OptimConfig(lr=1e-3),
+    model = LoryLM(arch=cfg, optim=OptimConfig(lr=1e-3),
                    training=TrainingConfig(dense_warmup=0.2, nonfinite="skip" if nan else "stop"))
     strategy = {"single": "auto", "ddp": "ddp", "fsdp": None}[kind] or shipped_fsdp_strategy()
     norms = GradNorms()

@@ -77,7 +77,7 @@ def fsdp_overrides(tmp_path: Path, data: Path) -> Path:
                     "enable_progress_bar": False, "enable_model_summary": False,
                     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                                "init_args": {"save_dir": str(tmp_path / "runs"), "name": "lory-1.5b-32e-fsdp"}}},
-        "model": {"model": {"seq_len": 32, "segment_len": 8, "n_layer": 2, "n_head": 2, "dim": 32, "hidden_dim": 48,
+        "model": {"arch": {"seq_len": 32, "segment_len": 8, "n_layer": 2, "n_head": 2, "dim": 32, "hidden_dim": 48,
                             "num_experts": 4},
                   "training": {"dense_warmup": 0.25}, "optim": {"lr": 3.0e-3}},
         "data": {"data_dir": str(data), "vocab_size": 300, "batch_size": 4},
@@ -221,6 +221,6 @@ def test_sharded_training_with_the_fused_kernels(fsdp_config, plain_table):
     # conftest reaches the ranks): FSDP2 hands the gathered expert weights to the custom operators as
     # plain tensors; 4 steps under the config's bf16-mixed precision give the torch path's per-domain
     # perplexities within bf16 rounding (the kernels merge in fp32 on chip, the torch path in bf16).
-    table = per_domain_table(fsdp_config, "--model.model.kernel", "triton")
+    table = per_domain_table(fsdp_config, "--model.arch.kernel", "triton")
     assert set(table) == {"cooking", "space", "law", "all"}
     assert table == pytest.approx(plain_table, rel=1e-2)

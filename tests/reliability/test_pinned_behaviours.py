@@ -80,7 +80,7 @@ def test_lr_warmup_is_sized_by_the_optimizer_setting_not_the_dense_warmup():
     # Mutant: the linear warmup length taken from dense_warmup instead of optim.warmup_fraction.
     from lory_lightning.optim import OptimConfig
 
-    lm = LoryLM(model=CFG, optim=OptimConfig(lr=1.0, warmup_fraction=0.5), training=TrainingConfig(dense_warmup=0.1))
+    lm = LoryLM(arch=CFG, optim=OptimConfig(lr=1.0, warmup_fraction=0.5), training=TrainingConfig(dense_warmup=0.1))
     lm._trainer = SimpleNamespace(max_steps=20, precision="32-true")
     schedule = lm.configure_optimizers()["lr_scheduler"]["scheduler"]
     rates = []
@@ -114,7 +114,7 @@ def test_per_domain_sums_are_summed_across_ranks_not_averaged():
 def _guard_step(loss, grad):
     """One NonFiniteGuard check of a module whose every gradient is ``grad`` and whose loss is ``loss``;
     returns the logged gradient norm."""
-    lm = LoryLM(model=CFG)
+    lm = LoryLM(arch=CFG)
     for p in lm.parameters():
         p.grad = torch.full_like(p, grad)
     lm.last_loss = torch.tensor(loss)
@@ -131,13 +131,13 @@ def test_the_nonfinite_guard_reads_the_loss_as_well_as_the_gradient():
     with pytest.raises(NonFiniteError, match="non-finite gradient norm at step 3"):
         _guard_step(1.0, float("nan"))
     # finite: nothing happens, and the logged norm is the global one (every gradient entry is 0.1)
-    n = sum(p.numel() for p in LoryLM(model=CFG).parameters())
+    n = sum(p.numel() for p in LoryLM(arch=CFG).parameters())
     assert _guard_step(1.0, 0.1) == pytest.approx(0.1 * n ** 0.5, rel=1e-5)
 
 
 def test_upcycling_happens_at_the_first_step_after_the_dense_warmup():
     # Mutant: upcycling one step late (global_step > upcycle_step instead of >=).
-    lm = LoryLM(model=CFG, training=TrainingConfig(dense_warmup=0.25))
+    lm = LoryLM(arch=CFG, training=TrainingConfig(dense_warmup=0.25))
     opt = torch.optim.AdamW(lm.parameters())
     lm._trainer = SimpleNamespace(max_steps=8, global_step=1, optimizers=[opt])
     lm.on_train_batch_start(None, 0)

@@ -35,14 +35,14 @@ def test_fingerprint_follows_the_config_and_contents_not_the_folders(tmp_path):
     moved = run_config(base, run, tmp_path / "b", 400, {}, {"seq_len": 512})
     inputs = {"x/x.jsonl": "0" * 64}
     assert fingerprint(one, inputs, {}) == fingerprint(moved, inputs, {})
-    assert one["seed_everything"] == one["data"]["seed"] == 1 and one["model"]["model"]["ffn"] == "lory"
+    assert one["seed_everything"] == one["data"]["seed"] == 1 and one["model"]["arch"]["ffn"] == "lory"
     longer = run_config(base, run, tmp_path / "a", 500, {}, {"seq_len": 512})
     assert fingerprint(longer, inputs, {}) != fingerprint(one, inputs, {})
     assert fingerprint(one, {"x/x.jsonl": "1" * 64}, {}) != fingerprint(one, inputs, {})
     dense = run_config(base, Run("dense-similarity", 1), tmp_path / "a", 400, {}, {"seq_len": 512})
     assert dense["model"]["training"]["dense_warmup"] == 0.0 and fingerprint(dense, inputs, {}) != fingerprint(one, inputs, {})
     probe = run_config(base, Run("lory-similarity-8-layers", 0), tmp_path / "a", 400, {}, {"seq_len": 512})
-    assert probe["model"]["model"]["n_layer"] == 8
+    assert probe["model"]["arch"]["n_layer"] == 8
     # where the files lie does not count, what they hold does
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "d.jsonl").write_text('{"text": "x"}\n')
@@ -66,7 +66,7 @@ def test_replicate_trains_each_run_once_and_the_report_rebuilds_byte_for_byte(tm
     assert set(lory["heldout"]) == {"quotes", "dictionary"} and lory["heldout"]["quotes"]["tokens"] > 1000
     assert set(lory["validation"]) == {"cooking", "space", "law"} and len(lory["mutual_information"]) == 2
     assert lory["config"]["data"]["data_dir"] == "runs/replicate/data-similarity-seed0" and lory["cpu_s"] > 0
-    assert res["lory-similarity-8-layers-seed0"]["config"]["model"]["model"]["n_layer"] == 8
+    assert res["lory-similarity-8-layers-seed0"]["config"]["model"]["arch"]["n_layer"] == 8
     assert res["lory-similarity-dedup-0.9-seed0"]["config"]["data"]["prepare_args"]["dedup_threshold"] == 0.9
     written = report.read_bytes()
     assert b"All 13 runs" not in written  # the default study has 5 seeds: this one is partial, and says so
@@ -92,9 +92,11 @@ def test_replicate_refuses_a_missing_log_before_training(tmp_path):
 
 
 def test_cli_defaults_are_the_studys():
-    from lory_lightning.cli import build_parser
+    from lory_lightning.cli import ReplicateArgs, build_parser, parsed
     from lory_lightning.replication.study import DEFAULT_SEEDS, DEFAULT_STEPS
 
-    args = build_parser().parse_args(["replicate"])
+    command, values = parsed(build_parser(), ["replicate"])
+    args = ReplicateArgs(**values)
     assert tuple(args.seeds) == DEFAULT_SEEDS and args.steps == DEFAULT_STEPS and not args.report
     assert (args.results, args.report_path, args.output) == ("replication-results", "REPLICATION.md", "runs/replicate")
+    assert parsed(build_parser(), ["replicate", "--report", "--seeds", "1", "2"])[1]["seeds"] == [1, 2]
