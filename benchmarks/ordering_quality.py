@@ -28,9 +28,11 @@ sys.path.insert(0, str(ROOT))
 
 from lory_lightning.data.embed import fit_tfidf_svd, sample_rows, tfidf_svd_embed  # noqa: E402
 from lory_lightning.data.ordering import KnnParams  # noqa: E402
-from lory_lightning.data.partition import order_documents  # noqa: E402
-from lory_lightning.data.stages import rows_of  # noqa: E402
+from lory_lightning.data.prepare.stage_documents import rows_of  # noqa: E402
 from synthetic_corpus import documents  # noqa: E402
+
+sys.path.insert(0, str(ROOT.parent / "tests" / "data"))
+from reference_ordering import order_documents  # noqa: E402  (the in-memory order, a test helper)
 
 
 def quality(x: np.ndarray, labels: dict[str, np.ndarray], order: np.ndarray) -> dict:

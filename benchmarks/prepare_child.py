@@ -16,7 +16,7 @@ import os
 import resource
 import sys
 
-from lory_lightning.data import stages
+from lory_lightning.data.prepare.pipeline import STAGES
 
 
 def _recorded(function):  # noqa: ANN001, ANN202
@@ -30,8 +30,8 @@ def _recorded(function):  # noqa: ANN001, ANN202
 
 
 def main() -> None:
-    for name, _ in stages.STAGES:
-        setattr(stages, name, _recorded(getattr(stages, name)))
+    for stage in STAGES:  # Stage.run looks the function up in its module when the stage runs
+        setattr(stage.module, stage.name, _recorded(stage.run))
     from lory_lightning.cli import main as lory
 
     sys.exit(lory(["prepare", *sys.argv[1:]]))

@@ -305,7 +305,8 @@ def refuse_optimizer_flags(argv: list[str]) -> None:
                              f"per-step cosine schedule; set {OPTIMIZER_KEYS} instead")
 
 
-RENAMED = {"model.model": "model.arch", "model.init_args.model": "model.init_args.arch"}
+RENAMED = {"model.model": "model.arch", "model.init_args.model": "model.init_args.arch",
+           "data.prepare_args": "data.prepare", "data.init_args.prepare_args": "data.init_args.prepare"}
 
 
 def refuse_renamed_keys(argv: list[str]) -> None:
@@ -325,7 +326,7 @@ def refuse_renamed_keys(argv: list[str]) -> None:
                     node = node.get(part) if isinstance(node, dict) else None
                 if node is not None:
                     raise ValueError(f"{path}: {old} is now {new} (rename the key; checkpoints written with "
-                                     "the old name still load)")
+                                     "the old names still load)")
             continue
         flag = arg.split("=", 1)[0]
         for old, new in RENAMED.items():

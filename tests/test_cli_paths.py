@@ -336,3 +336,28 @@ def test_validate_last_reads_the_run_and_writes_nothing_into_it(small_data, tmp_
     assert "validation of " + str(runs / "version_0" / "checkpoints" / "last.ckpt") in capsys.readouterr().out
     assert {p: p.read_bytes() for p in (runs / "version_0").rglob("*") if p.is_file()} == before
     assert (runs / "version_1" / "metrics.csv").is_file()  # its own logs: a new version folder
+
+
+def test_fit_takes_prepare_settings_as_the_typed_section_a_prepare_config_file_is(small_data, tmp_path, capsys):
+    from lory_lightning.data.datamodule import LoryDataModule
+
+    cfg = small_config(tmp_path, small_data)
+    prep = tmp_path / "prep.yaml"
+    prep.write_text("dedup_threshold: 0.95\nworkers: 2\nknn_k: 7\n")
+    printed = printed_config(capsys, "fit", "--config", str(cfg), "--data.prepare", str(prep))
+    section = printed["data"]["init_args"]["prepare"] if "init_args" in printed["data"] else printed["data"]["prepare"]
+    assert (section["dedup_threshold"], section["workers"], section["knn_k"]) == (0.95, 2, 7)
+    with pytest.raises(SystemExit) as done:  # a misspelled key fails the parse, as anywhere in the config
+        main(["fit", "--config", str(cfg), "--data.prepare.knn_kk", "3", "--print_config"])
+    assert done.value.code == 2
+    dm = LoryDataModule(data_dir=str(tmp_path / "d"), order="random", seed=3, seq_len=32,
+                        prepare={"knn_k": 7, "seed": 3, "seq_len": 512})  # stated keys: defaults or agreeing
+    assert (dm.prepare_config.knn_k, dm.prepare_config.order, dm.prepare_config.seq_len,
+            dm.prepare_config.output) == (7, "random", 32, str(tmp_path / "d"))
+    with pytest.raises(ValueError, match=r"data.prepare.order is 'random', data.order is 'similarity': set it once"):
+        LoryDataModule(data_dir=str(tmp_path / "d"), prepare={"order": "random"})
+    old = yaml.safe_load(cfg.read_text())
+    old["data"]["prepare_args"] = {"knn_k": 7}
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    assert main(["fit", "--config", str(tmp_path / "old.yaml")]) == 1
+    assert "data.prepare_args is now data.prepare" in capsys.readouterr().err

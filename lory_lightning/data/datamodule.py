@@ -5,8 +5,9 @@ shard is ``shards``'; this module wires them to Lightning: ranks, workers, resum
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
@@ -33,6 +34,26 @@ def folder_unigram_log_probs(folder: str | Path, manifest: dict[str, Any]) -> to
     return torch.from_numpy(unigram_log_probs(counts)).float()
 
 
+STATED = {"output": "data_dir", "inputs": "inputs", "val_inputs": "val_inputs", "order": "order",
+          "seq_len": "seq_len", "vocab_size": "vocab_size", "seed": "seed"}
+"""The `lory prepare` settings the data module states itself (prepare's name: the data module's)."""
+
+
+def stated_in_prepare(prepare: PrepareConfig | dict | None, stated: dict[str, Any]) -> PrepareConfig:
+    """``data.prepare`` with the keys the data module states (``STATED``) filled in from ``stated``. A
+    stated key that ``data.prepare`` also sets, to a value other than its default and the data
+    module's, is refused: one run would otherwise hold two answers to one question."""
+    given = prepare if isinstance(prepare, PrepareConfig) else PrepareConfig(**(prepare or {}))
+    default = PrepareConfig()
+    values = dataclasses.asdict(given)
+    for key, ours in STATED.items():
+        if values[key] != getattr(default, key) and values[key] != stated[key]:
+            raise ValueError(f"data.prepare.{key} is {values[key]!r}, data.{ours} is {stated[key]!r}: set it once, "
+                             f"as data.{ours}")
+        values[key] = stated[key]
+    return PrepareConfig(**values)
+
+
 class LoryDataModule(L.LightningDataModule):
     """Prepared shards in, batches of ``input_ids`` / ``targets`` / ``domains`` (each (B, L)) out.
 
@@ -46,7 +67,11 @@ class LoryDataModule(L.LightningDataModule):
         order: ``similarity`` (the paper) or ``random`` (the ablation).
         seq_len: Sequence length L; linked from the model config by the CLI.
         vocab_size: Tokenizer size to train when preparing; linked into the model config by the CLI.
-        prepare_args: Any other `lory prepare` setting, e.g. ``{dedup_threshold: 0.98}``.
+        prepare: The other `lory prepare` settings, typed as its config file is (PrepareConfig: the
+            same keys, so a `lory prepare --config` file can be given here as it is), e.g.
+            ``{dedup_threshold: 0.98, workers: 2}``. The keys this module states itself (data_dir as
+            output, inputs, val_inputs, order, seq_len, vocab_size, seed) are taken from it; one
+            also set here to another value is refused.
         batch_size: Sequences per batch per process.
         num_workers: Dataloader worker processes per rank.
         shuffle_block: Shards whose sequences are permuted together in the training stream (their
@@ -62,18 +87,19 @@ class LoryDataModule(L.LightningDataModule):
 
     def __init__(self, data_dir: str = "data/sample", inputs: list[str] | None = None,
                  val_inputs: list[str] | None = None, order: Literal["similarity", "random"] = "similarity",
-                 seq_len: int = 512, vocab_size: int = 8192, prepare_args: dict[str, Any] | None = None,
+                 seq_len: int = 512, vocab_size: int = 8192, prepare: Optional[PrepareConfig] = None,
                  batch_size: int = 8, num_workers: int = 0, shuffle_block: int = 4,
                  seed: int = 0, verify: bool = True, max_bad_shards: int = 0) -> None:
         super().__init__()
         if batch_size < 1 or num_workers < 0 or shuffle_block < 1 or max_bad_shards < 0:
             raise ValueError(f"data: batch_size ({batch_size}) and shuffle_block ({shuffle_block}) must be >= 1, "
                              f"num_workers ({num_workers}) and max_bad_shards ({max_bad_shards}) >= 0")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["prepare"])
         self.data_dir = check_folder(data_dir)
-        self.prepare_config = PrepareConfig(output=str(data_dir), inputs=list(inputs or []),
-                                            val_inputs=list(val_inputs or []), order=order, seq_len=seq_len,
-                                            vocab_size=vocab_size, seed=seed, **(prepare_args or {}))
+        self.prepare_config = stated_in_prepare(prepare, {
+            "output": str(data_dir), "inputs": list(inputs or []), "val_inputs": list(val_inputs or []),
+            "order": order, "seq_len": seq_len, "vocab_size": vocab_size, "seed": seed})
+        self.hparams["prepare"] = None if prepare is None else dataclasses.asdict(self.prepare_config)  # plain data
         self.batch_size, self.num_workers = batch_size, num_workers
         self.shuffle_block, self.seed, self.verify = shuffle_block, seed, verify
         self.manifest: dict[str, Any] | None = None

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .packing import pack_stream, sequence_slice
-from .partition import JoinedRows, RowFile
+from .rowfile import JoinedRows, RowFile
 
 INDEX_EVERY = 256
 CHUNK = 4096  # documents packed at a time

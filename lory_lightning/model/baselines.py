@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .moe import (CausalSegmentRouting, FirstSegmentRouting, LoryMoE, RoutedExperts, Routing, RoutingMode,
+from .moe import (CausalSegmentRouting, check_whole_segments, FirstSegmentRouting, LoryMoE, RoutedExperts, Routing, RoutingMode,
                   SegmentMean, segment_means, swiglu)
 
 if TYPE_CHECKING:  # annotations only: config.py imports the layers through model/ffn.py
@@ -187,8 +187,6 @@ class SegmentExpertChoiceMoE(RoutedExperts):
 
     @staticmethod
     def check_config(cfg: ModelConfig) -> None:
-        from .config import check_whole_segments  # config.py imports this module (its FFN registry)
-
         check_whole_segments(cfg)
 
     @staticmethod

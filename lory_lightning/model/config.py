@@ -135,19 +135,6 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
-def check_whole_segments(cfg: ModelConfig) -> None:
-    """For the FFN kinds that route per segment (their ``check_config``): L must cut into whole segments."""
-    if cfg.seq_len % cfg.segment_len:
-        raise ValueError(
-            f"model.seq_len {cfg.seq_len} is not a multiple of model.segment_len {cfg.segment_len}: "
-            f"model.ffn {cfg.ffn} routes per segment and cuts every training sequence into whole segments "
-            f"(try segment_len {_largest_divisor_at_most(cfg.seq_len, cfg.segment_len)})")
-
-
-def _largest_divisor_at_most(n: int, limit: int) -> int:
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
-
-
 def param_counts(cfg: ModelConfig) -> dict[str, int]:
     """Parameter counts of ``cfg`` without building it (exactness is tested against a built model).
 

@@ -295,6 +295,19 @@ class RoutedExperts(nn.Module):
         return self.forward_with_routing(x)[0]
 
 
+def check_whole_segments(cfg: ModelConfig) -> None:
+    """For the FFN kinds that route per segment (their ``check_config``): L must cut into whole segments."""
+    if cfg.seq_len % cfg.segment_len:
+        raise ValueError(
+            f"model.seq_len {cfg.seq_len} is not a multiple of model.segment_len {cfg.segment_len}: "
+            f"model.ffn {cfg.ffn} routes per segment and cuts every training sequence into whole segments "
+            f"(try segment_len {_largest_divisor_at_most(cfg.seq_len, cfg.segment_len)})")
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
 class LoryMoE(RoutedExperts):
     """E SwiGLU experts merged per segment by a segment routing policy (LORY.md section 1).
 
@@ -334,8 +347,6 @@ class LoryMoE(RoutedExperts):
 
     @staticmethod
     def check_config(cfg: ModelConfig) -> None:
-        from .config import check_whole_segments  # config.py imports this module (its FFN registry)
-
         check_whole_segments(cfg)
         if cfg.num_segments < 2:
             raise ValueError(

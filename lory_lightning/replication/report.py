@@ -399,7 +399,7 @@ def write_report(results_dir: Path, path: Path, log: str | None = None) -> dict[
               "The absolute effect of similarity against random order is in the claims and the last two columns "
               "above. Probe of the hypothesis that near-copies placed side by side are why similarity order does "
               "not help here: the similarity-order runs again with near-duplicates dropped above cosine 0.9 "
-              "instead of 0.99 (`data.prepare_args.dedup_threshold`; random order keeps 0.99), one seed.", ""]
+              "instead of 0.99 (`data.prepare.dedup_threshold`; random order keeps 0.99), one seed.", ""]
     lines += dedup_probe(st) + [""]
     for name, title in (("loss.png", "Training loss"), ("utilization.png", "Expert utilization")):
         if name in figs:

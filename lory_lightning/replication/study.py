@@ -119,10 +119,10 @@ def run_config(base: dict[str, Any], run: Run, out: Path, steps: int, data: dict
     cfg["model"]["arch"].update({"ffn": run.ffn, **model, **run.model})
     cfg["model"]["training"]["dense_warmup"] = cfg["model"]["training"]["dense_warmup"] if run.ffn == "lory" else 0.0
     data = json.loads(json.dumps(data))
-    prepare_args = {**data.pop("prepare_args", {}), **run.prepare}
+    prepare = {**data.pop("prepare", {}), **run.prepare}
     cfg["data"].update(order=run.order, data_dir=str(out / run.data_name), seed=run.seed, **data)
-    if prepare_args:
-        cfg["data"]["prepare_args"] = prepare_args
+    if prepare:
+        cfg["data"]["prepare"] = prepare
     return cfg
 
 
@@ -146,8 +146,9 @@ def fingerprint(cfg: dict[str, Any], inputs: dict[str, str], heldout: dict[str, 
     contents of its training and held-out files."""
     cfg = json.loads(json.dumps(cfg))
     # Renamed keys do not change a run's numbers: the hash is over the names result files were
-    # first written with (the decoder's settings were model.model), so committed results stay valid.
+    # first written with (model.model, data.prepare_args), so committed results stay valid.
     cfg["model"] = {("model" if k == "arch" else k): v for k, v in cfg["model"].items()}
+    cfg["data"] = {("prepare_args" if k == "prepare" else k): v for k, v in cfg["data"].items()}
     for logger in cfg["trainer"]["logger"]:
         logger["init_args"].pop("save_dir", None)
     cfg["data"].pop("data_dir", None)

@@ -7,7 +7,7 @@ import pytest
 from lory_lightning.data import packed
 from lory_lightning.data.packed import PackedStream, write_piece
 from lory_lightning.data.packing import documents_in, num_sequences, pack_stream, sequence_slice, shuffled
-from lory_lightning.data.partition import JoinedRows, RowFile
+from lory_lightning.data.rowfile import JoinedRows, RowFile
 
 
 def test_shuffled_is_a_seeded_permutation_computed_for_any_positions():

@@ -6,9 +6,9 @@ import pytest
 
 from lory_lightning.data.embed import tfidf_svd_embed
 from lory_lightning.data.ordering import KnnParams, close_beyond_k, greedy_path, knn, near_duplicates, random_order
-from lory_lightning.data.partition import (JoinedRows, RowFile, assign, centroid_path, cut, main_direction, members,
-                                           order_documents, part_sizes, partition, spherical_kmeans,
-                                           split_oversized)
+from lory_lightning.data.partition import assign, cut, main_direction, part_sizes, spherical_kmeans
+from lory_lightning.data.rowfile import JoinedRows, RowFile
+from reference_ordering import centroid_path, members, order_documents, partition, split_oversized
 from lory_lightning.data.prepare import PrepareConfig
 
 
@@ -110,7 +110,7 @@ def test_partitioned_order_visits_each_kept_document_once_partition_by_partition
 
 
 def test_near_copies_in_two_partitions_are_both_kept(monkeypatch):
-    from lory_lightning.data import partition as partition_module
+    import reference_ordering
 
     x, truth = clusters([30, 30], seed=5)
     a, b = np.flatnonzero(truth == 0)[:2]
@@ -119,7 +119,7 @@ def test_near_copies_in_two_partitions_are_both_kept(monkeypatch):
     assert drop[max(a, b)] and not drop[min(a, b)]  # one partition: the later copy is dropped
     split = np.zeros(60, dtype=np.int64)
     split[b] = 1  # the pair on two sides of a boundary
-    monkeypatch.setattr(partition_module, "partition", lambda x, size, seed: split)
+    monkeypatch.setattr(reference_ordering, "partition", lambda x, size, seed: split)
     got, drop, parts = order_documents(x, KnnParams(k=5, n_trees=20), 0.99, "similarity", partition_size=59)
     assert parts == 2 and not drop[a] and not drop[b]  # documented: not seen across partitions
 

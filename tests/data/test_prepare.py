@@ -11,7 +11,8 @@ from tokenizers import Tokenizer
 
 from conftest import make_corpus
 from lory_lightning.cli import main
-from lory_lightning.data import prepare as prepare_mod
+from lory_lightning.data.prepare import run as prepare_mod
+from lory_lightning.data.prepare import stage_documents, stage_encode, stage_write
 from lory_lightning.data.prepare import PrepareConfig, prepare
 from lory_lightning.data.shards import verify_shards
 from lory_lightning.data.sources import read_documents
@@ -119,11 +120,9 @@ def test_prepared_folder_is_reused_and_a_changed_config_is_refused(tmp_path):
 
 
 def test_a_killed_run_leaves_nothing_that_looks_finished_and_continues_where_it_stopped(tmp_path):
-    from lory_lightning.data import stages as stages_mod
-
     inputs = [str(p) for p in make_corpus(tmp_path / "in")]
     cfg = PrepareConfig(output=str(tmp_path / "o"), inputs=inputs, **SMALL)
-    real, calls = stages_mod.write_shard, []
+    real, calls = stage_write.write_shard, []
 
     def dies_midway(path, samples):
         calls.append(path.name)
@@ -133,14 +132,14 @@ def test_a_killed_run_leaves_nothing_that_looks_finished_and_continues_where_it_
             raise KeyboardInterrupt
         return real(path, samples)
 
-    with mock.patch.object(stages_mod, "write_shard", dies_midway), pytest.raises(KeyboardInterrupt):
+    with mock.patch.object(stage_write, "write_shard", dies_midway), pytest.raises(KeyboardInterrupt):
         prepare(cfg, quiet=True)
     out = tmp_path / "o"
     assert not (out / "manifest.json").exists() and not (out / "tokenizer.json").exists()
     assert (out / "_work.tmp" / "read" / "000000.npz").is_file()
     reads = []
-    real_read = stages_mod.read
-    with mock.patch.object(stages_mod, "read", lambda *a: reads.append(a) or real_read(*a)):
+    real_read = stage_documents.read
+    with mock.patch.object(stage_documents, "read", lambda *a: reads.append(a) or real_read(*a)):
         manifest = prepare(cfg, quiet=True)  # continues: the completed stages are not run again
     assert reads == [] and not (out / "_work.tmp").exists()
     assert calls == ["train-00000.tar.gz", "train-00001.tar.gz"]
@@ -220,18 +219,16 @@ def test_the_bpe_is_trained_on_a_seeded_sample_when_the_corpus_is_larger(tmp_pat
 
 
 def test_a_run_continued_with_another_task_count_redoes_unfinished_stages_and_gives_the_same_bytes(tmp_path):
-    from lory_lightning.data import stages as stages_mod
-
     inputs = [str(p) for p in make_corpus(tmp_path / "in")]
     cfg = PrepareConfig(output=str(tmp_path / "o"), inputs=inputs, tasks=3, **SMALL)
-    real_encode = stages_mod.encode
+    real_encode = stage_encode.encode
 
     def encode_then_stop(folder, rank, tasks):  # rank 0 of 3 completes, rank 1 is interrupted
         if rank == 1:
             raise KeyboardInterrupt
         return real_encode(folder, rank, tasks)
 
-    with mock.patch.object(stages_mod, "encode", encode_then_stop), pytest.raises(KeyboardInterrupt):
+    with mock.patch.object(stage_encode, "encode", encode_then_stop), pytest.raises(KeyboardInterrupt):
         prepare(cfg, quiet=True)
     assert (tmp_path / "o" / "_work.tmp" / "logs" / "encode-3" / "completions" / "00000").is_file()
     continued = prepare(PrepareConfig(**{**cfg.__dict__, "tasks": 2}), quiet=True)  # rank 0 of 2 is not rank 0 of 3

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import make_corpus
 from lory_lightning.cli import main
-from lory_lightning.data import prepare as prepare_mod
+from lory_lightning.data.prepare import run as prepare_mod
 from lory_lightning.data.manifest import ManifestError, load_manifest
 from lory_lightning.data.prepare import PrepareConfig, prepare
 from lory_lightning.data.shards import verify_shards
@@ -201,9 +201,9 @@ def test_a_full_disk_while_writing_shards_names_the_folder(tmp_path, inputs, cap
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    from lory_lightning.data import stages as stages_mod
+    from lory_lightning.data.prepare import stage_write
 
-    monkeypatch.setattr(stages_mod, "write_shard", full)
+    monkeypatch.setattr(stage_write, "write_shard", full)
     out = tmp_path / "o"
     code, err = run(["--output", str(out), "--inputs", *inputs, "--seq_len", "64", "--vocab_size", "400"], capsys)
     assert code == 1 and err == f"lory prepare: error: {out}: No space left on device"
@@ -286,26 +286,22 @@ def test_a_truncated_manifest_names_the_file(tmp_path, inputs, capsys):
     assert "not valid JSON" in capsys.readouterr().err
 
 
-def test_a_folder_of_the_first_format_is_named_and_rebuilt_by_the_data_module(tmp_path, inputs):
+def test_a_folder_of_another_format_is_named_and_rebuilt_by_the_data_module(tmp_path, inputs):
     from lory_lightning.data.datamodule import LoryDataModule
 
     out = tmp_path / "o"
     prepare(PrepareConfig(output=str(out), inputs=inputs, **SMALL), quiet=True)
-    # what round 1 left: format 1 and plain .tar shards
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["format_version"] = 1
     (out / "manifest.json").write_text(json.dumps(manifest))
-    for p in out.glob("*.tar.gz"):
-        p.rename(p.with_name(p.name.removesuffix(".gz")))
     with pytest.raises(ManifestError, match=r"format_version 1 \(this version of lory reads 2: gzip-compressed "
                                             r".tar.gz shards\); prepare the folder again"):
         load_manifest(out)
     dm = LoryDataModule(data_dir=str(out), inputs=inputs, seq_len=64, vocab_size=400,
-                        prepare_args={"sequences_per_shard": 4, "val_fraction": 0.1})
+                        prepare={"sequences_per_shard": 4, "val_fraction": 0.1})
     dm.prepare_data()
     dm.setup("fit")
     assert load_manifest(out)["format_version"] == 2
-    assert not list(out.glob("*.tar"))  # the old shards are prepare's own: replaced, not left beside
 
 
 def test_prepare_and_perplexity_skip_a_lone_surrogate_and_count_it(tmp_path, inputs, capsys):

@@ -4,9 +4,12 @@ import hashlib
 
 import numpy as np
 
-from lory_lightning.data.partition import member_table, members
-from lory_lightning.data.stages import (BUCKETS, DEDUP_RANGE, balanced, bucket_bounds, dedup_ranges, digest_keys,
-                                        later_copies, mine, rows_of, same_domain_fraction)
+from lory_lightning.data.partition import member_table
+from lory_lightning.data.prepare.stage_documents import (BUCKETS, DEDUP_RANGE, bucket_bounds, dedup_ranges, digest_keys,
+                                                         later_copies, rows_of)
+from lory_lightning.data.prepare.stage_pack import same_domain_fraction
+from lory_lightning.data.prepare.work import balanced, mine
+from reference_ordering import members
 
 
 def _digest(i: int) -> np.ndarray:

@@ -20,12 +20,11 @@ pytestmark = pytest.mark.isolated  # runs lory code in child processes (pyprojec
 # process SIGKILLs itself at the chosen point (before or after the step's n-th call).
 DRIVER = """
 import os, signal, sys
-import lory_lightning.data.prepare as prepare_mod
-import lory_lightning.data.stages as stages_mod
+import importlib
 from lory_lightning.cli import main
 
 module, name, when, nth = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-target = {"prepare": prepare_mod, "stages": stages_mod}[module]
+target = importlib.import_module(f"lory_lightning.data.prepare.{module}")
 real, calls = getattr(target, name), [0]
 
 def killing(*args, **kwargs):
@@ -41,16 +40,17 @@ setattr(target, name, killing)
 sys.exit(main(["prepare", *sys.argv[5:]]))
 """
 
-STAGES = {  # id: (module, function, before/after, n-th call); stages run in this process with one worker
-    "while-deduplicating": ("stages", "later_copies", "before", 1),
-    "while-training-the-tokenizer": ("stages", "train_tokenizer", "before", 1),
-    "while-encoding": ("stages", "encode", "before", 1),
-    "while-clustering": ("stages", "embedding_rows", "before", 1),  # cluster's first read of the embeddings
-    "while-ordering": ("stages", "order_partition", "before", 1),
-    "after-the-first-piece": ("stages", "write_piece", "after", 1),  # pack: one piece of the stream written
-    "after-two-shards": ("stages", "write_shard", "after", 2),
-    "after-unigram-before-manifest": ("stages", "sha256_file", "after", 1),  # unigram.npy written, then its hash
-    "after-the-manifest": ("prepare", "load_manifest", "before", 1),  # finished, killed before cleaning up
+STAGES = {  # id: (module of lory_lightning.data.prepare where it is called, function, before/after, n-th call);
+    # stages run in this process with one worker
+    "while-deduplicating": ("stage_documents", "later_copies", "before", 1),
+    "while-training-the-tokenizer": ("stage_encode", "train_tokenizer", "before", 1),
+    "while-encoding": ("stage_encode", "encode", "before", 1),
+    "while-clustering": ("stage_order", "embedding_rows", "before", 1),  # cluster's first read of the embeddings
+    "while-ordering": ("stage_order", "order_partition", "before", 1),
+    "after-the-first-piece": ("stage_pack", "write_piece", "after", 1),  # pack: one piece of the stream written
+    "after-two-shards": ("stage_write", "write_shard", "after", 2),
+    "after-unigram-before-manifest": ("stage_write", "sha256_file", "after", 1),  # unigram.npy written, then its hash
+    "after-the-manifest": ("run", "load_manifest", "before", 1),  # finished, killed before cleaning up
 }
 ARGS = ["--seq_len", "32", "--vocab_size", "300", "--sequences_per_shard", "4", "--val_fraction", "0.1", "--quiet"]
 
@@ -100,7 +100,7 @@ def test_a_killed_worker_stops_the_run_with_a_message_and_a_rerun_continues(tmp_
     out = tmp_path / "data"
     args = ["--output", str(out), "--inputs", *inputs, *ARGS, "--workers", "2", "--tasks", "2"]
     # encode runs in the two worker processes: the first call in each SIGKILLs that worker, not the run
-    killed = subprocess.run([sys.executable, "-c", DRIVER, "stages", "encode", "before", "1", *args],
+    killed = subprocess.run([sys.executable, "-c", DRIVER, "stage_encode", "encode", "before", "1", *args],
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == 1, killed.stderr[-2000:]
     assert killed.stderr.strip().splitlines()[-1] == (

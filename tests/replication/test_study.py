@@ -13,7 +13,7 @@ from lory_lightning.replication.study import (
     BASE_CONFIG, FIRST_SEED, PAIRED, Run, file_digests, fingerprint, plan, run_config)
 
 TINY = dict(model=dict(segment_len=8, n_layer=2, n_head=2, dim=32, hidden_dim=48, num_experts=4),
-            data=dict(vocab_size=300, batch_size=4, prepare_args={"val_fraction": 0.1, "sequences_per_shard": 8}))
+            data=dict(vocab_size=300, batch_size=4, prepare={"val_fraction": 0.1, "sequences_per_shard": 8}))
 
 
 def test_plan_is_seed_major_with_the_single_runs_last():
@@ -67,7 +67,7 @@ def test_replicate_trains_each_run_once_and_the_report_rebuilds_byte_for_byte(tm
     assert set(lory["validation"]) == {"cooking", "space", "law"} and len(lory["mutual_information"]) == 2
     assert lory["config"]["data"]["data_dir"] == "runs/replicate/data-similarity-seed0" and lory["cpu_s"] > 0
     assert res["lory-similarity-8-layers-seed0"]["config"]["model"]["arch"]["n_layer"] == 8
-    assert res["lory-similarity-dedup-0.9-seed0"]["config"]["data"]["prepare_args"]["dedup_threshold"] == 0.9
+    assert res["lory-similarity-dedup-0.9-seed0"]["config"]["data"]["prepare"]["dedup_threshold"] == 0.9
     written = report.read_bytes()
     assert b"All 13 runs" not in written  # the default study has 5 seeds: this one is partial, and says so
     assert b"**In progress**: 13 of the 25 runs" in written and b"| p1 | lr 1e-3 | 123.4 |" in written
