@@ -72,3 +72,13 @@ def test_data_scale_benchmark_runs_end_to_end_at_tiny_size(small_data, tmp_path)
         "setup (manifest + a stat per shard)", f"read + sha256 all {numbers['train_shards']} training shards (at every read)",
         f"parse all {numbers['train_shards']} (decompress to the gzip trailer, untar, load)"]
     assert "| 50 |" in out.read_text() and "target: within 2x" in out.read_text()
+
+
+def test_benchmarks_md_shows_the_committed_cpu_results():
+    # Each CPU number lives once: BENCHMARKS.md shows benchmarks/results.md, the committed output of
+    # `python benchmarks/run.py`, line for line (a rerun that is not copied over fails here).
+    results = (ROOT / "benchmarks" / "results.md").read_text().splitlines()
+    shown = set((ROOT / "BENCHMARKS.md").read_text().splitlines())
+    tables = [line for line in results if line.startswith("|") or line.startswith("LoryDataModule streams")]
+    assert len(tables) > 40
+    assert [line for line in tables if line not in shown] == []
