@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .init import derive_seed, normal_
 from .fused import KERNELS, merged_swiglu_fused, use_fused
-from .merged_swiglu import merged_swiglu
+from .merged_swiglu import Scratch, merged_swiglu
 
 if TYPE_CHECKING:  # annotations only: config.py imports the layers through model/ffn.py
     from .config import ModelConfig
@@ -340,6 +340,8 @@ class LoryMoE(RoutedExperts):
         # exactly a dense SwiGLU; model/upcycle.py ends it. A buffer, so checkpoints keep it.
         self.register_buffer("dense_phase", torch.tensor(False))
         self.is_dense = False  # host-side mirror: reading the buffer every forward would sync a GPU
+        # CPU buffers of the recomputing path; a model gives all its Lory layers one (they run in turn)
+        self.scratch = Scratch()
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> LoryMoE:
@@ -418,7 +420,8 @@ class LoryMoE(RoutedExperts):
             y = merged_swiglu_fused(xs, routing.weights.reshape(B * N, -1), self.w_gate, self.w_up, self.w_down)
         elif self.recompute_merge and torch.is_grad_enabled():
             # Saves what a dense SwiGLU saves; the merge runs again in backward (model/merged_swiglu.py).
-            y = merged_swiglu(xs, routing.weights.reshape(B * N, -1), self.w_gate, self.w_up, self.w_down)
+            y = merged_swiglu(xs, routing.weights.reshape(B * N, -1), self.w_gate, self.w_up, self.w_down,
+                              self.scratch)
         else:
             w_gate, w_up, w_down = self.merged(routing.weights)  # (B, N, d, f), (B, N, d, f), (B, N, f, d)
             y = swiglu(xs, w_gate.view(B * N, d, -1), w_up.view(B * N, d, -1),

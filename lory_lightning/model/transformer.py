@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from .config import ModelConfig
 from .init import derive_seed, model_seed, normal_
 from .moe import ROUTING_MODES, MergedFFNCache, RoutedExperts, Routing, RoutingMode
+from .merged_swiglu import Scratch
 
 
 class ModelOutput(NamedTuple):
@@ -154,6 +155,11 @@ class LoryTransformer(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.reset_parameters(seed)
+        # One set of CPU buffers for all Lory layers: they run one after another (merged_swiglu.Scratch)
+        shared = Scratch()
+        for block in self.blocks:
+            if hasattr(block.ffn, "scratch"):
+                block.ffn.scratch = shared
 
     def reset_parameters(self, seed: int | None = None) -> None:
         """Draw every weight; each part from a seed derived from ``seed`` (default: one draw of the

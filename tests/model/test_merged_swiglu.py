@@ -123,3 +123,26 @@ def test_merged_swiglu_refuses_double_backward():
     y = plain(x)
     (gx,) = torch.autograd.grad(y.sum(), [x], create_graph=True)
     assert gx.requires_grad
+
+
+def test_the_cpu_buffers_belong_to_one_model_and_reuse_gives_the_same_gradients():
+    from lory_lightning.model import LoryTransformer, ModelConfig
+    from lory_lightning.model.merged_swiglu import Scratch, merged_swiglu
+
+    cfg = ModelConfig(vocab_size=64, seq_len=32, segment_len=8, n_layer=3, dim=16, n_head=2, hidden_dim=24,
+                      num_experts=4)
+    one, two = LoryTransformer(cfg), LoryTransformer(cfg)
+    assert len({id(b.ffn.scratch) for b in one.blocks}) == 1  # the layers of a model run in turn: one set
+    assert one.blocks[0].ffn.scratch is not two.blocks[0].ffn.scratch  # never shared between models
+    _, lean = pair()
+    torch.manual_seed(0)
+    xs, weights = torch.randn(6, 8, 16, dtype=torch.float64), torch.softmax(torch.randn(6, 4, dtype=torch.float64), -1)
+    params = [lean.w_gate, lean.w_up, lean.w_down]
+    grads = {}
+    scratch = Scratch()
+    for name, buffers in (("fresh", None), ("kept once", scratch), ("kept twice", scratch)):
+        y = merged_swiglu(xs, weights, *params, buffers)
+        grads[name] = [y.detach(), *torch.autograd.grad(y.square().sum(), params)]
+    assert scratch.buffers  # the buffers were used and kept
+    for name in ("kept once", "kept twice"):
+        assert all(torch.equal(a, b) for a, b in zip(grads[name], grads["fresh"]))
