@@ -113,7 +113,7 @@ def shard_blocks(model: nn.Module, mesh: Any, checkpoint_blocks: bool = False,
         return
     for block in [m for m in model.modules() if isinstance(m, Block)]:
         if checkpoint_blocks:
-            block.checkpoint_activations = True
+            block.gradient_checkpointing = True
         fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
 

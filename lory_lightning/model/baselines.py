@@ -66,11 +66,18 @@ def dense_gates(idx: Tensor, gates: Tensor, num_experts: int) -> Tensor:
 class _Stateless:
     """Token-level routing needs no decoding state: prefill and decode are the inference forward."""
 
-    def prefill(self, x: Tensor, mode: RoutingMode) -> tuple[Tensor, None]:
-        return self.forward_with_routing(x)[0], None
+    def prefill(self, x: Tensor, mode: RoutingMode, lengths: Tensor | None = None) -> tuple[Tensor, None]:
+        return self.forward_with_routing(x, lengths)[0], None
 
-    def decode(self, x: Tensor, cache: None, pos: int) -> Tensor:
+    def decode(self, x: Tensor, cache: None, pos: int | Tensor) -> Tensor:
         return self.forward_with_routing(x)[0]
+
+
+def refuse_padding(kind: str, lengths: Tensor | None) -> None:
+    """Expert Choice kinds pick among the batch's tokens or segments: padding would take capacity."""
+    if lengths is not None:
+        raise ValueError(f"model.ffn {kind}: its experts choose among the batch's tokens or segments, so padding "
+                         "would take their capacity; give it unpadded batches (lory, dense and top-k take padded ones)")
 
 
 class TopKMoE(_Stateless, RoutedExperts):
@@ -100,8 +107,8 @@ class TopKMoE(_Stateless, RoutedExperts):
     def flops_per_token(cfg: ModelConfig) -> float:
         return cfg.top_k * 6 * cfg.dim * cfg.hidden_dim + 2 * cfg.dim * cfg.num_experts  # k experts + router
 
-    def forward_with_routing(self, x: Tensor) -> tuple[Tensor, Routing]:
-        B, L, d = x.shape
+    def forward_with_routing(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Routing]:
+        B, L, d = x.shape  # per token: padding never reaches a token (its routing stats count it)
         logits = self.router_logits(x)  # (B, L, E)
         top_logits, idx = logits.topk(self.top_k, dim=-1)  # (B, L, k)
         gates = top_logits.softmax(dim=-1)  # (B, L, k)
@@ -133,7 +140,8 @@ class ExpertChoiceMoE(_Stateless, RoutedExperts):
         # c experts' SwiGLU per token on average, and a router per token
         return cfg.capacity_factor * 6 * cfg.dim * cfg.hidden_dim + 2 * cfg.dim * cfg.num_experts
 
-    def forward_with_routing(self, x: Tensor) -> tuple[Tensor, Routing]:
+    def forward_with_routing(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Routing]:
+        refuse_padding("expert_choice", lengths)
         B, L, d = x.shape
         logits = self.router_logits(x)  # (B, L, E)
         scores = logits.softmax(dim=-1)  # (B, L, E)
@@ -206,7 +214,8 @@ class SegmentExpertChoiceMoE(RoutedExperts):
             y = y + gates[:, j, None, None].to(xs.dtype) * swiglu(xs, self.w_gate[e], self.w_up[e], self.w_down[e])
         return y
 
-    def forward_with_routing(self, x: Tensor) -> tuple[Tensor, Routing]:
+    def forward_with_routing(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Routing]:
+        refuse_padding("segment_expert_choice", lengths)
         B, L, d = x.shape
         T, E = self.segment_len, self.num_experts
         N = math.ceil(L / T)
@@ -235,9 +244,11 @@ class SegmentExpertChoiceMoE(RoutedExperts):
         y = y.reshape(B, N * T, d)
         return (y[:, :L] if pad else y), Routing(logits, weights)
 
-    def prefill(self, x: Tensor, mode: RoutingMode) -> tuple[Tensor, SegmentChoiceCache]:
+    def prefill(self, x: Tensor, mode: RoutingMode,
+                lengths: Tensor | None = None) -> tuple[Tensor, SegmentChoiceCache]:
         """prompt: the prompt's top-k experts (routed on its mean) serve it and every new token;
         segment: the inference forward, then a new choice at every segment boundary."""
+        refuse_padding("segment_expert_choice", lengths)
         if mode == "prompt":
             gates, idx = self.router_logits(x.mean(dim=1)).softmax(dim=-1).topk(self.inference_k, dim=-1)
             return self._apply_topk(x, idx, gates), SegmentChoiceCache(mode, idx, gates)
@@ -245,7 +256,7 @@ class SegmentExpertChoiceMoE(RoutedExperts):
         gates, idx = routing.weights[:, -1].topk(self.inference_k, dim=-1)  # (B, k)
         return y, SegmentChoiceCache(mode, idx, gates, SegmentMean.after_prompt(x, self.segment_len))
 
-    def decode(self, x: Tensor, cache: SegmentChoiceCache, pos: int) -> Tensor:
+    def decode(self, x: Tensor, cache: SegmentChoiceCache, pos: int | Tensor) -> Tensor:
         if cache.segment is not None:
             completed = cache.segment.add(x[:, 0], pos)  # (B, d) when a segment just completed
             if completed is not None and self.policy.reroutes_at(pos, self.segment_len):

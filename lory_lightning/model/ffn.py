@@ -32,7 +32,9 @@ class FFN(Protocol):
 
     Instance side, the inference protocol: ``forward_with_routing`` (teacher-forced, returns the
     layer's Routing or None), ``prefill`` (the prompt, returns the decoding state) and ``decode`` (one
-    token at an absolute position, updating that state).
+    token at an absolute position, updating that state). ``lengths`` (B,) marks a padded batch whose
+    rows start at position 0 (model/padding.py); ``pos`` is then (B,), each row's own position. A kind
+    whose routing padding would change refuses it with a clear error (the Expert Choice baselines).
     """
 
     routed: ClassVar[bool]
@@ -55,11 +57,11 @@ class FFN(Protocol):
         """Draw the weights; with ``seed``, from generators seeded by it (model/init.py), so that
         models built after the same seed share what they have in common."""
 
-    def forward_with_routing(self, x: Tensor) -> tuple[Tensor, Routing | None]: ...
+    def forward_with_routing(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Routing | None]: ...
 
-    def prefill(self, x: Tensor, mode: RoutingMode) -> tuple[Tensor, Any]: ...
+    def prefill(self, x: Tensor, mode: RoutingMode, lengths: Tensor | None = None) -> tuple[Tensor, Any]: ...
 
-    def decode(self, x: Tensor, cache: Any, pos: int) -> Tensor: ...
+    def decode(self, x: Tensor, cache: Any, pos: int | Tensor) -> Tensor: ...
 
 
 FFN_KINDS: dict[str, type[FFN]] = {

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput
@@ -25,12 +26,17 @@ class LoryCausalLMOutput(ModelOutput):
     loss: Tensor | None = None
     logits: Tensor | None = None
     cache: InferenceCache | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None  # never given: see LoryForCausalLM.forward
 
 
 class LoryPreTrainedModel(PreTrainedModel):
     config_class = LoryConfig
     base_model_prefix = "model"
     _no_split_modules = ["Block"]
+    supports_gradient_checkpointing = True  # Block.gradient_checkpointing, set by gradient_checkpointing_enable
+    _supports_sdpa = True  # attention is torch's scaled_dot_product_attention, whatever is asked
+    _tied_weights_keys = {"model.lm_head.weight": "model.tok_emb.weight"}  # with config.tie_word_embeddings
 
     def _init_weights(self, module: torch.nn.Module) -> None:
         pass  # LoryTransformer initializes itself; from_pretrained then loads every weight
@@ -47,9 +53,18 @@ def _grow(cache: InferenceCache, needed: int) -> None:
     size = max(needed, 2 * cache.max_len)
     for store in (cache.k, cache.v):
         for i, t in enumerate(store):
-            bigger = t.new_empty(*t.shape[:2], size, t.shape[3])  # (B, nh, S', hs)
+            bigger = t.new_zeros(*t.shape[:2], size, t.shape[3])  # (B, nh, S', hs); zeros: see new_cache
             bigger[:, :, :cache.length] = t[:, :, :cache.length]
             store[i] = bigger
+
+
+def causal_lm_loss(logits: Tensor, labels: Tensor, num_items_in_batch: int | Tensor | None = None) -> Tensor:
+    """Next-token cross-entropy of logits (B, L, V) against labels (B, L), -100 ignored (transformers'
+    convention); divided by ``num_items_in_batch`` when the Trainer counts tokens over accumulated batches."""
+    flat_logits, flat_labels = logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten()
+    if num_items_in_batch is None:
+        return F.cross_entropy(flat_logits, flat_labels, ignore_index=-100)
+    return F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="sum") / num_items_in_batch
 
 
 class LoryForCausalLM(LoryPreTrainedModel, GenerationMixin):
@@ -61,31 +76,58 @@ class LoryForCausalLM(LoryPreTrainedModel, GenerationMixin):
     def get_input_embeddings(self) -> torch.nn.Embedding:
         return self.model.tok_emb
 
+    def set_input_embeddings(self, value: torch.nn.Embedding) -> None:
+        self.model.tok_emb = value
+
     def get_output_embeddings(self) -> torch.nn.Linear:
         return self.model.lm_head
 
+    def set_output_embeddings(self, value: torch.nn.Linear) -> None:
+        self.model.lm_head = value
+
+    def resize_token_embeddings(self, *args, **kwargs) -> torch.nn.Embedding:  # noqa: ANN002, ANN003
+        embeddings = super().resize_token_embeddings(*args, **kwargs)
+        self.model.config = self.config.to_model_config()  # the decoder's own copy of the vocabulary size
+        return embeddings
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: InferenceCache | None = None,
-                use_cache: bool | None = None, labels: Tensor | None = None, **kwargs) -> LoryCausalLMOutput:  # noqa: ANN003
-        """input_ids (B, L) -> logits (B, L, V); ``labels`` (B, L) give the mean next-token loss."""
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError("LoryForCausalLM takes unpadded batches (equal-length prompts): segment routing "
-                             "averages every position of a segment, padding included")
+                use_cache: bool | None = None, labels: Tensor | None = None,
+                output_hidden_states: bool | None = None, output_attentions: bool | None = None,
+                **kwargs) -> LoryCausalLMOutput:  # noqa: ANN003
+        """input_ids (B, L) -> logits (B, L, V); ``labels`` (B, L) give the mean next-token loss.
+
+        ``attention_mask`` (B, L) may pad rows on the left or the right: each row computes what it
+        computes alone (model/padding.py). Attention weights are not given: torch's
+        scaled_dot_product_attention computes attention without forming them.
+        """
+        if output_attentions:
+            raise ValueError("LoryForCausalLM computes attention with torch's scaled_dot_product_attention, which "
+                             "does not form the attention weights: call it with output_attentions=False")
+        hidden = None
         if cache is None and not use_cache:
-            logits = self.model(input_ids).logits  # (B, L, V): the training computation
+            out = self.model(input_ids, attention_mask, output_hidden_states=bool(output_hidden_states))
+            logits, hidden = out.logits, out.hidden  # (B, L, V): the training computation
         else:
+            if output_hidden_states:
+                raise ValueError("LoryForCausalLM gives hidden states from the forward without a cache: "
+                                 "call it with use_cache=False")
             if cache is None:
                 cache = self.model.new_cache(input_ids.shape[0], input_ids.shape[1], self.config.routing)
             _grow(cache, cache.length + input_ids.shape[1])
-            logits = self.model.step(input_ids, cache)  # (B, L, V)
+            logits = self.model.step(input_ids, cache, attention_mask)  # (B, L, V)
         loss = None
         if labels is not None:
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten())
-        return LoryCausalLMOutput(loss=loss, logits=logits, cache=cache if use_cache else None)
+            loss = causal_lm_loss(logits, labels, kwargs.get("num_items_in_batch"))
+        return LoryCausalLMOutput(loss=loss, logits=logits, cache=cache if use_cache else None, hidden_states=hidden)
 
     def prepare_inputs_for_generation(self, input_ids: Tensor, cache: InferenceCache | None = None,
                                       attention_mask: Tensor | None = None, use_cache: bool | None = True,
                                       **kwargs) -> dict:  # noqa: ANN003
-        # With a cache, only the tokens it has not seen: the prompt once, then one token a step.
+        if not use_cache and self.config.routing == "prompt":
+            raise ValueError("routing 'prompt' merges each layer's experts once from the prompt, which only the cache "
+                             "remembers: generate with use_cache=True, or set model.config.routing = 'segment' "
+                             "(the training computation, which a forward without a cache repeats exactly)")
+        # With a cache, only the token it has not seen: the prompt once, then one token a step.
         if cache is not None:
-            input_ids = input_ids[:, cache.length:]
+            input_ids = input_ids[:, -1:]
         return {"input_ids": input_ids, "cache": cache, "use_cache": use_cache, "attention_mask": attention_mask}

@@ -43,20 +43,24 @@ class Routing(NamedTuple):
 # ----------------------------------------------------------------------------- pure functions
 
 
-def segment_means(x: Tensor, segment_len: int) -> Tensor:
+def segment_means(x: Tensor, segment_len: int, lengths: Tensor | None = None) -> Tensor:
     """Mean of the FFN inputs over each segment: (B, L, d) -> (B, N, d), N = ceil(L / T).
 
-    A partial last segment (inference only) is averaged over the positions it has.
+    A partial last segment is averaged over the positions it has. ``lengths`` (B,) gives each row's
+    tokens in a padded batch whose rows start at position 0 (model/padding.py): a segment averages
+    only its tokens, so padding never moves a routing decision; a segment of padding alone is 0.
     """
     B, L, d = x.shape
     N = math.ceil(L / segment_len)
     pad = N * segment_len - L
-    if pad == 0:
+    if pad == 0 and lengths is None:
         return x.view(B, N, segment_len, d).mean(dim=2)  # (B, N, d)
-    sums = F.pad(x, (0, 0, 0, pad)).view(B, N, segment_len, d).sum(dim=2)  # (B, N, d)
-    counts = torch.full((N, 1), float(segment_len), device=x.device, dtype=x.dtype)
-    counts[-1] = segment_len - pad
-    return sums / counts  # (B, N, d)
+    limit = torch.full((B,), L, device=x.device) if lengths is None else lengths
+    real = torch.arange(N * segment_len, device=x.device) < limit[:, None]  # (B, N*T): a token, not padding
+    xs = F.pad(x, (0, 0, 0, pad)).masked_fill(~real[..., None], 0)  # (B, N*T, d)
+    sums = xs.view(B, N, segment_len, d).sum(dim=2)  # (B, N, d)
+    counts = real.view(B, N, segment_len).sum(dim=2, keepdim=True).clamp(min=1)  # (B, N, 1)
+    return sums / counts.to(x.dtype)  # (B, N, d)
 
 
 def causal_shift(probs: Tensor) -> Tensor:
@@ -110,12 +114,19 @@ class SegmentMean:
     total: Tensor
     segment_len: int
 
-    def add(self, x: Tensor, pos: int) -> Tensor | None:
-        """Take the input x (B, d) of the token at absolute position ``pos``.
+    def add(self, x: Tensor, pos: int | Tensor) -> Tensor | None:
+        """Take the input x (B, d) of the token at absolute position ``pos``: an int, or (B,) each
+        row's own position in a padded batch.
 
-        Returns the mean input (B, d) of the segment that ended just before ``pos`` when ``pos``
-        starts a new segment (a multiple of T), else None.
+        Returns the mean input (B, d) of the segment that ended just before ``pos`` where ``pos``
+        starts a new segment (a multiple of T): with an int, None when it does not; with (B,), every
+        row's current sum / T, which only the rows that start a segment use.
         """
+        if isinstance(pos, Tensor):
+            starts = (pos % self.segment_len == 0)[:, None]  # (B, 1)
+            completed = self.total / self.segment_len  # (B, d)
+            self.total = self.total.masked_fill(starts, 0) + x  # (B, d)
+            return completed
         completed = None
         if pos % self.segment_len == 0:
             completed = self.total / self.segment_len  # (B, d)
@@ -124,10 +135,16 @@ class SegmentMean:
         return completed
 
     @classmethod
-    def after_prompt(cls, x: Tensor, segment_len: int) -> "SegmentMean":
-        """The state after a prompt x (B, P, d): the sum over its last (possibly partial) segment."""
-        last_start = (x.shape[1] - 1) // segment_len * segment_len
-        return cls(x[:, last_start:].sum(dim=1), segment_len)  # (B, d)
+    def after_prompt(cls, x: Tensor, segment_len: int, lengths: Tensor | None = None) -> "SegmentMean":
+        """The state after a prompt x (B, P, d): the sum over its last (possibly partial) segment;
+        with ``lengths`` (B,) (a padded batch, rows from position 0), each row's own last segment."""
+        if lengths is None:
+            last_start = (x.shape[1] - 1) // segment_len * segment_len
+            return cls(x[:, last_start:].sum(dim=1), segment_len)  # (B, d)
+        pos = torch.arange(x.shape[1], device=x.device)  # (P,)
+        last_start = (lengths - 1) // segment_len * segment_len  # (B,)
+        in_last = (pos >= last_start[:, None]) & (pos < lengths[:, None])  # (B, P)
+        return cls(x.masked_fill(~in_last[..., None], 0).sum(dim=1), segment_len)  # (B, d)
 
 
 @dataclass
@@ -155,8 +172,9 @@ class CausalSegmentRouting:
         """(B, N, E) each segment's own probabilities -> (B, N, E) the weights each segment merges."""
         return causal_shift(probs)
 
-    def reroutes_at(self, pos: int, segment_len: int) -> bool:
-        """While decoding: does the token at ``pos`` start a segment with a new merge?"""
+    def reroutes_at(self, pos: int | Tensor, segment_len: int) -> bool | Tensor:
+        """While decoding: does the token at ``pos`` (an int, or (B,) positions) start a segment with a
+        new merge?"""
         return pos % segment_len == 0
 
 
@@ -171,7 +189,7 @@ class FirstSegmentRouting(CausalSegmentRouting):
         first = probs[:, :1]  # (B, 1, E)
         return torch.cat([first.detach(), first.expand(-1, probs.shape[1] - 1, -1)], dim=1)  # (B, N, E)
 
-    def reroutes_at(self, pos: int, segment_len: int) -> bool:
+    def reroutes_at(self, pos: int | Tensor, segment_len: int) -> bool | Tensor:
         # A prompt shorter than one segment routed segment 0 on what it had; when segment 0
         # completes, the rest of the sequence routes on its full mean, as the full forward does.
         return pos == segment_len
@@ -229,13 +247,13 @@ class SwiGLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return swiglu(x, self.w_gate, self.w_up, self.w_down)  # (B, L, d)
 
-    def forward_with_routing(self, x: Tensor) -> tuple[Tensor, None]:
+    def forward_with_routing(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, None]:
+        return self(x), None  # per token: padding never reaches a token
+
+    def prefill(self, x: Tensor, mode: RoutingMode, lengths: Tensor | None = None) -> tuple[Tensor, None]:
         return self(x), None
 
-    def prefill(self, x: Tensor, mode: RoutingMode) -> tuple[Tensor, None]:
-        return self(x), None
-
-    def decode(self, x: Tensor, cache: None, pos: int) -> Tensor:
+    def decode(self, x: Tensor, cache: None, pos: int | Tensor) -> Tensor:
         return self(x)
 
 
@@ -369,9 +387,9 @@ class LoryMoE(RoutedExperts):
         # recompute_merge: backward merges the three matrices again, once per segment
         return 6 * cfg.num_experts * cfg.dim * cfg.hidden_dim / cfg.segment_len if cfg.recompute_merge else 0.0
 
-    def route(self, x: Tensor) -> Routing:
-        """Segment routing of x (B, L, d): logits and applied weights, each (B, N, E)."""
-        logits = self.router_logits(segment_means(x, self.segment_len))  # (B, N, E)
+    def route(self, x: Tensor, lengths: Tensor | None = None) -> Routing:
+        """Segment routing of x (B, L, d) (``lengths``: segment_means): logits and applied weights, each (B, N, E)."""
+        logits = self.router_logits(segment_means(x, self.segment_len, lengths))  # (B, N, E)
         probs = logits.softmax(dim=-1)  # (B, N, E)
         if self.is_dense:
             return Routing(logits=logits, weights=self._first_expert_only(probs))
@@ -405,13 +423,13 @@ class LoryMoE(RoutedExperts):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.is_dense = bool(self.dense_phase)  # the checkpoint decides the phase; read it once here
 
-    def forward_with_routing(self, x: Tensor) -> tuple[Tensor, Routing]:
-        """y (B, L, d) and the layer's Routing. Training needs L % T == 0; inference may have a tail."""
+    def forward_with_routing(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Routing]:
+        """y (B, L, d) and the layer's Routing. A partial last segment is averaged over the positions
+        it has (pre-training cuts whole segments: check_whole_segments; fine-tuning examples and
+        prompts have any length); ``lengths`` (B,): each row's tokens in a padded batch (segment_means)."""
         B, L, d = x.shape
         T = self.segment_len
-        if L % T and self.training:
-            raise ValueError(f"sequence length {L} is not a multiple of segment_len {T} in training")
-        routing = self.route(x)
+        routing = self.route(x, lengths)
         N = routing.weights.shape[1]
         pad = N * T - L
         xs = (F.pad(x, (0, 0, 0, pad)) if pad else x).reshape(B * N, T, d)  # (B*N, T, d)
@@ -431,28 +449,50 @@ class LoryMoE(RoutedExperts):
 
     # ------------------------------------------------------------------ incremental decoding
 
-    def prefill(self, x: Tensor, mode: RoutingMode) -> tuple[Tensor, MergedFFNCache]:
+    def prefill(self, x: Tensor, mode: RoutingMode,
+                lengths: Tensor | None = None) -> tuple[Tensor, MergedFFNCache]:
         """Run the prompt x (B, P, d) and return y (B, P, d) with the state for decoding.
 
         prompt: route once on the mean of the whole prompt, merge once, and keep that FFN for the
             prompt and every generated token (LORY.md section 2; a dense model's decoding cost).
         segment: exactly the training computation; the state holds the last segment's merged FFN
             and the running input sum from which the next segment will route.
+        ``lengths`` (B,): each row's tokens in a padded batch whose rows start at position 0.
         """
         if mode == "prompt":
-            probs = self._inference_probs(x.mean(dim=1))  # (B, E)
-            w_gate, w_up, w_down = self.merged(probs)  # (B, d, f), (B, d, f), (B, f, d)
+            if lengths is None:
+                mean = x.mean(dim=1)  # (B, d)
+            else:
+                real = torch.arange(x.shape[1], device=x.device) < lengths[:, None]  # (B, P)
+                mean = x.masked_fill(~real[..., None], 0).sum(dim=1) / lengths[:, None].to(x.dtype)  # (B, d)
+            w_gate, w_up, w_down = self.merged(self._inference_probs(mean))  # (B, d, f), (B, d, f), (B, f, d)
             return swiglu(x, w_gate, w_up, w_down), MergedFFNCache(mode, w_gate, w_up, w_down)
         if mode != "segment":
             raise ValueError(f"routing mode must be one of {ROUTING_MODES}, got {mode!r}")
-        y, routing = self.forward_with_routing(x)
-        w_gate, w_up, w_down = self.merged(routing.weights[:, -1])  # (B, d, f), (B, d, f), (B, f, d)
-        return y, MergedFFNCache(mode, w_gate, w_up, w_down, SegmentMean.after_prompt(x, self.segment_len))
+        y, routing = self.forward_with_routing(x, lengths)
+        if lengths is None:
+            current = routing.weights[:, -1]  # (B, E): the last segment's
+        else:  # each row's own last segment
+            rows = torch.arange(x.shape[0], device=x.device)
+            current = routing.weights[rows, (lengths - 1) // self.segment_len]  # (B, E)
+        w_gate, w_up, w_down = self.merged(current)  # (B, d, f), (B, d, f), (B, f, d)
+        return y, MergedFFNCache(mode, w_gate, w_up, w_down, SegmentMean.after_prompt(x, self.segment_len, lengths))
 
-    def decode(self, x: Tensor, cache: MergedFFNCache, pos: int) -> Tensor:
-        """One new token x (B, 1, d) at absolute position ``pos`` -> y (B, 1, d); updates cache."""
+    def decode(self, x: Tensor, cache: MergedFFNCache, pos: int | Tensor) -> Tensor:
+        """One new token x (B, 1, d) at absolute position ``pos`` -> y (B, 1, d); updates cache.
+
+        ``pos`` is an int, or (B,) each row's own position in a padded batch: there the rows start
+        segments at different steps, and only the rows that start one merge anew.
+        """
         if cache.segment is not None:
             completed = cache.segment.add(x[:, 0], pos)  # (B, d) when a segment just completed
-            if completed is not None and self.policy.reroutes_at(pos, self.segment_len):
+            due = self.policy.reroutes_at(pos, self.segment_len)  # bool, or (B,) bool
+            if isinstance(due, Tensor):
+                if bool(due.any()):  # a host sync per layer and token, in padded batches only
+                    merged = self.merged(self._inference_probs(completed))
+                    keep = ~due[:, None, None]  # (B, 1, 1)
+                    cache.w_gate, cache.w_up, cache.w_down = (
+                        torch.where(keep, old, new) for old, new in zip((cache.w_gate, cache.w_up, cache.w_down), merged))
+            elif completed is not None and due:
                 cache.w_gate, cache.w_up, cache.w_down = self.merged(self._inference_probs(completed))
         return swiglu(x, cache.w_gate, cache.w_up, cache.w_down)  # (B, 1, d)

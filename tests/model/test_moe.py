@@ -60,10 +60,35 @@ def test_parity_with_partial_last_segment_at_inference():
     torch.testing.assert_close(layer(x), reference_forward(layer, x), rtol=0, atol=1e-12)
 
 
-def test_training_rejects_length_not_multiple_of_segment():
+def test_a_partial_last_segment_trains_as_the_reference():
+    # pre-training cuts whole segments (check_whole_segments); fine-tuning examples have any length
     layer = make_layer().train()
-    with pytest.raises(ValueError, match="not a multiple of segment_len 8"):
-        layer(torch.randn(1, 3 * T + 1, D, dtype=torch.float64))
+    x = torch.randn(2, 3 * T + 3, D, dtype=torch.float64, requires_grad=True)
+    y, y_ref = layer(x), reference_forward(layer, x)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
+    grad_out = torch.randn_like(y)
+    grads = torch.autograd.grad((y * grad_out).sum(), [x, *layer.parameters()])
+    grads_ref = torch.autograd.grad((y_ref * grad_out).sum(), [x, *layer.parameters()])
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("recompute", [True, False])
+def test_padded_rows_compute_what_each_row_computes_alone(recompute):
+    layer = make_layer().train()
+    layer.recompute_merge = recompute
+    lengths = torch.tensor([3 * T + 3, T - 2, 2 * T, 4 * T])
+    x = torch.randn(4, 4 * T, D, dtype=torch.float64, requires_grad=True)  # rows from position 0, padding after
+    y, routing = layer.forward_with_routing(x, lengths)
+    real = torch.arange(4 * T) < lengths[:, None]  # (B, L)
+    (g,) = torch.autograd.grad((y * real[..., None]).sum(), [x])
+    assert g[~real].abs().max() == 0  # padding reaches no token
+    for b, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(y[b, :n], reference_forward(layer, x[b:b + 1, :n])[0], rtol=0, atol=1e-12)
+    # a segment of padding alone has mean 0, not 0 / 0
+    assert torch.isfinite(routing.logits).all()
+    means = segment_means(x.detach(), T, lengths)  # (B, N, d)
+    assert means[1, 1:].abs().max() == 0 and torch.allclose(means[1, 0], x[1, :T - 2].detach().mean(0))
 
 
 @pytest.mark.parametrize("q", [T, T + 3, 2 * T + 5, 4 * T - 1])
@@ -134,7 +159,7 @@ def test_one_hot_routing_equals_the_chosen_expert():
     x = torch.randn(2, 4 * T, D, dtype=torch.float64)
     chosen = torch.tensor([[2, 0, 3, 1], [1, 1, 0, 2]])  # (B, N)
     onehot = F.one_hot(chosen, E).to(torch.float64)
-    layer.route = lambda inp: Routing(logits=onehot.log(), weights=onehot)
+    layer.route = lambda inp, lengths=None: Routing(logits=onehot.log(), weights=onehot)
     y = layer(x)
     for b in range(2):
         for k in range(4):

@@ -70,10 +70,21 @@ def looks_finished_only_if_complete(folder):
     return True
 
 
+@pytest.fixture(scope="module")
+def never_killed(tmp_path_factory):
+    """The corpus the kills prepare, and its folder prepared once without a kill: what every rerun must equal."""
+    tmp = tmp_path_factory.mktemp("never-killed")
+    inputs = [str(p) for p in make_corpus(tmp / "in", docs_per_domain=60)]
+    fresh = subprocess.run([sys.executable, "-m", "lory_lightning", "prepare", "--output", str(tmp / "fresh"),
+                            "--inputs", *inputs, *ARGS], capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    return inputs, tmp / "fresh"
+
+
 @pytest.mark.slow  # nine kills, each a full prepare in a child process and its rerun
 @pytest.mark.parametrize("stage", list(STAGES), ids=list(STAGES))
-def test_kill_9_during_prepare(tmp_path, stage):
-    inputs = [str(p) for p in make_corpus(tmp_path / "in", docs_per_domain=60)]
+def test_kill_9_during_prepare(tmp_path, stage, never_killed):
+    inputs, fresh = never_killed
     out = tmp_path / "data"
     args = ["--output", str(out), "--inputs", *inputs, *ARGS]
     killed = subprocess.run([sys.executable, "-c", DRIVER, *map(str, STAGES[stage]), *args], capture_output=True, text=True,
@@ -88,11 +99,8 @@ def test_kill_9_during_prepare(tmp_path, stage):
     assert again.returncode == 0, again.stderr[-2000:]
     assert looks_finished_only_if_complete(out)
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
-    fresh = subprocess.run([sys.executable, "-m", "lory_lightning", "prepare", "--output", str(tmp_path / "fresh"),
-                            "--inputs", *inputs, *ARGS], capture_output=True, text=True, timeout=300)
-    assert fresh.returncode == 0, fresh.stderr[-2000:]
-    for name in sorted(p.name for p in (tmp_path / "fresh").iterdir() if p.name != ".lory-prepare"):
-        assert (out / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes(), name  # as if never killed
+    for name in sorted(p.name for p in fresh.iterdir() if p.name != ".lory-prepare"):
+        assert (out / name).read_bytes() == (fresh / name).read_bytes(), name  # as if never killed
 
 
 def test_a_killed_worker_stops_the_run_with_a_message_and_a_rerun_continues(tmp_path):
