@@ -80,11 +80,13 @@ class ExportArgs:
         ckpt_path: A checkpoint written by `lory fit`.
         output: A new (or empty) folder.
         routing: How the exported model routes when it generates (config.routing, changeable later).
+        chat_template: A Jinja file: the tokenizer's chat template (apply_chat_template), for chat fine-tuning.
     """
 
     ckpt_path: str
     output: str
     routing: Literal["prompt", "segment"] = "prompt"
+    chat_template: Optional[str] = None
 
 
 @dataclass
@@ -373,7 +375,13 @@ def _export(values: dict[str, Any]) -> int:
         from .export import export
     except ImportError as err:
         raise ValueError(f"lory export needs transformers: pip install -e \".[hf]\" ({err})") from err
-    out = export(args.ckpt_path, args.output, args.routing)
+    template = None
+    if args.chat_template is not None:
+        try:
+            template = Path(args.chat_template).read_text()
+        except OSError as err:
+            raise ValueError(f"--chat_template {args.chat_template}: {err.strerror or err}") from err
+    out = export(args.ckpt_path, args.output, args.routing, template)
     print(f"{out}: {json.loads((out / 'lory_export.json').read_text())['architecture']} "
           "(AutoModelForCausalLM.from_pretrained)")
     return 0

@@ -64,10 +64,14 @@ def llama_config(cfg: ModelConfig, **tokens: Any):  # noqa: ANN201 (transformers
                        torch_dtype="float32", **tokens)
 
 
-def _write_tokenizer(ckpt: dict[str, Any], output: Path, max_length: int) -> dict[str, int]:
+def _write_tokenizer(ckpt: dict[str, Any], output: Path, max_length: int,
+                     chat_template: str | None = None) -> dict[str, int]:
     """tokenizer.json + tokenizer_config.json with eos = bos = pad = the end-of-text token the data was
-    packed with (the checkpoint's ``eod_id``; ``<|endoftext|>`` in checkpoints from before it was kept)."""
+    packed with (the checkpoint's ``eod_id``; ``<|endoftext|>`` in checkpoints from before it was kept),
+    and ``chat_template`` (Jinja text) when given. It is transformers' own fast tokenizer: no code of ours."""
     if ckpt.get("tokenizer") is None:
+        if chat_template is not None:
+            raise ValueError("a chat template was given, but the checkpoint has no tokenizer to carry it")
         return {}
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
@@ -78,13 +82,16 @@ def _write_tokenizer(ckpt: dict[str, Any], output: Path, max_length: int) -> dic
         raise ValueError("the checkpoint's tokenizer has no <|endoftext|> token and the checkpoint names no eod_id")
     eos = tok.id_to_token(eod)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token=eos, pad_token=eos,
-                                   model_max_length=max_length)
+                                   model_max_length=max_length, padding_side="left")  # left: for batched generate
+    if chat_template is not None:
+        fast.chat_template = chat_template
     fast.save_pretrained(output)
     return {"eos_token_id": eod, "bos_token_id": eod, "pad_token_id": eod}
 
 
-def export(ckpt_path: str | Path, output: str | Path, routing: str = "prompt") -> Path:
+def export(ckpt_path: str | Path, output: str | Path, routing: str = "prompt", chat_template: str | None = None) -> Path:
     """Write the checkpoint's model to ``output`` as a Hugging Face folder; returns the folder.
+    ``chat_template``: Jinja text the tokenizer's ``apply_chat_template`` uses.
 
     The folder is written beside ``output`` under a temporary name (``NAME.lory-export.tmp``, with
     the swap mark) and renamed when complete: a failed export (a full disk) leaves nothing behind
@@ -97,7 +104,7 @@ def export(ckpt_path: str | Path, output: str | Path, routing: str = "prompt") -
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = new_folder(output.with_name(output.name + ".lory-export.tmp"))  # a killed export's leftover goes
     try:
-        _write_export(model, ckpt, str(ckpt_path), tmp, routing)
+        _write_export(model, ckpt, str(ckpt_path), tmp, routing, chat_template)
         (tmp / SWAP_MARK).unlink()
         if output.exists():
             output.rmdir()  # empty (checked above)
@@ -108,11 +115,12 @@ def export(ckpt_path: str | Path, output: str | Path, routing: str = "prompt") -
     return output
 
 
-def _write_export(model: LoryTransformer, ckpt: dict[str, Any], ckpt_path: str, output: Path, routing: str) -> None:
+def _write_export(model: LoryTransformer, ckpt: dict[str, Any], ckpt_path: str, output: Path, routing: str,
+                  chat_template: str | None) -> None:
     from transformers import GenerationConfig
 
     cfg = model.config
-    tokens = _write_tokenizer(ckpt, output, cfg.seq_len)
+    tokens = _write_tokenizer(ckpt, output, cfg.seq_len, chat_template)
     if cfg.ffn == "dense":
         from transformers import LlamaForCausalLM
 

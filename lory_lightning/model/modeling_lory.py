@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils import ModelOutput
 
 from .configuration_lory import LoryConfig
@@ -67,10 +68,35 @@ def causal_lm_loss(logits: Tensor, labels: Tensor, num_items_in_batch: int | Ten
     return F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="sum") / num_items_in_batch
 
 
+class LoryModel(LoryTransformer):
+    """The decoder called as transformers calls a base model (``LoryForCausalLM.base_model``): keyword
+    inputs, the final hidden state out. Tools that apply the LM head themselves (TRL's fused loss)
+    call it so. Its weights are LoryTransformer's, under the same names."""
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, output_hidden_states: bool | None = None,
+                position_ids: Tensor | None = None, **kwargs) -> BaseModelOutputWithPast:  # noqa: ANN003
+        refuse_packed_positions(position_ids, input_ids, attention_mask)
+        h, _, hidden = self.features(input_ids, attention_mask, bool(output_hidden_states))
+        return BaseModelOutputWithPast(last_hidden_state=h, hidden_states=hidden)  # (B, L, d)
+
+
+def refuse_packed_positions(position_ids: Tensor | None, input_ids: Tensor, attention_mask: Tensor | None) -> None:
+    """Positions come from the attention mask (each row from 0 at its first token); position_ids that say
+    otherwise (several sequences packed in one row) would be ignored, so they are refused."""
+    if position_ids is None:
+        return
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    implied = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, L)
+    real = mask.bool()
+    if not torch.equal(position_ids.expand_as(implied)[real], implied[real]):
+        raise ValueError("LoryForCausalLM takes padded batches, not packed ones: position_ids restart inside a row, "
+                         "but segment routing needs each row to be one sequence (turn packing / padding_free off)")
+
+
 class LoryForCausalLM(LoryPreTrainedModel, GenerationMixin):
     def __init__(self, config: LoryConfig) -> None:
         super().__init__(config)
-        self.model = LoryTransformer(config.to_model_config())
+        self.model = LoryModel(config.to_model_config())
         self.post_init()
 
     def get_input_embeddings(self) -> torch.nn.Embedding:
@@ -93,7 +119,7 @@ class LoryForCausalLM(LoryPreTrainedModel, GenerationMixin):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: InferenceCache | None = None,
                 use_cache: bool | None = None, labels: Tensor | None = None,
                 output_hidden_states: bool | None = None, output_attentions: bool | None = None,
-                **kwargs) -> LoryCausalLMOutput:  # noqa: ANN003
+                position_ids: Tensor | None = None, **kwargs) -> LoryCausalLMOutput:  # noqa: ANN003
         """input_ids (B, L) -> logits (B, L, V); ``labels`` (B, L) give the mean next-token loss.
 
         ``attention_mask`` (B, L) may pad rows on the left or the right: each row computes what it
@@ -105,8 +131,9 @@ class LoryForCausalLM(LoryPreTrainedModel, GenerationMixin):
                              "does not form the attention weights: call it with output_attentions=False")
         hidden = None
         if cache is None and not use_cache:
-            out = self.model(input_ids, attention_mask, output_hidden_states=bool(output_hidden_states))
-            logits, hidden = out.logits, out.hidden  # (B, L, V): the training computation
+            refuse_packed_positions(position_ids, input_ids, attention_mask)
+            h, _, hidden = self.model.features(input_ids, attention_mask, bool(output_hidden_states))
+            logits = self.model.lm_head(h)  # (B, L, V): the training computation
         else:
             if output_hidden_states:
                 raise ValueError("LoryForCausalLM gives hidden states from the forward without a cache: "

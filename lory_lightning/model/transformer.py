@@ -245,6 +245,13 @@ class LoryTransformer(nn.Module):
         what it computes alone (model/padding.py); logits at padded positions are not defined.
         The Routing of a padded batch is that of its aligned rows.
         """
+        h, routing, hidden = self.features(idx, attention_mask, output_hidden_states)
+        return ModelOutput(self.lm_head(h), routing, hidden)  # (B, L, V)
+
+    def features(self, idx: Tensor, attention_mask: Tensor | None = None, output_hidden_states: bool = False
+                 ) -> tuple[Tensor, tuple[Routing | None, ...], tuple[Tensor, ...] | None]:
+        """``forward`` up to the LM head: the final normalized hidden state (B, L, d), the Routing,
+        and the hidden states when asked for (see ModelOutput)."""
         B, L = idx.shape
         padding = Padding.from_mask(attention_mask)
         lengths = None
@@ -257,11 +264,10 @@ class LoryTransformer(nn.Module):
             hidden.append(x)
             x, r = block(x, cos, sin, lengths)
             routing.append(r)
-        x = self.norm(x)
-        logits = self.lm_head(x)  # (B, L, V)
+        x = self.norm(x)  # (B, L, d)
         if padding is not None:
-            logits, hidden, x = padding.restored(logits), [padding.restored(h) for h in hidden], padding.restored(x)
-        return ModelOutput(logits, tuple(routing), (*hidden, x) if output_hidden_states else None)
+            x, hidden = padding.restored(x), [padding.restored(h) for h in hidden]
+        return x, tuple(routing), (*hidden, x) if output_hidden_states else None
 
     def new_cache(self, batch_size: int, max_len: int, routing_mode: RoutingMode = "prompt") -> InferenceCache:
         """An empty cache for ``batch_size`` sequences of at most ``max_len`` positions."""

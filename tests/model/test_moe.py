@@ -43,10 +43,13 @@ def reference_forward(layer: LoryMoE, x: torch.Tensor) -> torch.Tensor:
 def test_parity_with_float64_loop_forward_and_gradients():
     layer = make_layer()
     x = torch.randn(2, 4 * T, D, dtype=torch.float64, requires_grad=True)
-    y = layer(x)
-    y_ref = reference_forward(layer, x)
-    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
+    assert_matches_reference(layer, x)
 
+
+def assert_matches_reference(layer: LoryMoE, x: torch.Tensor) -> None:
+    """The layer's output and gradients (input and every parameter) equal the float64 loop's."""
+    y, y_ref = layer(x), reference_forward(layer, x)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
     grad_out = torch.randn_like(y)
     grads = torch.autograd.grad((y * grad_out).sum(), [x, *layer.parameters()])
     grads_ref = torch.autograd.grad((y_ref * grad_out).sum(), [x, *layer.parameters()])
@@ -63,14 +66,7 @@ def test_parity_with_partial_last_segment_at_inference():
 def test_a_partial_last_segment_trains_as_the_reference():
     # pre-training cuts whole segments (check_whole_segments); fine-tuning examples have any length
     layer = make_layer().train()
-    x = torch.randn(2, 3 * T + 3, D, dtype=torch.float64, requires_grad=True)
-    y, y_ref = layer(x), reference_forward(layer, x)
-    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
-    grad_out = torch.randn_like(y)
-    grads = torch.autograd.grad((y * grad_out).sum(), [x, *layer.parameters()])
-    grads_ref = torch.autograd.grad((y_ref * grad_out).sum(), [x, *layer.parameters()])
-    for g, g_ref in zip(grads, grads_ref):
-        torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-11)
+    assert_matches_reference(layer, torch.randn(2, 3 * T + 3, D, dtype=torch.float64, requires_grad=True))
 
 
 @pytest.mark.parametrize("recompute", [True, False])
