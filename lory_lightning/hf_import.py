@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from .checkpoint_io import META_FILE
+
 # the ModelConfig fields a checkpoint fixes: they must equal the run's
 SHAPE_FIELDS = ("vocab_size", "dim", "n_layer", "n_head", "kv_heads", "hidden_dim", "rope_base", "norm_eps",
                 "tie_embeddings")
@@ -27,23 +29,39 @@ def _rope_theta(cfg: Any) -> float:
     return float(params.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
 
 
-def read_hf_dense(path: str | Path, seq_len: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The shape a saved Llama-architecture model fixes (``SHAPE_FIELDS``) and its weights as a dense
-    LoryTransformer state dict. ``seq_len`` is the run's: Mistral's sliding window must cover it."""
-    from safetensors.torch import load_file
+def hf_folder(init_from: str) -> Path | None:
+    """The Hugging Face model folder ``model.init_from`` names, or None for a lory checkpoint.
+
+    ``hf:FOLDER`` always; a plain FOLDER when it holds a config.json and is not a sharded lory
+    checkpoint (those hold meta.pt), so a Hugging Face folder given without the prefix is still one.
+    """
+    if init_from.startswith("hf:"):
+        return Path(init_from[3:])
+    folder = Path(init_from)
+    if folder.is_dir() and (folder / "config.json").is_file() and not (folder / META_FILE).is_file():
+        return folder
+    return None
+
+
+def read_hf_shape(path: str | Path, seq_len: int | None = None) -> dict[str, Any]:
+    """The shape a saved Llama-architecture model fixes (``SHAPE_FIELDS``), read from its config.json;
+    refuses what does not map onto this decoder exactly. With ``seq_len`` (the run's), Mistral's
+    sliding window must cover it."""
     from transformers import AutoConfig
 
     folder = Path(path)
     if not (folder / "config.json").is_file():
+        lory = (folder / META_FILE).is_file() or folder.is_file()
         raise FileNotFoundError(f"{folder}: no config.json: model.init_from: hf:PATH takes a folder written by "
-                                "a Hugging Face model's save_pretrained")
+                                "a Hugging Face model's save_pretrained" +
+                                (f"; this is a lory checkpoint: model.init_from {folder}, without hf:" if lory else ""))
     cfg = AutoConfig.from_pretrained(folder, local_files_only=True)
     kind = cfg.model_type
     if kind not in ("llama", "mistral"):
         raise ValueError(f"{folder}: model_type {kind!r} does not map onto this decoder exactly; Llama and "
                          "Mistral do (Qwen2's attention has biases, ours none)")
     window = getattr(cfg, "sliding_window", None)
-    if kind == "mistral" and window is not None and window < seq_len:
+    if kind == "mistral" and window is not None and seq_len is not None and window < seq_len:
         raise ValueError(f"{folder}: Mistral's sliding window {window} is shorter than model.seq_len {seq_len}: "
                          "our attention sees the whole sequence")
     if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
@@ -53,10 +71,18 @@ def read_hf_dense(path: str | Path, seq_len: int) -> tuple[dict[str, Any], dict[
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     if getattr(cfg, "head_dim", head_dim) != head_dim:
         raise ValueError(f"{folder}: head_dim {cfg.head_dim} is not hidden_size / num_attention_heads")
-    shape = {"vocab_size": cfg.vocab_size, "dim": cfg.hidden_size, "n_layer": cfg.num_hidden_layers,
-             "n_head": cfg.num_attention_heads, "kv_heads": cfg.num_key_value_heads or cfg.num_attention_heads,
-             "hidden_dim": cfg.intermediate_size, "rope_base": _rope_theta(cfg), "norm_eps": float(cfg.rms_norm_eps),
-             "tie_embeddings": bool(cfg.tie_word_embeddings)}
+    return {"vocab_size": cfg.vocab_size, "dim": cfg.hidden_size, "n_layer": cfg.num_hidden_layers,
+            "n_head": cfg.num_attention_heads, "kv_heads": cfg.num_key_value_heads or cfg.num_attention_heads,
+            "hidden_dim": cfg.intermediate_size, "rope_base": _rope_theta(cfg), "norm_eps": float(cfg.rms_norm_eps),
+            "tie_embeddings": bool(cfg.tie_word_embeddings)}
+
+
+def read_hf_dense(path: str | Path, seq_len: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``read_hf_shape`` and the folder's weights as a dense LoryTransformer state dict."""
+    from safetensors.torch import load_file
+
+    folder = Path(path)
+    shape = read_hf_shape(folder, seq_len)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{folder}: no *.safetensors weights (save with safe_serialization=True)")
@@ -66,6 +92,31 @@ def read_hf_dense(path: str | Path, seq_len: int) -> tuple[dict[str, Any], dict[
     return shape, _to_lory(hf, shape)
 
 
+# SHAPE_FIELDS under their model.arch keys: ModelConfig.kv_heads is n_kv_head resolved
+ARCH_KEYS = {name: ("n_kv_head" if name == "kv_heads" else name) for name in SHAPE_FIELDS}
+
+
+def fill_arch(arch: Any, explicit: Any, folder: Path) -> list[str]:
+    """Set ``arch`` (the run's model.arch, a mutable mapping) to the shape ``folder``'s config.json fixes.
+
+    ``explicit`` holds the keys the user gave (config files, command line): each must equal the
+    checkpoint's, or one line names it. vocab_size follows data.vocab_size (linked), so it is checked,
+    not set. Returns the keys filled in.
+    """
+    shape = read_hf_shape(folder)
+    filled = []
+    for field, key in ARCH_KEYS.items():
+        want = shape[field]
+        if key == "vocab_size":
+            continue  # checked with the whole shape when the model loads (check_shape), named as data.vocab_size
+        given = explicit.get(key) if explicit is not None else None
+        if given is not None and given != want:
+            raise ValueError(f"model.init_from hf:{folder}: model.arch.{key} is {given}, the checkpoint's "
+                             f"config.json says {want}: drop the key (it is read from the checkpoint) or set {want}")
+        if arch.get(key) != want:
+            arch[key] = want
+            filled.append(key)
+    return filled
 def _to_lory(hf: dict[str, torch.Tensor], shape: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Llama names and layouts -> ours: q, k, v stacked into one matrix; FFN weights stored (in, out)."""
     def take(name: str) -> torch.Tensor:
@@ -87,9 +138,25 @@ def _to_lory(hf: dict[str, torch.Tensor], shape: dict[str, Any]) -> dict[str, to
 
 
 def check_shape(shape: dict[str, Any], cfg: Any, path: str) -> None:
-    """Every field the checkpoint fixes must equal the run's ModelConfig: one error naming them all."""
+    """Every field the checkpoint fixes must equal the run's ModelConfig: one error naming them all.
+    (`lory fit` fills them from config.json first: fill_arch; this catches a model built otherwise.)"""
     wrong = [f"{name}: {shape[name]} (config: {getattr(cfg, name)})" for name in SHAPE_FIELDS
              if shape[name] != getattr(cfg, name)]
     if wrong:
+        vocab = " (vocab_size follows data.vocab_size)" if shape["vocab_size"] != cfg.vocab_size else ""
         raise ValueError(f"model.init_from hf:{path}: the model section differs from the checkpoint; set "
-                         f"model.arch to the checkpoint's values ({'; '.join(wrong)}; kv_heads is n_kv_head)")
+                         f"model.arch to the checkpoint's values ({'; '.join(wrong)}; kv_heads is n_kv_head){vocab}")
+
+
+def check_tokenizer(folder: Path, data_tokenizer: Path) -> None:
+    """The prepared data's token ids must mean what the checkpoint's do: their vocabularies are equal
+    (`lory prepare --tokenizer FOLDER` takes the checkpoint's own tokenizer). Nothing to check when
+    the folder has no tokenizer.json."""
+    from tokenizers import Tokenizer
+
+    theirs = folder / "tokenizer.json"
+    if not theirs.is_file() or not data_tokenizer.is_file():
+        return
+    if Tokenizer.from_file(str(theirs)).get_vocab() != Tokenizer.from_file(str(data_tokenizer)).get_vocab():
+        raise ValueError(f"model.init_from hf:{folder}: the data in {data_tokenizer.parent} was tokenized with "
+                         f"another vocabulary than the checkpoint's: prepare it with `lory prepare --tokenizer {folder}`")

@@ -60,8 +60,19 @@ class LoryCLI(LightningCLI):
         parser.link_arguments("data.init_args.vocab_size", "model.init_args.arch.vocab_size")
         parser.link_arguments("model.init_args.arch.seq_len", "data.init_args.seq_len")
 
+    def parse_arguments(self, parser, args) -> None:  # noqa: ANN001 (jsonargparse parser, argv)
+        super().parse_arguments(parser, args)
+        # The model keys the user gave (config files and command line), told apart from defaults:
+        # a Hugging Face import fills the others from its config.json (fill_arch).
+        explicit = parser.parse_args(args, defaults=False) if args else None
+        node = explicit.get(self.config.get("subcommand") or "") if explicit is not None else None
+        for key in ("model", "init_args", "arch"):
+            node = node.get(key) if node is not None and hasattr(node, "get") else None
+        self._explicit_arch = node
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
+        self._fill_from_hf(config)
         # The saved config.yaml holds every resolved value: it must not extend its base again.
         config["base"] = None
         check_trainer_values(config.trainer)
@@ -73,6 +84,26 @@ class LoryCLI(LightningCLI):
             if args.get("version") is not None:
                 folder = os.path.join(str(args.save_dir), str(args.name), f"version_{args.version}")
                 warnings.filterwarnings("ignore", message=re.escape(f"Experiment logs directory {folder} exists"))
+
+    def _fill_from_hf(self, config) -> None:  # noqa: ANN001 (jsonargparse Namespace)
+        """``model.init_from`` a Hugging Face folder: the model keys its config.json fixes come from it."""
+        model = config.get("model")
+        init_from = model.get("init_args", model).get("init_from") if model is not None else None
+        if not init_from:
+            return
+        from .hf_import import fill_arch, hf_folder
+
+        folder = hf_folder(init_from)
+        if folder is None:
+            return
+        if not init_from.startswith("hf:"):
+            print(f"model.init_from {init_from}: a Hugging Face model folder (it has a config.json), read as "
+                  f"hf:{init_from}", file=sys.stderr)
+        arch = model.get("init_args", model).arch
+        filled = fill_arch(arch, getattr(self, "_explicit_arch", None), folder)
+        if filled:
+            print(f"model.init_from hf:{folder}: model.arch {', '.join(f'{k}={arch[k]}' for k in filled)} "
+                  "read from its config.json", file=sys.stderr)
 
     def _parse_ckpt_path(self) -> None:
         # As LightningCLI does, the model's hyperparameters come from --ckpt_path; here through

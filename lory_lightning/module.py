@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 
 from .callbacks.guard import NonFiniteGuard
+from .data.manifest import TOKENIZER
 from .checkpoint_io import check_same_tokenizer, first_line, load_checkpoint, model_state, rng_state, set_rng_state
 from .metrics import DomainPerplexity, perplexity_metrics
 from .model import LoryTransformer, ModelConfig, load_balancing_loss, router_z_loss
@@ -71,11 +73,14 @@ class LoryLM(L.LightningModule):
         self._flops_per_token = training_flops_per_token(model)  # a constant of the config: counted once
 
     def _init_from(self, path: str) -> None:
-        if path.startswith("hf:"):  # a saved Hugging Face Llama-architecture model (hf_import.py)
+        from .hf_import import hf_folder
+
+        folder = hf_folder(path)
+        if folder is not None:  # a saved Hugging Face Llama-architecture model (hf_import.py)
             from .hf_import import check_shape, read_hf_dense
 
-            shape, state = read_hf_dense(path[3:], self.config.seq_len)
-            check_shape(shape, self.config, path[3:])
+            shape, state = read_hf_dense(folder, self.config.seq_len)
+            check_shape(shape, self.config, str(folder))
         else:
             state = model_state(load_checkpoint(path))
         is_dense = not any(k.endswith("router.weight") for k in state)
@@ -95,6 +100,13 @@ class LoryLM(L.LightningModule):
         manifest = getattr(dm, "manifest", None)
         if manifest is None:
             return
+        init_from = self.hparams.get("init_from")
+        if init_from and getattr(dm, "data_dir", None):
+            from .hf_import import check_tokenizer, hf_folder
+
+            folder = hf_folder(init_from)
+            if folder is not None:
+                check_tokenizer(folder, Path(dm.data_dir) / TOKENIZER)
         if manifest["vocab_size"] > self.config.vocab_size:
             raise ValueError(f"the tokenizer has {manifest['vocab_size']} tokens, model.vocab_size is "
                              f"{self.config.vocab_size}: raise model vocab_size (or data.vocab_size)")

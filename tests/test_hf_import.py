@@ -78,3 +78,62 @@ def test_a_dense_training_run_warm_starts_from_the_import(tmp_path):
     _, path = _saved_llama(tmp_path, tie=False)
     lm = LoryLM(arch=ModelConfig(**OURS), training=TrainingConfig(), init_from=f"hf:{path}")
     assert not lm.in_dense_phase()  # imported dense weights are upcycled at once, not warmed up again
+
+
+def _shapeless_config(tmp_path, small_data, path):
+    """small_config with the keys a checkpoint fixes left out, starting from ``path``."""
+    import yaml
+
+    from test_cli_lightning import small_config
+
+    cfg = yaml.safe_load(small_config(tmp_path, small_data).read_text())
+    for key in ("n_layer", "n_head", "dim", "hidden_dim"):
+        cfg["model"]["arch"].pop(key, None)
+    cfg["model"]["init_from"] = path
+    cfg["trainer"].update(max_steps=2, val_check_interval=2)
+    out = tmp_path / "import.yaml"
+    out.write_text(yaml.safe_dump(cfg))
+    return out
+
+
+def test_fit_reads_the_shape_from_the_import_and_refuses_a_key_that_disagrees(tmp_path, small_data, capsys):
+    import shutil
+
+    import yaml
+
+    from lory_lightning.cli import main
+
+    torch.manual_seed(0)
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**LLAMA, "vocab_size": 300}))
+    llama.save_pretrained(tmp_path / "llama")
+    assert main(["fit", "--config", str(_shapeless_config(tmp_path, small_data, f"hf:{tmp_path / 'llama'}"))]) == 0
+    err = capsys.readouterr().err
+    assert "model.arch dim=32, n_layer=2, n_kv_head=2, hidden_dim=40, rope_base=500000.0, norm_eps=1e-06 read" in err
+    saved = yaml.safe_load(next((tmp_path / "runs").rglob("config.yaml")).read_text())["model"]["init_args"]["arch"]
+    assert (saved["n_head"], saved["n_kv_head"], saved["rope_base"], saved["ffn"]) == (4, 2, 5.0e5, "lory")
+
+    # a key given explicitly must agree: one line names it
+    shapeless = str(_shapeless_config(tmp_path, small_data, f"hf:{tmp_path / 'llama'}"))
+    assert main(["fit", "--config", shapeless, "--model.arch.n_head", "2"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"lory fit: error: model.init_from hf:{tmp_path / 'llama'}: model.arch.n_head is 2, the checkpoint's "
+        "config.json says 4: drop the key (it is read from the checkpoint) or set 4")
+
+    # the folder without hf: is read as one, with a note
+    shutil.copy(small_data / "tokenizer.json", tmp_path / "llama" / "tokenizer.json")  # the same vocabulary
+    assert main(["fit", "--config", str(_shapeless_config(tmp_path, small_data, str(tmp_path / "llama")))]) == 0
+    assert f"read as hf:{tmp_path / 'llama'}" in capsys.readouterr().err
+
+    # a checkpoint whose tokenizer is another than the data's is refused, naming what to run
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.WordLevel({"a": 0, "b": 1}, unk_token="a")).save(str(tmp_path / "llama" / "tokenizer.json"))
+    assert main(["fit", "--config", str(_shapeless_config(tmp_path, small_data, f"hf:{tmp_path / 'llama'}"))]) == 1
+    assert f"prepare it with `lory prepare --tokenizer {tmp_path / 'llama'}`" in capsys.readouterr().err
+
+
+def test_hf_prefix_on_a_lory_checkpoint_says_to_drop_it(tmp_path):
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match=f"this is a lory checkpoint: model.init_from {ckpt}, without hf:"):
+        LoryLM(arch=ModelConfig(**OURS), init_from=f"hf:{ckpt}")
