@@ -214,9 +214,18 @@ def model_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def load_model(path: str | Path) -> tuple["LoryTransformer", dict[str, Any]]:
-    """The LoryTransformer a LoryLM checkpoint holds, in eval mode, and the checkpoint itself."""
+    """The LoryTransformer a LoryLM checkpoint holds, in eval mode, and the checkpoint itself; or
+    that of a Hugging Face model folder (``lory export``'s, or a Llama's: hf_import.load_hf_model)."""
     from .model import LoryTransformer, ModelConfig
 
+    if Path(path).is_dir() and (Path(path) / "config.json").is_file() and not (Path(path) / META_FILE).is_file():
+        from .hf_import import load_hf_model
+
+        try:
+            return load_hf_model(Path(path))
+        except ImportError as err:
+            raise ValueError(f"{path}: a Hugging Face model folder needs transformers: pip install -e \".[hf]\" "
+                             f"({err})") from err
     ckpt = load_checkpoint(path)
     try:
         # model.kernel is how the run computed, not what the model is: a checkpoint trained on the fused

@@ -48,7 +48,8 @@ class GenerateArgs:
     """Sample text from a LoryLM checkpoint (prompt-only routing by default).
 
     Args:
-        ckpt_path: A checkpoint written by `lory fit`.
+        ckpt_path: A checkpoint written by `lory fit` (file or sharded folder), or a Hugging Face
+            model folder (`lory export`'s, or a saved Llama's).
         prompt: Text to continue.
         max_new_tokens: Tokens to generate.
         temperature: Softmax temperature; 0 means greedy.
@@ -90,6 +91,38 @@ class ExportArgs:
 
 
 @dataclass
+class FinetuneArgs:
+    """Fine-tune an exported model on chat examples: LoRA on the attention (PEFT) trained by TRL's
+    SFTTrainer on padded batches, the adapter merged, the folder written as `lory export` writes one
+    (generate, evaluate and perplexity take it). Needs the ``finetune`` extra: pip install -e ".[finetune]".
+
+    Args:
+        model: A folder written by `lory export` with a chat template (--chat_template).
+        chats: A .jsonl file, one example a line: {"messages": [{"role": "user", "content": ...},
+            {"role": "assistant", "content": ...}]}.
+        output: A new (or empty) folder for the fine-tuned model and its tokenizer.
+        max_steps: Optimizer steps.
+        batch_size: Examples per step, padded to the longest.
+        lr: Learning rate (constant).
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scale (the update is scaled by lora_alpha / lora_r).
+        targets: Modules LoRA wraps (default: the attention's Linear layers, qkv and proj).
+        seed: Seed of the adapter's initialization and the example order.
+    """
+
+    model: str
+    chats: str
+    output: str
+    max_steps: int = 400
+    batch_size: int = 8
+    lr: float = 3e-3
+    lora_r: int = 64
+    lora_alpha: int = 128
+    targets: Optional[list[str]] = None
+    seed: int = 0
+
+
+@dataclass
 class TaskGroup:
     """Tasks scored with one shot count.
 
@@ -111,7 +144,8 @@ class EvaluateArgs:
     (a config file of them: configs/eval/paper-downstream.yaml). Needs the ``eval`` extra.
 
     Args:
-        ckpt_path: A checkpoint written by `lory fit`.
+        ckpt_path: A checkpoint written by `lory fit` (file or sharded folder), or a Hugging Face
+            model folder (`lory export`'s, or a saved Llama's).
         tasks: Comma-separated task names, e.g. lory_toy_mc,lory_toy_ppl.
         num_fewshot: In-context examples per question (with ``tasks``).
         groups: Task groups, each with its shot count (instead of ``tasks``).
@@ -173,7 +207,8 @@ class PerplexityArgs:
     sequence length per domain, scored with segment routing as in training.
 
     Args:
-        ckpt_path: A checkpoint written by `lory fit` (file or sharded folder).
+        ckpt_path: A checkpoint written by `lory fit` (file or sharded folder), or a Hugging Face
+            model folder (`lory export`'s, or a saved Llama's).
         inputs: .jsonl, .jsonl.gz, .txt files or folders of them (a .txt file's domain is its
             folder's name).
         text_field: The jsonl key of a document's text.
@@ -289,6 +324,7 @@ def build_parser():  # noqa: ANN201 (jsonargparse ArgumentParser)
     for name, cls, text in (
             ("generate", GenerateArgs, "continue a prompt with a trained checkpoint"),
             ("export", ExportArgs, "a checkpoint as a Hugging Face model folder (pip install -e \".[hf]\")"),
+            ("finetune", FinetuneArgs, "LoRA fine-tuning of an exported model on chats (pip install -e \".[finetune]\")"),
             ("evaluate", EvaluateArgs, "downstream tasks through lm-evaluation-harness (pip install -e \".[eval]\")"),
             ("analyze", AnalyzeArgs, "per-domain specialization report of a checkpoint (tables + heatmaps)"),
             ("perplexity", PerplexityArgs, "per-domain perplexity of a checkpoint on any jsonl / .txt text"),
@@ -378,12 +414,28 @@ def _export(values: dict[str, Any]) -> int:
     template = None
     if args.chat_template is not None:
         try:
-            template = Path(args.chat_template).read_text()
+            template = Path(args.chat_template).read_text().removesuffix("\n")  # a file's last newline is not the template's
         except OSError as err:
             raise ValueError(f"--chat_template {args.chat_template}: {err.strerror or err}") from err
     out = export(args.ckpt_path, args.output, args.routing, template)
     print(f"{out}: {json.loads((out / 'lory_export.json').read_text())['architecture']} "
           "(AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
+def _finetune(values: dict[str, Any]) -> int:
+    args = FinetuneArgs(**values)
+    try:
+        from .finetune import finetune
+    except ImportError as err:
+        raise ValueError(f"lory finetune needs peft and trl: pip install -e \".[finetune]\" ({err})") from err
+    out = finetune(args.model, args.chats, args.output, args.max_steps, args.batch_size, args.lr, args.lora_r,
+                   args.lora_alpha, args.targets, args.seed)
+    losses = out["losses"]
+    if losses:
+        first, last = min(losses), max(losses)
+        print(f"train loss {losses[first]:.3f} at step {first}, {losses[last]:.3f} at step {last}")
+    print(f"{out['output']}: the merged model (AutoModelForCausalLM.from_pretrained, lory generate --ckpt_path)")
     return 0
 
 
@@ -449,7 +501,7 @@ def _replicate(values: dict[str, Any]) -> int:
     return 0
 
 
-COMMANDS = {"prepare": _prepare, "generate": _generate, "export": _export, "evaluate": _evaluate,
+COMMANDS = {"prepare": _prepare, "generate": _generate, "export": _export, "finetune": _finetune, "evaluate": _evaluate,
             "analyze": _analyze, "perplexity": _perplexity, "replicate": _replicate}
 
 

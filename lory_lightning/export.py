@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -92,27 +92,50 @@ def _write_tokenizer(ckpt: dict[str, Any], output: Path, max_length: int,
 def export(ckpt_path: str | Path, output: str | Path, routing: str = "prompt", chat_template: str | None = None) -> Path:
     """Write the checkpoint's model to ``output`` as a Hugging Face folder; returns the folder.
     ``chat_template``: Jinja text the tokenizer's ``apply_chat_template`` uses.
+    """
+    model, ckpt = load_model(ckpt_path)
+    return write_new_folder(output, lambda tmp: _write_export(model, ckpt, str(ckpt_path), tmp, routing, chat_template),
+                            "lory-export")
 
-    The folder is written beside ``output`` under a temporary name (``NAME.lory-export.tmp``, with
-    the swap mark) and renamed when complete: a failed export (a full disk) leaves nothing behind
-    that looks finished or blocks the same command again.
+
+def write_new_folder(output: str | Path, write: Callable[[Path], None], tag: str) -> Path:
+    """Have ``write`` fill a new folder that becomes ``output`` (new, or empty) only when complete.
+
+    The folder is written beside ``output`` under a temporary name (``NAME.TAG.tmp``, with the swap
+    mark) and renamed when complete: a failed write (a full disk) leaves nothing behind that looks
+    finished or blocks the same command again.
     """
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise FileExistsError(f"{output}: not empty; export writes a new folder")
-    model, ckpt = load_model(ckpt_path)
+        raise FileExistsError(f"{output}: not empty; a new folder is written")
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = new_folder(output.with_name(output.name + ".lory-export.tmp"))  # a killed export's leftover goes
+    tmp = new_folder(output.with_name(f"{output.name}.{tag}.tmp"))  # a killed write's leftover goes
     try:
-        _write_export(model, ckpt, str(ckpt_path), tmp, routing, chat_template)
+        write(tmp)
         (tmp / SWAP_MARK).unlink()
         if output.exists():
             output.rmdir()  # empty (checked above)
         os.replace(tmp, output)
-    except OSError as err:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise with_path(err, output) from err
+        if isinstance(err, OSError):
+            raise with_path(err, output) from err
+        raise
     return output
+
+
+AUTO_MAP = {"AutoConfig": "configuration_lory.LoryConfig", "AutoModelForCausalLM": "modeling_lory.LoryForCausalLM"}
+
+
+def carry_model_code(folder: Path) -> None:
+    """Make a saved ``lory`` folder load where lory_lightning is not installed: model/'s files beside
+    the weights and config.json's ``auto_map`` naming them (trust_remote_code)."""
+    for path in sorted(MODEL_CODE.glob("*.py")):
+        if path.name != "__init__.py":  # the package's __init__ would import generate, upcycle, ...
+            shutil.copy2(path, folder / path.name)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = AUTO_MAP
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _write_export(model: LoryTransformer, ckpt: dict[str, Any], ckpt_path: str, output: Path, routing: str,
@@ -135,15 +158,12 @@ def _write_export(model: LoryTransformer, ckpt: dict[str, Any], ckpt_path: str, 
         from .model.modeling_lory import LoryForCausalLM
 
         hf_cfg = LoryConfig.from_model_config(cfg, routing=routing, **tokens)
-        hf_cfg.auto_map = {"AutoConfig": "configuration_lory.LoryConfig",
-                           "AutoModelForCausalLM": "modeling_lory.LoryForCausalLM"}
         with torch.device("meta"):
             hf = LoryForCausalLM(hf_cfg)
         hf.model.load_state_dict(model.state_dict(), assign=True)
-        for path in sorted(MODEL_CODE.glob("*.py")):
-            if path.name != "__init__.py":  # the package's __init__ would import generate, upcycle, ...
-                shutil.copy2(path, output / path.name)
     hf.save_pretrained(output)
+    if cfg.ffn != "dense":
+        carry_model_code(output)
     GenerationConfig(**tokens).save_pretrained(output)
     (output / "lory_export.json").write_text(json.dumps(
         {"checkpoint": ckpt_path, "architecture": type(hf).__name__, "routing": routing}, indent=2) + "\n")

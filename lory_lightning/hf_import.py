@@ -79,17 +79,22 @@ def read_hf_shape(path: str | Path, seq_len: int | None = None) -> dict[str, Any
 
 def read_hf_dense(path: str | Path, seq_len: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """``read_hf_shape`` and the folder's weights as a dense LoryTransformer state dict."""
-    from safetensors.torch import load_file
-
     folder = Path(path)
     shape = read_hf_shape(folder, seq_len)
+    return shape, _to_lory(read_weights(folder), shape)
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a folder's *.safetensors files (a sharded save has several)."""
+    from safetensors.torch import load_file
+
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{folder}: no *.safetensors weights (save with safe_serialization=True)")
-    hf: dict[str, torch.Tensor] = {}
+    weights: dict[str, torch.Tensor] = {}
     for f in files:
-        hf |= load_file(f)
-    return shape, _to_lory(hf, shape)
+        weights |= load_file(f)
+    return weights
 
 
 # SHAPE_FIELDS under their model.arch keys: ModelConfig.kv_heads is n_kv_head resolved
@@ -160,3 +165,54 @@ def check_tokenizer(folder: Path, data_tokenizer: Path) -> None:
     if Tokenizer.from_file(str(theirs)).get_vocab() != Tokenizer.from_file(str(data_tokenizer)).get_vocab():
         raise ValueError(f"model.init_from hf:{folder}: the data in {data_tokenizer.parent} was tokenized with "
                          f"another vocabulary than the checkpoint's: prepare it with `lory prepare --tokenizer {folder}`")
+
+
+def load_hf_model(folder: Path) -> tuple[Any, dict[str, Any]]:
+    """A Hugging Face model folder as ``checkpoint_io.load_model`` returns a checkpoint: the
+    LoryTransformer in eval mode, and a checkpoint-like dict (``hyper_parameters.arch``, the folder's
+    ``tokenizer`` (tokenizer.json) and ``eod_id`` (its eos) where it has them).
+
+    A ``lory`` export (``lory export``) is our decoder with its own weights; a Llama or Mistral folder
+    (a dense export, or any saved model that maps exactly) becomes the dense decoder, as
+    ``model.init_from`` imports it. So `lory generate`, `evaluate` and `perplexity` take either.
+    """
+    import dataclasses
+    import json
+
+    from .model import LoryTransformer, ModelConfig
+
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("model_type") == "lory":
+        from .model.configuration_lory import MODEL_FIELDS, RENAMED
+
+        arch = {name: config[RENAMED.get(name, name)] for name in MODEL_FIELDS if RENAMED.get(name, name) in config}
+        cfg = ModelConfig(**{**arch, "kernel": "auto"})
+        state = {k.removeprefix("model."): v for k, v in read_weights(folder).items()}
+    else:
+        seq_len = int(config.get("max_position_embeddings") or ModelConfig().seq_len)
+        shape, state = read_hf_dense(folder, seq_len)
+        cfg = ModelConfig(ffn="dense", seq_len=seq_len, **{ARCH_KEYS[k]: v for k, v in shape.items()})
+    model = LoryTransformer(cfg)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{folder}: its weights do not fit its config.json: {str(err).splitlines()[0]}") from err
+    ckpt: dict[str, Any] = {"hyper_parameters": {"arch": dataclasses.asdict(cfg)}}
+    if (folder / "tokenizer.json").is_file():
+        ckpt["tokenizer"] = (folder / "tokenizer.json").read_text()
+    eos = _eos_id(folder, config)
+    if eos is not None:
+        ckpt["eod_id"] = eos
+    return model.eval(), ckpt
+
+
+def _eos_id(folder: Path, config: dict[str, Any]) -> int | None:
+    """The end-of-text id: generation_config.json's eos, else config.json's (the first of a list)."""
+    import json
+
+    generation = folder / "generation_config.json"
+    eos = json.loads(generation.read_text()).get("eos_token_id") if generation.is_file() else None
+    eos = config.get("eos_token_id") if eos is None else eos
+    if isinstance(eos, list):
+        eos = eos[0] if eos else None
+    return None if eos is None else int(eos)

@@ -14,6 +14,7 @@ import torch
 
 pytest.importorskip("transformers")
 
+from lory_lightning.checkpoint_io import load_model  # noqa: E402
 from lory_lightning.cli import main  # noqa: E402
 from lory_lightning.export import export  # noqa: E402
 from lory_lightning.model import LoryTransformer, ModelConfig, generate  # noqa: E402
@@ -109,6 +110,32 @@ def test_a_dense_export_is_a_plain_llama(tmp_path, tie):
         torch.testing.assert_close(hf(idx).logits, ours(idx).logits, rtol=0, atol=1e-5)
         greedy = hf.generate(idx[:, :9], max_new_tokens=15, do_sample=False)
     assert torch.equal(greedy, generate(ours, idx[:, :9], 15, temperature=0))
+    # our commands read the folder back as the dense decoder it came from (checkpoint_io.load_model)
+    back, meta = load_model(out)
+    assert back.config.ffn == "dense" and back.config.n_kv_head == 1 and back.config.tie_embeddings == tie
+    with torch.no_grad():
+        torch.testing.assert_close(back(idx).logits, ours(idx).logits, rtol=0, atol=1e-6)
+
+
+def test_generate_evaluate_and_perplexity_take_the_exported_folder(small_data, tmp_path, capsys):
+    pytest.importorskip("lm_eval")
+    cfg = small_config(tmp_path, small_data)
+    assert main(["fit", "--config", str(cfg), "--trainer.max_steps", "2", "--trainer.val_check_interval", "2"]) == 0
+    ckpt = str(tmp_path / "runs" / "lory-tiny" / "version_0" / "checkpoints" / "last.ckpt")
+    assert main(["export", "--ckpt_path", ckpt, "--output", str(tmp_path / "hf")]) == 0
+    heldout = str(tmp_path / "heldout.jsonl")
+    with open(heldout, "w") as f:
+        f.write(json.dumps({"text": "the oven was hot and the bread rose " * 8, "domain": "cooking"}) + "\n")
+    runs = {}
+    for source in (ckpt, str(tmp_path / "hf")):
+        capsys.readouterr()
+        assert main(["generate", "--ckpt_path", source, "--prompt", "the oven", "--max_new_tokens", "12",
+                     "--temperature", "0"]) == 0
+        assert main(["perplexity", "--ckpt_path", source, "--inputs", heldout]) == 0
+        assert main(["evaluate", "--ckpt_path", source, "--tasks", "lory_toy_mc", "--limit", "4"]) == 0
+        runs[source] = capsys.readouterr().out.replace(source, "SOURCE")
+    assert runs[ckpt] == runs[str(tmp_path / "hf")]  # the same text, perplexities and scores, line for line
+    assert "cooking" in runs[ckpt]
 
 
 def test_lory_export_command_writes_the_tokenizer_with_its_end_of_text_token(small_data, tmp_path, capsys):

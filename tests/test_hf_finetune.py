@@ -14,6 +14,7 @@ pytest.importorskip("trl")
 
 from lory_lightning.export import export  # noqa: E402
 from lory_lightning.model import LoryTransformer, ModelConfig  # noqa: E402
+from test_cli_lightning import ROOT  # noqa: E402
 from test_hf_export import WITHOUT_LORY, _hf_env  # noqa: E402
 
 pytestmark = pytest.mark.isolated  # runs the exported code in a child process
@@ -154,3 +155,46 @@ def test_lory_export_takes_the_chat_template_from_a_file(tmp_path, capsys):
     assert main(["export", "--ckpt_path", ckpt, "--output", str(tmp_path / "hf2"), "--chat_template",
                  str(tmp_path / "nope.jinja")]) == 1
     assert "--chat_template " + str(tmp_path / "nope.jinja") in capsys.readouterr().err
+
+
+def test_lory_finetune_trains_merges_and_its_folder_generates_with_and_without_lory(tmp_path, capsys):
+    import re
+
+    from lory_lightning.cli import main
+
+    ckpt = tokenized_checkpoint(tmp_path)
+    template = str(ROOT / "configs" / "chat-template.jinja")
+    assert main(["export", "--ckpt_path", ckpt, "--output", str(tmp_path / "hf"), "--chat_template", template]) == 0
+    chats = str(ROOT / "lory_lightning" / "sample_data" / "chats.jsonl")
+    capsys.readouterr()
+    assert main(["finetune", "--model", str(tmp_path / "hf"), "--chats", chats, "--output", str(tmp_path / "sft"),
+                 "--max_steps", "20", "--lr", "1e-2"]) == 0
+    out = capsys.readouterr().out
+    first, last = map(float, re.search(r"train loss ([\d.]+) at step 2, ([\d.]+) at step 20", out).groups())
+    assert last < 0.8 * first, out
+    assert not list(tmp_path.glob("*.tmp")) and not (tmp_path / "sft" / "trainer").exists()
+    prompt = "user: Who wrote Hamlet?<|endoftext|>assistant:"
+    assert main(["generate", "--ckpt_path", str(tmp_path / "sft"), "--prompt", prompt, "--max_new_tokens", "8",
+                 "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith("user: Who wrote Hamlet?assistant:")  # eos is not printed
+    # the folder loads where lory_lightning is not installed, as the export did
+    torch.save(torch.tensor([[5, 6, 7]]), tmp_path / "idx.pt")
+    run = subprocess.run([sys.executable, "-c", WITHOUT_LORY, str(tmp_path / "sft"), str(tmp_path / "idx.pt"),
+                          str(tmp_path / "got.pt")], capture_output=True, text=True, env=_hf_env(tmp_path),
+                         cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert torch.load(tmp_path / "got.pt")["class"] == "LoryForCausalLM"
+
+
+def test_lory_finetune_names_a_bad_line_and_a_missing_template(tmp_path, capsys):
+    from lory_lightning.cli import main
+
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n\n{"messages": [{"role": "bot", "content": "x"}]}\n')
+    out = export(tokenized_checkpoint(tmp_path), tmp_path / "hf")  # no chat template
+    assert main(["finetune", "--model", str(out), "--chats", str(chats), "--output", str(tmp_path / "sft")]) == 1
+    assert f"{chats}:3: not a chat example" in capsys.readouterr().err
+    chats.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    assert main(["finetune", "--model", str(out), "--chats", str(chats), "--output", str(tmp_path / "sft")]) == 1
+    assert "its tokenizer has no chat template: export with `lory export --chat_template FILE`" in capsys.readouterr().err
+    assert not (tmp_path / "sft").exists()

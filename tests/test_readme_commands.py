@@ -52,6 +52,8 @@ def readme_commands() -> list[str]:
 def shrink(args: list[str]) -> list[str]:
     """The README's arguments with its sizes replaced by the test's, and the test's sizes added."""
     out = [SHRUNK.get(args[i - 1], a) if i else a for i, a in enumerate(args)]
+    if out[0] == "finetune":
+        out += ["--max_steps", "4"]
     if out[0] in ("fit", "validate"):
         run, model = RUN, MODEL
         if "--data.data_dir" in out:  # a folder the command prepares from the shipped sample: its sizes
@@ -95,7 +97,8 @@ def test_every_readme_command_runs_as_written(small_data, tmp_path, monkeypatch,
     for line in ELSEWHERE:  # the other tests run these strings: keep them equal to the README's
         if ELSEWHERE[line].startswith("tests/"):
             assert line in elsewhere, f"{line!r} is no longer in the README: update ELSEWHERE"
-    assert {"fit", "validate", "generate", "prepare", "analyze", "export", "evaluate", "perplexity"} <= set(ran)
+    assert {"fit", "validate", "generate", "prepare", "analyze", "export", "finetune", "evaluate", "perplexity"} <= set(ran)
     assert "validation after step 2" in out and (tmp_path / "exports" / "lory-tiny" / "config.json").is_file()
+    assert (tmp_path / "exports" / "lory-tiny-chat" / "config.json").is_file()  # export -> finetune -> generate
     assert (tmp_path / "data" / "mine" / "manifest.json").is_file()
     assert (tmp_path / "data" / "sample-512-random" / "manifest.json").is_file()
