@@ -101,27 +101,33 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
 ARCH_KEYS = {name: ("n_kv_head" if name == "kv_heads" else name) for name in SHAPE_FIELDS}
 
 
-def fill_arch(arch: Any, explicit: Any, folder: Path) -> list[str]:
-    """Set ``arch`` (the run's model.arch, a mutable mapping) to the shape ``folder``'s config.json fixes.
+def fill_arch(arch: Any, explicit: Any, folder: Path, data: Any = None, explicit_data: Any = None) -> list[str]:
+    """Set the run's ``arch`` (model.arch, a mutable mapping) to the shape ``folder``'s config.json
+    fixes, and ``data``'s vocab_size (data.vocab_size, which the CLI links into model.arch) to its
+    vocabulary.
 
-    ``explicit`` holds the keys the user gave (config files, command line): each must equal the
-    checkpoint's, or one line names it. vocab_size follows data.vocab_size (linked), so it is checked,
-    not set. Returns the keys filled in.
+    ``explicit`` and ``explicit_data`` hold the keys the user gave (config files, command line): each
+    must equal the checkpoint's, or one line names it. Returns what was filled in: ``section.key=value``.
     """
     shape = read_hf_shape(folder)
     filled = []
     for field, key in ARCH_KEYS.items():
+        section, given_in, target = ("data", explicit_data, data) if key == "vocab_size" else ("model.arch", explicit, arch)
+        if target is None:
+            continue
         want = shape[field]
-        if key == "vocab_size":
-            continue  # checked with the whole shape when the model loads (check_shape), named as data.vocab_size
-        given = explicit.get(key) if explicit is not None else None
+        given = given_in.get(key) if given_in is not None else None
         if given is not None and given != want:
-            raise ValueError(f"model.init_from hf:{folder}: model.arch.{key} is {given}, the checkpoint's "
+            raise ValueError(f"model.init_from hf:{folder}: {section}.{key} is {given}, the checkpoint's "
                              f"config.json says {want}: drop the key (it is read from the checkpoint) or set {want}")
-        if arch.get(key) != want:
-            arch[key] = want
-            filled.append(key)
+        if target.get(key) != want:
+            target[key] = want
+            filled.append(f"{section}.{key}={want}")
+        if key == "vocab_size":
+            arch[key] = want  # the link from data.vocab_size was applied when parsing
     return filled
+
+
 def _to_lory(hf: dict[str, torch.Tensor], shape: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Llama names and layouts -> ours: q, k, v stacked into one matrix; FFN weights stored (in, out)."""
     def take(name: str) -> torch.Tensor:

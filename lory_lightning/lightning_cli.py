@@ -65,10 +65,9 @@ class LoryCLI(LightningCLI):
         # The model keys the user gave (config files and command line), told apart from defaults:
         # a Hugging Face import fills the others from its config.json (fill_arch).
         explicit = parser.parse_args(args, defaults=False) if args else None
-        node = explicit.get(self.config.get("subcommand") or "") if explicit is not None else None
-        for key in ("model", "init_args", "arch"):
-            node = node.get(key) if node is not None and hasattr(node, "get") else None
-        self._explicit_arch = node
+        command = explicit.get(self.config.get("subcommand") or "") if explicit is not None else None
+        self._explicit_arch = _node(command, "model", "init_args", "arch")
+        self._explicit_data = _node(command, "data", "init_args")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -100,10 +99,10 @@ class LoryCLI(LightningCLI):
             print(f"model.init_from {init_from}: a Hugging Face model folder (it has a config.json), read as "
                   f"hf:{init_from}", file=sys.stderr)
         arch = model.get("init_args", model).arch
-        filled = fill_arch(arch, getattr(self, "_explicit_arch", None), folder)
+        data = _node(config, "data", "init_args")
+        filled = fill_arch(arch, getattr(self, "_explicit_arch", None), folder, data, getattr(self, "_explicit_data", None))
         if filled:
-            print(f"model.init_from hf:{folder}: model.arch {', '.join(f'{k}={arch[k]}' for k in filled)} "
-                  "read from its config.json", file=sys.stderr)
+            print(f"model.init_from hf:{folder}: {', '.join(filled)} read from its config.json", file=sys.stderr)
 
     def _parse_ckpt_path(self) -> None:
         # As LightningCLI does, the model's hyperparameters come from --ckpt_path; here through
@@ -177,6 +176,13 @@ class LoryCLI(LightningCLI):
             print(f"config:     {Path(log_dir) / 'config.yaml'}")
         for logger in trainer.loggers:
             print(f"logs:       {logger.log_dir} ({type(logger).__name__})")
+
+
+def _node(namespace, *keys: str):  # noqa: ANN001, ANN202 (jsonargparse Namespace)
+    """``namespace[k1][k2]...``, or None where a key is missing."""
+    for key in keys:
+        namespace = namespace.get(key) if namespace is not None and hasattr(namespace, "get") else None
+    return namespace
 
 
 class _NoTips(logging.Filter):

@@ -108,7 +108,8 @@ def test_fit_reads_the_shape_from_the_import_and_refuses_a_key_that_disagrees(tm
     llama.save_pretrained(tmp_path / "llama")
     assert main(["fit", "--config", str(_shapeless_config(tmp_path, small_data, f"hf:{tmp_path / 'llama'}"))]) == 0
     err = capsys.readouterr().err
-    assert "model.arch dim=32, n_layer=2, n_kv_head=2, hidden_dim=40, rope_base=500000.0, norm_eps=1e-06 read" in err
+    assert ("model.arch.dim=32, model.arch.n_layer=2, model.arch.n_kv_head=2, model.arch.hidden_dim=40, "
+            "model.arch.rope_base=500000.0, model.arch.norm_eps=1e-06 read from its config.json") in err
     saved = yaml.safe_load(next((tmp_path / "runs").rglob("config.yaml")).read_text())["model"]["init_args"]["arch"]
     assert (saved["n_head"], saved["n_kv_head"], saved["rope_base"], saved["ffn"]) == (4, 2, 5.0e5, "lory")
 
@@ -118,6 +119,18 @@ def test_fit_reads_the_shape_from_the_import_and_refuses_a_key_that_disagrees(tm
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"lory fit: error: model.init_from hf:{tmp_path / 'llama'}: model.arch.n_head is 2, the checkpoint's "
         "config.json says 4: drop the key (it is read from the checkpoint) or set 4")
+
+    # data.vocab_size (300, given in the config file) must be the checkpoint's vocabulary too
+    bigger = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**LLAMA, "vocab_size": 400}))
+    bigger.save_pretrained(tmp_path / "llama-400")
+    assert main(["fit", "--config", str(_shapeless_config(tmp_path, small_data, f"hf:{tmp_path / 'llama-400'}"))]) == 1
+    assert "data.vocab_size is 300, the checkpoint's config.json says 400" in capsys.readouterr().err
+    unstated = _shapeless_config(tmp_path, small_data, f"hf:{tmp_path / 'llama'}")
+    cfg = yaml.safe_load(unstated.read_text())
+    del cfg["data"]["vocab_size"]  # not given: read from the checkpoint (8192 by default otherwise)
+    unstated.write_text(yaml.safe_dump(cfg))
+    assert main(["fit", "--config", str(unstated)]) == 0
+    assert "data.vocab_size=300" in capsys.readouterr().err
 
     # the folder without hf: is read as one, with a note
     shutil.copy(small_data / "tokenizer.json", tmp_path / "llama" / "tokenizer.json")  # the same vocabulary
