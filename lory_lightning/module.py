@@ -36,9 +36,9 @@ class LoryLM(L.LightningModule):
         optim: AdamW + cosine schedule settings.
         training: Dense warmup and upcycling, router losses, and what a non-finite step does.
         init_from: A checkpoint to start from: a dense LoryLM checkpoint is upcycled into this
-            routed model; one of the same architecture is loaded as is. ``hf:FOLDER``: a saved Hugging
-            Face Llama-architecture model (the ``hf`` extra), upcycled likewise; the model section must
-            have its shape (``arch``).
+            routed model; one of the same architecture is loaded as is. ``hf:FOLDER`` (or a FOLDER
+            holding a config.json): a saved Hugging Face Llama-architecture model (the ``hf`` extra),
+            upcycled likewise; `lory fit` reads its shape into ``arch`` from its config.json.
         compile: Compile each decoder block with ``torch.compile`` (once, when the run starts; the
             first step then takes longer while it compiles). BENCHMARKS.md has the speed and memory
             it was measured to give.
