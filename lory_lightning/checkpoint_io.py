@@ -218,7 +218,7 @@ def load_model(path: str | Path) -> tuple["LoryTransformer", dict[str, Any]]:
     that of a Hugging Face model folder (``lory export``'s, or a Llama's: hf_import.load_hf_model)."""
     from .model import LoryTransformer, ModelConfig
 
-    if Path(path).is_dir() and (Path(path) / "config.json").is_file() and not (Path(path) / META_FILE).is_file():
+    if Path(path).is_dir() and (Path(path) / "config.json").is_file():  # a sharded checkpoint has none
         from .hf_import import load_hf_model
 
         try:

@@ -13,8 +13,6 @@ from typing import Any
 
 import torch
 
-from .checkpoint_io import META_FILE
-
 # the ModelConfig fields a checkpoint fixes: they must equal the run's
 SHAPE_FIELDS = ("vocab_size", "dim", "n_layer", "n_head", "kv_heads", "hidden_dim", "rope_base", "norm_eps",
                 "tie_embeddings")
@@ -32,15 +30,13 @@ def _rope_theta(cfg: Any) -> float:
 def hf_folder(init_from: str) -> Path | None:
     """The Hugging Face model folder ``model.init_from`` names, or None for a lory checkpoint.
 
-    ``hf:FOLDER`` always; a plain FOLDER when it holds a config.json and is not a sharded lory
-    checkpoint (those hold meta.pt), so a Hugging Face folder given without the prefix is still one.
+    ``hf:FOLDER`` always; a plain FOLDER when it holds a config.json (a sharded lory checkpoint never
+    does), so a Hugging Face folder given without the prefix is still one.
     """
     if init_from.startswith("hf:"):
         return Path(init_from[3:])
     folder = Path(init_from)
-    if folder.is_dir() and (folder / "config.json").is_file() and not (folder / META_FILE).is_file():
-        return folder
-    return None
+    return folder if folder.is_dir() and (folder / "config.json").is_file() else None
 
 
 def read_hf_shape(path: str | Path, seq_len: int | None = None) -> dict[str, Any]:
@@ -51,7 +47,7 @@ def read_hf_shape(path: str | Path, seq_len: int | None = None) -> dict[str, Any
 
     folder = Path(path)
     if not (folder / "config.json").is_file():
-        lory = (folder / META_FILE).is_file() or folder.is_file()
+        lory = folder.exists()  # a checkpoint file, or a sharded checkpoint's folder
         raise FileNotFoundError(f"{folder}: no config.json: model.init_from: hf:PATH takes a folder written by "
                                 "a Hugging Face model's save_pretrained" +
                                 (f"; this is a lory checkpoint: model.init_from {folder}, without hf:" if lory else ""))
