@@ -49,6 +49,7 @@ def test_fingerprint_follows_the_config_and_contents_not_the_folders(tmp_path):
     assert file_digests([str(tmp_path / "c")]) == {"d/d.jsonl": file_digests([str(tmp_path / "c" / "d.jsonl")])["d/d.jsonl"]}
 
 
+@pytest.mark.slow  # thirteen trainings and their prepares: about two minutes on 2 cores
 def test_replicate_trains_each_run_once_and_the_report_rebuilds_byte_for_byte(tmp_path, capsys):
     inputs = [str(p) for p in make_corpus(tmp_path / "in", docs_per_domain=40)]
     results, report = tmp_path / "results", tmp_path / "REPLICATION.md"
