@@ -218,11 +218,12 @@ def load_model(path: str | Path) -> tuple["LoryTransformer", dict[str, Any]]:
     that of a Hugging Face model folder (``lory export``'s, or a Llama's: hf_import.load_hf_model)."""
     from .model import LoryTransformer, ModelConfig
 
-    if Path(path).is_dir() and (Path(path) / "config.json").is_file():  # a sharded checkpoint has none
-        from .hf_import import load_hf_model
+    from .hf_import import hf_folder, load_hf_model
 
+    folder = hf_folder(str(path))
+    if folder is not None:
         try:
-            return load_hf_model(Path(path))
+            return load_hf_model(folder)
         except ImportError as err:
             raise ValueError(f"{path}: a Hugging Face model folder needs transformers: pip install -e \".[hf]\" "
                              f"({err})") from err

@@ -28,7 +28,7 @@ def _rope_theta(cfg: Any) -> float:
 
 
 def hf_folder(init_from: str) -> Path | None:
-    """The Hugging Face model folder ``model.init_from`` names, or None for a lory checkpoint.
+    """The Hugging Face model folder a path names (``model.init_from``, ``--ckpt_path``), or None for a lory checkpoint.
 
     ``hf:FOLDER`` always; a plain FOLDER when it holds a config.json (a sharded lory checkpoint never
     does), so a Hugging Face folder given without the prefix is still one.

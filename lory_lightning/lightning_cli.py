@@ -62,12 +62,7 @@ class LoryCLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:  # noqa: ANN001 (jsonargparse parser, argv)
         super().parse_arguments(parser, args)
-        # The model keys the user gave (config files and command line), told apart from defaults:
-        # a Hugging Face import fills the others from its config.json (fill_arch).
-        explicit = parser.parse_args(args, defaults=False) if args else None
-        command = explicit.get(self.config.get("subcommand") or "") if explicit is not None else None
-        self._explicit_arch = _node(command, "model", "init_args", "arch")
-        self._explicit_data = _node(command, "data", "init_args")
+        self._args = args  # parsed again without defaults only for a Hugging Face import (_fill_from_hf)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -86,8 +81,8 @@ class LoryCLI(LightningCLI):
 
     def _fill_from_hf(self, config) -> None:  # noqa: ANN001 (jsonargparse Namespace)
         """``model.init_from`` a Hugging Face folder: the model keys its config.json fixes come from it."""
-        model = config.get("model")
-        init_from = model.get("init_args", model).get("init_from") if model is not None else None
+        model = _node(config, "model", "init_args")
+        init_from = model.get("init_from") if model is not None else None
         if not init_from:
             return
         from .hf_import import fill_arch, hf_folder
@@ -98,9 +93,12 @@ class LoryCLI(LightningCLI):
         if not init_from.startswith("hf:"):
             print(f"model.init_from {init_from}: a Hugging Face model folder (it has a config.json), read as "
                   f"hf:{init_from}", file=sys.stderr)
-        arch = model.get("init_args", model).arch
-        data = _node(config, "data", "init_args")
-        filled = fill_arch(arch, getattr(self, "_explicit_arch", None), folder, data, getattr(self, "_explicit_data", None))
+        # The keys the user gave (config files and command line), told apart from defaults: they must
+        # agree with the checkpoint; the others are filled from its config.json.
+        args = getattr(self, "_args", None)
+        explicit = _node(self.parser.parse_args(args, defaults=False), self.subcommand) if args else None
+        filled = fill_arch(model.arch, _node(explicit, "model", "init_args", "arch"), folder,
+                           _node(config, "data", "init_args"), _node(explicit, "data", "init_args"))
         if filled:
             print(f"model.init_from hf:{folder}: {', '.join(filled)} read from its config.json", file=sys.stderr)
 

@@ -131,9 +131,8 @@ class LoryForCausalLM(LoryPreTrainedModel, GenerationMixin):
                              "does not form the attention weights: call it with output_attentions=False")
         hidden = None
         if cache is None and not use_cache:
-            refuse_packed_positions(position_ids, input_ids, attention_mask)
-            h, _, hidden = self.model.features(input_ids, attention_mask, bool(output_hidden_states))
-            logits = self.model.lm_head(h)  # (B, L, V): the training computation
+            out = self.model(input_ids, attention_mask, output_hidden_states, position_ids)
+            logits, hidden = self.model.lm_head(out.last_hidden_state), out.hidden_states  # the training computation
         else:
             if output_hidden_states:
                 raise ValueError("LoryForCausalLM gives hidden states from the forward without a cache: "
