@@ -18,7 +18,9 @@ from .data.manifest import TOKENIZER
 from .checkpoint_io import check_same_tokenizer, first_line, load_checkpoint, model_state, rng_state, set_rng_state
 from .metrics import DomainPerplexity, perplexity_metrics
 from .model import LoryTransformer, ModelConfig, load_balancing_loss, router_z_loss
+from .model.baselines import AuxFreeTopKMoE
 from .model.config import training_flops_per_token
+from .model.remoe import adapt_l1_coef, gate_sparsity, remoe_l1_loss, target_sparsity
 from .model.transformer import compile_blocks
 from .model.upcycle import (in_dense_phase, router_generator, start_dense_phase, upcycle_model_and_optimizer,
                             upcycle_state_dict)
@@ -69,6 +71,7 @@ class LoryLM(L.LightningModule):
         self.val_unigram: DomainPerplexity | None = None
         self.unigram_logp: torch.Tensor | None = None
         self.tokens_seen = 0
+        self.remoe_l1_coef = training.remoe_l1_init  # ReMoE's lambda, moved each step (model/remoe.py)
         self.flops_per_batch: float | None = None  # read by Lightning's ThroughputMonitor
         self._flops_per_token = training_flops_per_token(model)  # a constant of the config: counted once
 
@@ -169,6 +172,25 @@ class LoryLM(L.LightningModule):
         if 0 < self.trainer.max_steps <= self.trainer.global_step:
             self.trainer.should_stop = True
 
+    def _remoe_l1(self, routing: Any) -> torch.Tensor:
+        """ReMoE's penalty lambda_i * L_reg for this step, then lambda_{i+1} from the step's sparsity,
+        averaged over ranks so every rank keeps the same lambda (model/remoe.py)."""
+        reg = remoe_l1_loss(routing, self.config.top_k)
+        sparsity = float(self.trainer.strategy.reduce(gate_sparsity(routing).to(self.device), reduce_op="mean"))
+        coef = self.remoe_l1_coef
+        self.remoe_l1_coef = adapt_l1_coef(coef, sparsity, target_sparsity(self.config.top_k, self.config.num_experts),
+                                           self.training_config.remoe_l1_alpha)
+        self.log_dict({"train/remoe_l1": reg.detach(), "train/sparsity": sparsity, "train/remoe_l1_coef": coef})
+        return coef * reg
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        # Auxiliary-loss-free balancing: each layer's bias moves on the step's token counts, summed
+        # over ranks (and over the micro-batches of an accumulated step), so every rank moves alike.
+        for layer in self.model.modules():
+            if isinstance(layer, AuxFreeTopKMoE):
+                load = self.trainer.strategy.reduce(layer.take_load(), reduce_op="sum")
+                layer.update_balance_bias(load, self.training_config.balance_bias_rate)
+
     def upcycle_now(self) -> None:
         """End the dense warmup (model/upcycle.py): experts from the dense FFN, fresh routers drawn alike
         on every rank, the dense FFN's Adam moments for every expert."""
@@ -195,6 +217,8 @@ class LoryLM(L.LightningModule):
             z = router_z_loss(routing)
             loss = loss + coefs.z_loss_coef * z
             self.log("train/z_loss", z)
+        if self.config.ffn == "remoe":
+            loss = loss + self._remoe_l1(routing)
         self.last_loss = loss.detach()
         self.log("train/loss", lm_loss, prog_bar=True)
         # The rate this step's optimizer update uses: the scheduler moves it after the update.
@@ -248,6 +272,8 @@ class LoryLM(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng"] = rng_state()
         checkpoint["tokens_seen"] = self.tokens_seen
+        if self.config.ffn == "remoe":
+            checkpoint["remoe_l1_coef"] = self.remoe_l1_coef  # training state: a resume continues the control
         checkpoint["domains"] = list(self.domains)
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and hasattr(dm, "tokenizer_json"):
@@ -266,6 +292,7 @@ class LoryLM(L.LightningModule):
         if "rng" in checkpoint:
             set_rng_state(checkpoint["rng"])
         self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
+        self.remoe_l1_coef = float(checkpoint.get("remoe_l1_coef", self.training_config.remoe_l1_init))
         # The data's own domain names win (setup() reads them from its manifest): a checkpoint
         # validated on another corpus must report that corpus's domains, not map them by index.
         if not self.domains:

@@ -21,6 +21,12 @@ class TrainingConfig:
             unscaled (which damps expert updates for ~100 steps; see REPLICATION.md).
         load_balance_coef: Weight of the Switch load-balancing loss (paper: 0, off).
         z_loss_coef: Weight of the router z-loss (paper: 0, off).
+        remoe_l1_init: ``ffn: remoe``: the L1 coefficient lambda_0 its sparsity control starts from
+            (ReMoE's 1e-8; model/remoe.py).
+        remoe_l1_alpha: ``ffn: remoe``: the factor alpha > 1 lambda moves by each step toward the
+            target sparsity 1 - top_k/num_experts (ReMoE's 1.2).
+        balance_bias_rate: ``ffn: topk_aux_free``: the step gamma each expert's routing bias moves by
+            after each optimizer step (DeepSeek-V3's 0.001).
         nonfinite: What a non-finite loss or gradient norm does: ``stop`` the run with a message,
             or ``skip`` the optimizer step (counted as ``train/skipped_steps``). Decided on a flag
             reduced over all ranks, so every rank does the same (callbacks/guard.py).
@@ -30,6 +36,9 @@ class TrainingConfig:
     upcycle_moments: Literal["scaled", "copied"] = "scaled"
     load_balance_coef: float = 0.0
     z_loss_coef: float = 0.0
+    remoe_l1_init: float = 1e-8
+    remoe_l1_alpha: float = 1.2
+    balance_bias_rate: float = 0.001
     nonfinite: Literal["stop", "skip"] = "stop"
 
     def __post_init__(self) -> None:
@@ -40,6 +49,13 @@ class TrainingConfig:
         for name in ("load_balance_coef", "z_loss_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"model.training.{name} must be >= 0, got {getattr(self, name)}")
+        if self.remoe_l1_init <= 0:
+            raise ValueError(f"model.training.remoe_l1_init must be > 0 (it is only ever multiplied), got "
+                             f"{self.remoe_l1_init}")
+        if self.remoe_l1_alpha <= 1:
+            raise ValueError(f"model.training.remoe_l1_alpha must be > 1, got {self.remoe_l1_alpha}")
+        if self.balance_bias_rate < 0:
+            raise ValueError(f"model.training.balance_bias_rate must be >= 0, got {self.balance_bias_rate}")
         if self.nonfinite not in ("stop", "skip"):
             raise ValueError(f"model.training.nonfinite must be 'stop' or 'skip', got {self.nonfinite!r}")
 

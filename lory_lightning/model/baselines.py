@@ -15,6 +15,9 @@ expert takes), k experts per token, d width, f FFN width.
   inference each segment goes to its top-k experts routed on the previous segment, as in Lory.
 - ``TopKMoE``: token top-k (Mixtral-style renormalized gates), computed grouped by expert after a
   sort of the token-expert pairs: the Python loop runs over experts, never over tokens.
+- ``AuxFreeTopKMoE``: token top-k balanced without an auxiliary loss, as DeepSeek-V3 describes it:
+  sigmoid affinities, experts chosen on affinity + a per-expert bias that only a load count moves,
+  gates the chosen affinities renormalized (the bias never enters a gate).
 - ``LoryPrefixMoE``: one merge per sequence from the first segment, applied to every segment: the
   paper's weaker ablation of causal segment routing.
 """
@@ -36,26 +39,32 @@ if TYPE_CHECKING:  # annotations only: config.py imports the layers through mode
     from .config import ModelConfig
 
 
-def grouped_topk_ffn(experts: RoutedExperts, x: Tensor, idx: Tensor, gates: Tensor) -> Tensor:
-    """sum_j gates[t, j] * FFN_{idx[t, j]}(x[t]) for tokens x (S, d), idx and gates (S, k) -> (S, d).
+def grouped_ffn(experts: RoutedExperts, x: Tensor, token: Tensor, expert: Tensor, gate: Tensor) -> Tensor:
+    """sum over pairs p of gate[p] * FFN_{expert[p]}(x[token[p]]): tokens x (S, d), pairs (P,) -> (S, d).
 
-    The S*k (token, expert) pairs are sorted by expert, so each expert runs once on a contiguous
-    block of its tokens.
+    The P (token, expert) pairs are sorted by expert, so each expert runs once on a contiguous block
+    of its tokens; a token may have any number of pairs (top-k: k each; ReLU routing: as many as
+    its gates are positive, none included).
     """
-    S, k = idx.shape
-    flat_expert = idx.reshape(-1)  # (S*k,)
-    order = torch.argsort(flat_expert, stable=True)
-    token = torch.arange(S, device=x.device).repeat_interleave(k)[order]  # (S*k,) token of each sorted pair
-    counts = torch.bincount(flat_expert, minlength=experts.num_experts).tolist()
+    order = torch.argsort(expert, stable=True)
+    token = token[order]  # (P,) token of each sorted pair
+    counts = torch.bincount(expert, minlength=experts.num_experts).tolist()
     # index_select, not x[token]: a token taken by several experts gets its gradient summed, and the
     # backward of advanced indexing sums in a thread-dependent order on CPU (runs not reproducible)
-    x_sorted = x.index_select(0, token)  # (S*k, d)
-    outs = []
-    for e, chunk in enumerate(torch.split(x_sorted, counts)):
-        if chunk.shape[0]:
-            outs.append(swiglu(chunk, experts.w_gate[e], experts.w_up[e], experts.w_down[e]))  # (n_e, d)
-    y_sorted = torch.cat(outs) * gates.reshape(-1)[order, None].to(x.dtype)  # (S*k, d)
+    x_sorted = x.index_select(0, token)  # (P, d)
+    outs = [swiglu(chunk, experts.w_gate[e], experts.w_up[e], experts.w_down[e])  # (n_e, d)
+            for e, chunk in enumerate(torch.split(x_sorted, counts)) if chunk.shape[0]]
+    if not outs:  # no pair at all: the FFN adds nothing
+        return torch.zeros_like(x)
+    y_sorted = torch.cat(outs) * gate.index_select(0, order)[:, None].to(x.dtype)  # (P, d)
     return torch.zeros_like(x).index_add_(0, token, y_sorted)  # (S, d)
+
+
+def grouped_topk_ffn(experts: RoutedExperts, x: Tensor, idx: Tensor, gates: Tensor) -> Tensor:
+    """sum_j gates[t, j] * FFN_{idx[t, j]}(x[t]) for tokens x (S, d), idx and gates (S, k) -> (S, d)."""
+    S, k = idx.shape
+    token = torch.arange(S, device=x.device).repeat_interleave(k)  # (S*k,)
+    return grouped_ffn(experts, x, token, idx.reshape(-1), gates.reshape(-1))
 
 
 def dense_gates(idx: Tensor, gates: Tensor, num_experts: int) -> Tensor:
@@ -107,6 +116,10 @@ class TopKMoE(_Stateless, RoutedExperts):
     def flops_per_token(cfg: ModelConfig) -> float:
         return cfg.top_k * 6 * cfg.dim * cfg.hidden_dim + 2 * cfg.dim * cfg.num_experts  # k experts + router
 
+    @staticmethod
+    def active_experts(cfg: ModelConfig) -> int:
+        return cfg.top_k
+
     def forward_with_routing(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Routing]:
         B, L, d = x.shape  # per token: padding never reaches a token (its routing stats count it)
         logits = self.router_logits(x)  # (B, L, E)
@@ -114,6 +127,65 @@ class TopKMoE(_Stateless, RoutedExperts):
         gates = top_logits.softmax(dim=-1)  # (B, L, k)
         y = grouped_topk_ffn(self, x.reshape(B * L, d), idx.reshape(B * L, -1), gates.reshape(B * L, -1))
         return y.view(B, L, d), Routing(logits=logits, weights=dense_gates(idx, gates, self.num_experts))
+
+
+class AuxFreeTopKMoE(TopKMoE):
+    """Token top-k balanced without an auxiliary loss (DeepSeek-V3, its auxiliary-loss-free strategy).
+
+    Per token, affinities s = sigmoid(router(x)) (E,); the k experts are the top-k of s + b, where
+    b (E,) is a per-expert bias no gradient moves; their gates are their affinities s renormalized
+    over the k, so b decides who runs but never how much. After each optimizer step
+    ``update_balance_bias`` moves every b_e by ``rate`` toward balance: down for an expert that took
+    more than the mean load of the step's tokens, up for one that took less.
+
+    With k = 1 the renormalized gate is exactly 1 and the router would get no gradient, so the
+    configs use fine-grained experts (k = 2 of 2E experts of half width: Lory's active and total
+    parameters). DeepSeek-V3's extra sequence-wise balance loss (weight 1e-4) is not added: the
+    study measures the bias alone; ``model.training.load_balance_coef`` adds the Switch loss.
+
+    Args:
+        dim, hidden_dim, num_experts: as for LoryMoE.
+        top_k: Experts per token.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, num_experts: int, top_k: int) -> None:
+        super().__init__(dim, hidden_dim, num_experts, top_k)
+        # Persistent: inference routes with it. Moves in steps of ``rate`` (1e-3): train in fp32 or
+        # bf16-mixed (fp32 weights and buffers), not bf16-true, whose spacing near 1 is 8e-3.
+        self.register_buffer("balance_bias", torch.zeros(num_experts))
+        # Tokens each expert took since the last bias update. A plain attribute, not a buffer: DDP
+        # broadcasts buffers from rank 0 before each forward, which would overwrite each rank's count.
+        self.expert_load: Tensor | None = None
+
+    @staticmethod
+    def upcycled_buffers(cfg: ModelConfig) -> dict[str, Tensor]:
+        return {"balance_bias": torch.zeros(cfg.num_experts)}  # no bias until the first step's load
+
+    def forward_with_routing(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Routing]:
+        B, L, d = x.shape
+        logits = self.router_logits(x)  # (B, L, E) fp32 or wider
+        scores = logits.sigmoid()  # (B, L, E) affinities
+        idx = (scores + self.balance_bias.to(scores.dtype)).topk(self.top_k, dim=-1).indices  # (B, L, k)
+        chosen = scores.gather(-1, idx)  # (B, L, k)
+        gates = chosen / chosen.sum(dim=-1, keepdim=True)  # (B, L, k)
+        if self.training:
+            counted = idx if lengths is None else idx[torch.arange(L, device=x.device) < lengths[:, None]]
+            load = torch.bincount(counted.reshape(-1), minlength=self.num_experts)  # (E,)
+            self.expert_load = load if self.expert_load is None else self.expert_load + load
+        y = grouped_topk_ffn(self, x.reshape(B * L, d), idx.reshape(B * L, -1), gates.reshape(B * L, -1))
+        return y.view(B, L, d), Routing(logits=logits, weights=dense_gates(idx, gates, self.num_experts))
+
+    def take_load(self) -> Tensor:
+        """(E,) tokens each expert took since the last call (zeros if none), and reset the count."""
+        load = self.expert_load
+        self.expert_load = None
+        return torch.zeros(self.num_experts, dtype=torch.long, device=self.balance_bias.device) if load is None else load
+
+    @torch.no_grad()
+    def update_balance_bias(self, load: Tensor, rate: float) -> None:
+        """b_e += rate * sign(mean(load) - load_e) for the (E,) token counts of a step (all ranks')."""
+        load = load.to(self.balance_bias.device, torch.float64)
+        self.balance_bias += rate * torch.sign(load.mean() - load).to(self.balance_bias.dtype)
 
 
 class ExpertChoiceMoE(_Stateless, RoutedExperts):

@@ -139,7 +139,8 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
     """Parameter counts of ``cfg`` without building it (exactness is tested against a built model).
 
     Returns ``total`` (every parameter), ``active`` (parameters one token is computed with: one
-    merged FFN per layer, the way the paper counts "0.3B" for 0.3B/8E), and ``active_non_embedding``.
+    merged FFN per layer, the way the paper counts "0.3B" for 0.3B/8E; k experts for top-k, the
+    target k for ReLU routing), and ``active_non_embedding``.
     """
     d, f, n_layer, vocab = cfg.dim, cfg.hidden_dim, cfg.n_layer, cfg.vocab_size
     kv = cfg.kv_heads * cfg.head_dim
@@ -147,10 +148,11 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
     norms = 2 * d
     ffn_one = 3 * d * f
     experts = cfg.num_experts if cfg.is_moe else 1
+    active = cfg.ffn_class.active_experts(cfg) if cfg.is_moe else 1
     router = cfg.num_experts * d if cfg.is_moe else 0
     embedding = vocab * d * (1 if cfg.tie_embeddings else 2)
     per_layer_total = attention + norms + experts * ffn_one + router
-    per_layer_active = attention + norms + ffn_one + router
+    per_layer_active = attention + norms + active * ffn_one + router
     final_norm = d
     return {
         "total": n_layer * per_layer_total + embedding + final_norm,

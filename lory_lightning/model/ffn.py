@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from torch import Tensor
 
-from .baselines import ExpertChoiceMoE, LoryPrefixMoE, SegmentExpertChoiceMoE, TopKMoE
+from .baselines import AuxFreeTopKMoE, ExpertChoiceMoE, LoryPrefixMoE, SegmentExpertChoiceMoE, TopKMoE
 from .moe import LoryMoE, Routing, RoutingMode, SwiGLU
+from .remoe import ReMoE
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -28,7 +29,8 @@ class FFN(Protocol):
     router (a routed kind's parameters are E experts plus an (E, d) router, as ``param_counts`` counts);
     ``has_dense_phase`` says it can train as the dense model first and upcycle in place;
     ``recomputed_flops_per_token`` is what backward computes again beyond twice the forward (Lory's
-    merges with ``recompute_merge``), for the training FLOPs count.
+    merges with ``recompute_merge``), for the training FLOPs count; a routed kind's
+    ``active_experts`` is how many experts one token is computed with (for the active parameters).
 
     Instance side, the inference protocol: ``forward_with_routing`` (teacher-forced, returns the
     layer's Routing or None), ``prefill`` (the prompt, returns the decoding state) and ``decode`` (one
@@ -71,6 +73,8 @@ FFN_KINDS: dict[str, type[FFN]] = {
     "expert_choice": ExpertChoiceMoE,  # token-level Expert Choice
     "segment_expert_choice": SegmentExpertChoiceMoE,  # segment-level Expert Choice
     "topk": TopKMoE,  # token top-k
+    "topk_aux_free": AuxFreeTopKMoE,  # token top-k balanced by a bias, no auxiliary loss (DeepSeek-V3)
+    "remoe": ReMoE,  # ReLU routing with adaptive L1 sparsity control (ReMoE)
 }
 
 

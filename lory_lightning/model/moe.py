@@ -289,6 +289,16 @@ class RoutedExperts(nn.Module):
     def recomputed_flops_per_token(cfg: ModelConfig) -> float:
         return 0.0
 
+    @staticmethod
+    def active_experts(cfg: ModelConfig) -> int:
+        """Experts one token is computed with (Lory: one merged FFN; top-k: k), for ``param_counts``."""
+        return 1
+
+    @staticmethod
+    def upcycled_buffers(cfg: ModelConfig) -> dict[str, Tensor]:
+        """Buffers a layer of this kind starts with when upcycled from a dense FFN, by name."""
+        return {}
+
     def reset_parameters(self, std: float = 0.02, out_std: float | None = None,
                          router_std: float = 0.02, seed: int | None = None) -> None:
         """``seed`` (model/init.py): expert e draws from a seed of its own, so expert 0 equals a dense

@@ -29,8 +29,8 @@ def upcycle_state_dict(dense_state: dict[str, Tensor], cfg: ModelConfig,
     """The state dict of the Lory model ``cfg`` built from a dense model's state dict.
 
     Every ``*.ffn.w_gate`` (d, f) / ``w_up`` (d, f) / ``w_down`` (f, d) becomes (E, ...) with E equal
-    copies; each layer gains ``*.ffn.router.weight`` (E, d) drawn from N(0, router_init_std^2).
-    Everything else is copied unchanged.
+    copies; each layer gains ``*.ffn.router.weight`` (E, d) drawn from N(0, router_init_std^2), and
+    the buffers its kind starts with (``upcycled_buffers``: the aux-loss-free bias). Everything else is copied unchanged.
     """
     if not cfg.is_moe:
         raise ValueError(f"upcycling targets a routed config (ffn='lory' or a baseline), got ffn={cfg.ffn!r}")
@@ -50,6 +50,8 @@ def upcycle_state_dict(dense_state: dict[str, Tensor], cfg: ModelConfig,
         if cfg.ffn_class.has_dense_phase:  # only Lory layers carry the dense-phase flag
             out[key.replace("router.weight", "dense_phase")] = torch.tensor(False)
         like = out[key.replace("router.weight", "w_gate")]  # (E, d, f)
+        for name, value in cfg.ffn_class.upcycled_buffers(cfg).items():
+            out[key.replace("router.weight", name)] = value.to(device=like.device, dtype=like.dtype)
         out[key] = torch.randn(cfg.num_experts, cfg.dim, generator=generator, dtype=torch.float32
                                ).mul_(cfg.router_init_std).to(device=like.device, dtype=like.dtype)
     return out

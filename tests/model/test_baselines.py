@@ -4,25 +4,28 @@ import pytest
 import torch
 
 from lory_lightning.model import LoryTransformer, ModelConfig, upcycle_state_dict
-from lory_lightning.model.baselines import (ExpertChoiceMoE, LoryPrefixMoE, SegmentExpertChoiceMoE, TopKMoE,
-                                            grouped_topk_ffn)
+from lory_lightning.model.baselines import (AuxFreeTopKMoE, ExpertChoiceMoE, LoryPrefixMoE, SegmentExpertChoiceMoE,
+                                            TopKMoE, grouped_ffn, grouped_topk_ffn)
 from lory_lightning.model.config import ffn_flops_per_token
 from lory_lightning.model.moe import LoryMoE, swiglu
+from lory_lightning.model.remoe import ReMoE
 
 D, FF, E, T = 16, 24, 4, 8
-KINDS = ["expert_choice", "segment_expert_choice", "topk", "lory_prefix"]
+KINDS = ["expert_choice", "segment_expert_choice", "topk", "lory_prefix", "topk_aux_free", "remoe"]
 
 
 def layer(kind, **kw):
     made = {"expert_choice": lambda: ExpertChoiceMoE(D, FF, E, **kw),
             "segment_expert_choice": lambda: SegmentExpertChoiceMoE(D, FF, E, T, **kw),
             "topk": lambda: TopKMoE(D, FF, E, kw.get("top_k", 2)),
-            "lory_prefix": lambda: LoryPrefixMoE(D, FF, E, T)}[kind]().double()
+            "lory_prefix": lambda: LoryPrefixMoE(D, FF, E, T),
+            "topk_aux_free": lambda: AuxFreeTopKMoE(D, FF, E, kw.get("top_k", 2)),
+            "remoe": lambda: ReMoE(D, FF, E, kw.get("top_k", 1))}[kind]().double()
     made.reset_parameters(std=0.3, router_std=0.5)
     return made
 
 
-def expert(m, e, x):
+def expert_out(m, e, x):
     return swiglu(x, m.w_gate[e], m.w_up[e], m.w_down[e])
 
 
@@ -32,7 +35,7 @@ def test_shapes_and_gradients(kind):
     x = torch.randn(2, 4 * T, D, dtype=torch.float64, requires_grad=True)
     y, routing = m.forward_with_routing(x)
     assert y.shape == x.shape
-    rows = 4 * T if kind in ("expert_choice", "topk") else 4
+    rows = 4 * T if kind in ("expert_choice", "topk", "topk_aux_free", "remoe") else 4
     assert routing.weights.shape == (2, rows, E) and routing.logits.shape == (2, rows, E)
     y.pow(2).sum().backward()
     assert x.grad.abs().max() > 0 and m.router.weight.grad.abs().max() > 0 and m.w_up.grad.abs().max() > 0
@@ -43,7 +46,7 @@ def test_topk_with_all_experts_and_uniform_router_is_the_mean_of_experts():
     with torch.no_grad():
         m.router.weight.zero_()
     x = torch.randn(2, 10, D, dtype=torch.float64)
-    expected = sum(expert(m, e, x) for e in range(E)) / E
+    expected = sum(expert_out(m, e, x) for e in range(E)) / E
     torch.testing.assert_close(m(x), expected, rtol=0, atol=1e-12)
 
 
@@ -52,8 +55,76 @@ def test_grouped_topk_equals_a_per_token_loop():
     x = torch.randn(13, D, dtype=torch.float64)
     idx = torch.randint(0, E, (13, 2))
     gates = torch.rand(13, 2, dtype=torch.float64)
-    ref = torch.stack([sum(gates[t, j] * expert(m, idx[t, j], x[t]) for j in range(2)) for t in range(13)])
+    ref = torch.stack([sum(gates[t, j] * expert_out(m, idx[t, j], x[t]) for j in range(2)) for t in range(13)])
     torch.testing.assert_close(grouped_topk_ffn(m, x, idx, gates), ref, rtol=0, atol=1e-12)
+
+
+def test_grouped_ffn_takes_any_number_of_pairs_per_token_none_included():
+    m = layer("topk")
+    x = torch.randn(5, D, dtype=torch.float64)
+    token, expert = torch.tensor([0, 0, 0, 3, 2]), torch.tensor([1, 3, 0, 1, 1])
+    gate = torch.rand(5, dtype=torch.float64)
+    ref = torch.zeros_like(x)
+    for t, e, g in zip(token, expert, gate):
+        ref[t] += g * expert_out(m, e, x[t])
+    torch.testing.assert_close(grouped_ffn(m, x, token, expert, gate), ref, rtol=0, atol=1e-12)
+    empty = torch.zeros(0, dtype=torch.long)
+    assert torch.equal(grouped_ffn(m, x, empty, empty, gate[:0]), torch.zeros_like(x))
+
+
+def aux_free_loop(m, x):
+    """Token by token: top-k of sigmoid(r) + b, gates = the chosen sigmoid(r) renormalized."""
+    out = torch.zeros_like(x)
+    for t in range(x.shape[0]):
+        s = torch.sigmoid(m.router.weight @ x[t])
+        chosen = (s + m.balance_bias).topk(m.top_k).indices
+        for e in chosen:
+            out[t] += s[e] / s[chosen].sum() * expert_out(m, e, x[t])
+    return out
+
+
+def test_aux_free_topk_equals_a_float64_loop_with_any_bias():
+    m = layer("topk_aux_free")
+    with torch.no_grad():
+        m.balance_bias.copy_(torch.tensor([0.3, -0.2, 0.0, 0.1]))
+    x = torch.randn(2, 9, D, dtype=torch.float64)
+    torch.testing.assert_close(m(x), aux_free_loop(m, x.reshape(-1, D)).view_as(x), rtol=0, atol=1e-12)
+
+
+def test_aux_free_bias_decides_who_runs_never_how_much():
+    m = layer("topk_aux_free", top_k=1)
+    with torch.no_grad():
+        m.balance_bias.copy_(torch.tensor([0.0, 0.0, 5.0, 0.0]))  # expert 2 wins every token
+    x = torch.randn(2, 9, D, dtype=torch.float64)
+    y, routing = m.forward_with_routing(x)
+    torch.testing.assert_close(y, expert_out(m, 2, x), rtol=0, atol=1e-12)  # gate renormalized to exactly 1
+    assert torch.equal(routing.weights[..., 2], torch.ones(2, 9, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("top_k", [1, 2, E])
+def test_aux_free_topk_over_equal_experts_is_the_dense_ffn(top_k):
+    m = layer("topk_aux_free", top_k=top_k)
+    with torch.no_grad():
+        for w in (m.w_gate, m.w_up, m.w_down):
+            w.copy_(w[:1].expand_as(w))
+        m.balance_bias.copy_(torch.randn(E))
+    x = torch.randn(2, 9, D, dtype=torch.float64)
+    torch.testing.assert_close(m(x), expert_out(m, 0, x), rtol=0, atol=1e-12)  # gates sum to 1
+
+
+def test_aux_free_bias_moves_by_the_rate_toward_balance_on_the_step_load():
+    m = layer("topk_aux_free").train()
+    x = torch.randn(2, 9, D, dtype=torch.float64)
+    m(x)
+    m(x[:1])  # two micro-batches: the counts add up
+    load = m.take_load()
+    assert load.sum() == 3 * 9 * 2 and m.take_load().sum() == 0  # k = 2 pairs per token; taking resets
+    m.update_balance_bias(torch.tensor([10, 2, 6, 6]), rate=0.001)  # mean 6
+    torch.testing.assert_close(m.balance_bias, torch.tensor([-0.001, 0.001, 0.0, 0.0], dtype=torch.float64))
+    m.eval()(x)
+    assert m.take_load().sum() == 0  # inference does not count
+    padded = m.train().forward_with_routing(x, lengths=torch.tensor([9, 4]))
+    assert padded is not None and m.take_load().sum() == (9 + 4) * 2  # padding is not load
 
 
 def test_expert_choice_training_matches_a_slow_loop_and_each_expert_takes_capacity_tokens():
@@ -67,7 +138,7 @@ def test_expert_choice_training_matches_a_slow_loop_and_each_expert_takes_capaci
     for b in range(2):
         for e in range(E):
             for t in scores[b, :, e].topk(C).indices:
-                ref[b, t] += scores[b, t, e] * expert(m, e, x[b, t])
+                ref[b, t] += scores[b, t, e] * expert_out(m, e, x[b, t])
     torch.testing.assert_close(y, ref, rtol=0, atol=1e-12)
 
 
@@ -80,7 +151,7 @@ def test_segment_expert_choice_training_matches_a_slow_loop():
     ref = torch.zeros_like(x).view(16, T, D)
     for e in range(E):
         for r in scores[:, e].topk(C).indices:
-            ref[r] += scores[r, e] * expert(m, e, x.view(16, T, D)[r])
+            ref[r] += scores[r, e] * expert_out(m, e, x.view(16, T, D)[r])
     torch.testing.assert_close(y, ref.view_as(x), rtol=0, atol=1e-12)
     assert ((routing.weights.reshape(16, E) > 0).sum(dim=0) == C).all()  # C segments per expert
 
@@ -114,7 +185,7 @@ def test_lory_prefix_equals_lory_with_two_segments_and_uses_the_first_segment_ev
     assert torch.equal(w, w[:, :1].expand_as(w))
 
 
-@pytest.mark.parametrize("kind", ["expert_choice", "segment_expert_choice", "topk", "lory_prefix"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_causal_at_inference_beyond_the_first_segment(kind):
     m = layer(kind).eval()
     x = torch.randn(2, 4 * T, D, dtype=torch.float64)
@@ -146,7 +217,7 @@ def test_flop_count_puts_expert_choice_and_lory_at_equal_cost():
     assert ffn_flops_per_token(ModelConfig(ffn="topk", **base)) / dense == pytest.approx(2.0, rel=1e-2)
 
 
-@pytest.mark.parametrize("kind", ["topk", "lory_prefix"])
+@pytest.mark.parametrize("kind", ["topk", "lory_prefix", "topk_aux_free"])
 def test_upcycled_dense_checkpoint_gives_the_dense_function(kind):
     cfg = ModelConfig(ffn="dense", vocab_size=97, seq_len=32, segment_len=8, n_layer=2, n_head=2, dim=16,
                       hidden_dim=24, num_experts=4)

@@ -28,7 +28,7 @@ def test_every_kind_keeps_the_protocol_and_builds_from_the_config(kind):
 
 
 def test_an_unknown_kind_names_the_known_ones():
-    with pytest.raises(ValueError, match="model.ffn must be one of lory, dense, .*topk, got 'moe'"):
+    with pytest.raises(ValueError, match="model.ffn must be one of lory, dense, .*topk, topk_aux_free, remoe, got 'moe'"):
         ModelConfig(ffn="moe")
 
 

@@ -35,7 +35,7 @@ def _greedy(model: LoryTransformer, idx: torch.Tensor, routing: str, mask=None, 
     return torch.stack(out, dim=1)  # (B, n)
 
 
-@pytest.mark.parametrize("ffn", ["lory", "lory_prefix", "dense", "topk"])
+@pytest.mark.parametrize("ffn", ["lory", "lory_prefix", "dense", "topk", "topk_aux_free", "remoe"])
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_a_padded_rows_logits_and_hidden_states_are_its_own_alone(ffn, side):
     model = _model(ffn)
@@ -51,7 +51,7 @@ def test_a_padded_rows_logits_and_hidden_states_are_its_own_alone(ffn, side):
     assert len(out.hidden) == model.config.n_layer + 1
 
 
-@pytest.mark.parametrize("ffn", ["lory", "lory_prefix", "dense", "topk"])
+@pytest.mark.parametrize("ffn", ["lory", "lory_prefix", "dense", "topk", "topk_aux_free", "remoe"])
 @pytest.mark.parametrize("routing", ["prompt", "segment"])
 def test_a_left_padded_batch_of_prompts_generates_what_each_generates_alone(ffn, routing):
     model = _model(ffn)
