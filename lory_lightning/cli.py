@@ -245,6 +245,8 @@ class ReplicateArgs:
         heldout: Held-out domains scored after each run (default: the shipped quotes and dictionary).
         log: A markdown log of what was tried before, copied into the report (this repository's:
             docs/replication-log.md).
+        allow_dirty: Train even though tracked source files (the package, configs/) differ from the
+            commit; each result file then lists them under ``uncommitted``.
     """
 
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
@@ -256,6 +258,7 @@ class ReplicateArgs:
     inputs: list[str] = field(default_factory=list)
     heldout: Optional[list[str]] = None
     log: Optional[str] = None
+    allow_dirty: bool = False
 
 
 def add_dataclass_arguments(parser, cls: type) -> None:  # noqa: ANN001 (jsonargparse parser)
@@ -491,7 +494,7 @@ def _replicate(values: dict[str, Any]) -> int:
 
     args = ReplicateArgs(**values)
     out = replicate(args.output, args.results, args.report_path, args.seeds, args.steps, args.inputs,
-                    args.heldout, log=args.log, train=not args.report)
+                    args.heldout, log=args.log, train=not args.report, allow_dirty=args.allow_dirty)
     trained = sum(v == "trained" for v in out["runs"].values())
     if not args.report:
         print(f"{trained} runs trained, {len(out['runs']) - trained} kept from {args.results}/")

@@ -407,12 +407,16 @@ def write_report(results_dir: Path, path: Path, log: str | None = None) -> dict[
     lines += ["## Runs", "",
               f"{len(st.results)} runs, {cpu:.1f} CPU-hours in all. Wall time is as measured where the run "
               "trained (other jobs on the machine lengthen it); CPU time (all threads, data preparation "
-              "included) is the run's cost; threads: torch's intra-op threads.", "",
-              "| run | seed | wall | CPU | threads | validated at step | commit | fingerprint |",
-              "|---|---:|---:|---:|---:|---:|---|---|"]
+              "included) is the run's cost; threads: torch's intra-op threads; commit: the commit it trained at "
+              "(+changes: with uncommitted changes); source: the sha256 of the package's source as it ran "
+              "(12 digits; not recorded in result files older than that field).", "",
+              "| run | seed | wall | CPU | threads | validated at step | commit | source | fingerprint |",
+              "|---|---:|---:|---:|---:|---:|---|---|---|"]
     for r in st.results:
+        source = r.get("source_sha256", "not recorded")[:12] + (" (uncommitted files)" if r.get("uncommitted") else "")
         lines.append(f"| {r['setting']} | {r['seed']} | {r['wall_s'] / 60:.1f} min | {r.get('cpu_s', math.nan) / 60:.1f} min "
-                     f"| {r.get('threads', '')} | {r['validation_step']} | {r['commit']} | {r['fingerprint'][:12]} |")
+                     f"| {r.get('threads', '')} | {r['validation_step']} | {r['commit']} | {source} "
+                     f"| {r['fingerprint'][:12]} |")
     lines += ["", "## Commands", "", "```",
               "lory replicate --log docs/replication-log.md           # trains what is missing (seeds 0-4), then this report",
               "lory replicate --report --log docs/replication-log.md  # this report, from replication-results/ alone",

@@ -7,8 +7,11 @@ and on the held-out domains, the loss and utilization curves, the routing statis
 validation, the wall time, the config, and a fingerprint of that config and of the input files'
 contents. A run whose result file carries the fingerprint its config has now is not trained again,
 so the study can be completed across sittings; a changed config or corpus changes the fingerprint
-and the run is trained again. The fingerprint does not cover the code: each result file names the
-commit it was made at, and the report lists them.
+and the run is trained again. The fingerprint does not cover the code: each result file records the
+commit it was made at and the sha256 of the package's source as it ran (``source_digest``), and the
+report lists both. `lory replicate` refuses to train from a tree whose tracked source (the package,
+configs/) differs from its commit unless told ``allow_dirty``, and a result file made so names the
+changed files (``uncommitted``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ..atomic import atomic_file
 from ..model import ModelConfig
 
 REPO = Path(__file__).resolve().parents[2]
+PACKAGE = Path(__file__).resolve().parents[1]  # lory_lightning/
 BASE_CONFIG = REPO / "configs" / "lory-tiny.yaml"
 HELDOUT = Path(__file__).resolve().parents[1] / "sample_data" / "heldout"
 RESULT_VERSION = 1
@@ -157,6 +161,36 @@ def fingerprint(cfg: dict[str, Any], inputs: dict[str, str], heldout: dict[str, 
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def source_digest(root: Path = PACKAGE) -> str:
+    """sha256 of the package's Python source as it runs: every ``*.py`` under ``root``, by its path
+    there and its bytes, so a result file names the code that made it even from an uncommitted tree."""
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def uncommitted_source() -> list[str]:
+    """Tracked files of the package and configs/ that differ from the commit ([] outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", PACKAGE.name, "configs"],
+                             cwd=REPO, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return sorted(line[3:] for line in out.splitlines() if line.strip())
+
+
+def refuse_uncommitted(allow_dirty: bool) -> list[str]:
+    """The uncommitted source files, after refusing them unless ``allow_dirty`` (before any training)."""
+    changed = uncommitted_source()
+    if changed and not allow_dirty:
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        raise RuntimeError(f"lory replicate: tracked source differs from commit {git_commit()}: {shown}. Commit it "
+                           "so each result file names the code that made it, or pass --allow_dirty (recorded in "
+                           "every result file as `uncommitted`)")
+    return changed
+
+
 def git_commit() -> str | None:
     """The repository's commit (with "+changes" when the work tree differs from it), or None."""
     try:
@@ -248,9 +282,14 @@ def nll_per_token(sums: dict[str, dict[str, float]], domains: Sequence[str] | No
 
 
 def train_runs(runs: Sequence[Run], out: Path, results: Path, steps: int, inputs: Sequence[str],
-               heldout: Sequence[str], data: dict[str, Any], model: dict[str, Any], print_fn=print) -> dict[str, str]:
-    """Train every run whose result file is missing or has another fingerprint; return {key: what happened}."""
+               heldout: Sequence[str], data: dict[str, Any], model: dict[str, Any], print_fn=print,
+               allow_dirty: bool = False) -> dict[str, str]:
+    """Train every run whose result file is missing or has another fingerprint; return {key: what happened}.
+    Refuses an uncommitted source tree unless ``allow_dirty`` (``refuse_uncommitted``)."""
     from ..lightning_cli import run_lightning_cli as lory  # the Lightning entry, not the CLI dispatcher
+
+    uncommitted = refuse_uncommitted(allow_dirty)
+    source = source_digest()
 
     base = yaml.safe_load(BASE_CONFIG.read_text())
     data = {"inputs": list(inputs), **data}
@@ -280,7 +319,9 @@ def train_runs(runs: Sequence[Run], out: Path, results: Path, steps: int, inputs
         result = collect(run, run_dir, cfg, heldout)
         result |= {"fingerprint": fp, "config": cfg_without_paths(cfg), "wall_s": round(wall, 1),
                    "cpu_s": round(cpu, 1), "threads": torch_threads(), "commit": git_commit(),
-                   "version": RESULT_VERSION}
+                   "source_sha256": source, "version": RESULT_VERSION}
+        if uncommitted:
+            result["uncommitted"] = uncommitted
         write_result(path, result)
         done[run.key] = "trained"
     return done

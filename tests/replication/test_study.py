@@ -9,8 +9,10 @@ import yaml
 from conftest import make_corpus
 from lory_lightning.cli import main
 from lory_lightning.replication import replicate
+from lory_lightning.replication import study
 from lory_lightning.replication.study import (
-    BASE_CONFIG, FIRST_SEED, PAIRED, Run, file_digests, fingerprint, plan, run_config)
+    BASE_CONFIG, FIRST_SEED, PAIRED, Run, file_digests, fingerprint, plan, run_config, source_digest,
+    uncommitted_source)
 
 TINY = dict(model=dict(segment_len=8, n_layer=2, n_head=2, dim=32, hidden_dim=48, num_experts=4),
             data=dict(vocab_size=300, batch_size=4, prepare={"val_fraction": 0.1, "sequences_per_shard": 8}))
@@ -55,7 +57,8 @@ def test_replicate_trains_each_run_once_and_the_report_rebuilds_byte_for_byte(tm
     results, report = tmp_path / "results", tmp_path / "REPLICATION.md"
     log = tmp_path / "log.md"
     log.write_text("| probe | change | val ppl |\n|---|---|---:|\n| p1 | lr 1e-3 | 123.4 |\n")
-    kw = dict(seeds=[0, 1], steps=4, inputs=inputs, seq_len=32, log=str(log), **TINY)
+    # a working copy may have changes here; a clean clone (CI) has none, and the files say which
+    kw = dict(seeds=[0, 1], steps=4, inputs=inputs, seq_len=32, log=str(log), allow_dirty=True, **TINY)
     out = replicate(str(tmp_path / "study"), str(results), str(report), **kw)
     assert list(out["runs"].values()) == ["trained"] * 13 and len(list(results.glob("*.json"))) == 13
     res = {p.stem: json.loads(p.read_text()) for p in results.glob("*.json")}
@@ -69,6 +72,7 @@ def test_replicate_trains_each_run_once_and_the_report_rebuilds_byte_for_byte(tm
     assert lory["config"]["data"]["data_dir"] == "runs/replicate/data-similarity-seed0" and lory["cpu_s"] > 0
     assert res["lory-similarity-8-layers-seed0"]["config"]["model"]["arch"]["n_layer"] == 8
     assert res["lory-similarity-dedup-0.9-seed0"]["config"]["data"]["prepare"]["dedup_threshold"] == 0.9
+    assert lory["source_sha256"] == source_digest() and lory.get("uncommitted", []) == uncommitted_source()
     written = report.read_bytes()
     assert b"All 13 runs" not in written  # the default study has 5 seeds: this one is partial, and says so
     assert b"**In progress**: 13 of the 25 runs" in written and b"| p1 | lr 1e-3 | 123.4 |" in written
@@ -90,6 +94,32 @@ def test_replicate_refuses_a_missing_log_before_training(tmp_path):
     with pytest.raises(FileNotFoundError, match="--log .*nope.md"):
         replicate(str(tmp_path / "study"), str(tmp_path / "r"), str(tmp_path / "R.md"), log=str(tmp_path / "nope.md"))
     assert not (tmp_path / "study").exists()
+
+
+def test_source_digest_follows_each_files_path_and_bytes(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "a.py").write_text("x = 1\n")
+    (tmp_path / "b.py").write_text("y = 2\n")
+    (tmp_path / "notes.txt").write_text("not source")
+    first = source_digest(tmp_path)
+    assert source_digest(tmp_path) == first and len(first) == 64
+    (tmp_path / "notes.txt").write_text("changed")
+    assert source_digest(tmp_path) == first  # only Python source counts
+    (tmp_path / "b.py").write_text("y = 3\n")
+    assert source_digest(tmp_path) != first
+    (tmp_path / "b.py").write_text("y = 2\n")
+    (tmp_path / "b.py").rename(tmp_path / "c.py")
+    assert source_digest(tmp_path) != first  # a moved file is other code
+
+
+def test_replicate_refuses_uncommitted_source_before_training_unless_allowed(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "uncommitted_source", lambda: ["lory_lightning/model/moe.py"])
+    with pytest.raises(RuntimeError, match="differs from commit .*lory_lightning/model/moe.py.*--allow_dirty"):
+        replicate(str(tmp_path / "study"), str(tmp_path / "r"), str(tmp_path / "R.md"))
+    assert not (tmp_path / "study").exists()
+    assert study.refuse_uncommitted(allow_dirty=True) == ["lory_lightning/model/moe.py"]
+    with pytest.raises(SystemExit):  # the flag is a switch of the command
+        main(["replicate", "--allow_dirty", "maybe"])
 
 
 def test_cli_defaults_are_the_studys():
