@@ -122,6 +122,11 @@ class LoryCLI(LightningCLI):
             return
         hparams = upgrade_hparams(read_checkpoint_meta(path).get("hyper_parameters", {}))
         hparams.pop("_instantiator", None)
+        # How to score is this run's choice, not a property of the weights: the config's value wins.
+        for key in RUN_CHOICES:
+            value = _node(config, "model", "init_args", "arch", key)
+            if value is not None and isinstance(hparams.get("arch"), dict):
+                hparams["arch"][key] = value
         if hparams:
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
@@ -174,6 +179,9 @@ class LoryCLI(LightningCLI):
             print(f"config:     {Path(log_dir) / 'config.yaml'}")
         for logger in trainer.loggers:
             print(f"logs:       {logger.log_dir} ({type(logger).__name__})")
+
+
+RUN_CHOICES = ("eval_routing",)  # model.arch keys a run with --ckpt_path sets itself (not the checkpoint)
 
 
 def _node(namespace, *keys: str):  # noqa: ANN001, ANN202 (jsonargparse Namespace)

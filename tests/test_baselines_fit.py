@@ -43,3 +43,10 @@ def test_baseline_config_fits_with_monitoring_and_generates(config, small_data, 
         torch.testing.assert_close(steps, steps.round(), rtol=0, atol=1e-3)
     assert main(["generate", "--ckpt_path", str(ckpt), "--prompt", "oven", "--max_new_tokens", "5"]) == 0
     assert capsys.readouterr().out.startswith("oven")
+    if "expert-choice" in config:  # the same checkpoint scored with the rule it trained with: another number
+        assert main(["validate", "--config", str(cfg), "--ckpt_path", str(ckpt),
+                     "--model.arch.eval_routing", "capacity"]) == 0
+        with open(run.parent / "version_1" / "metrics.csv") as f:
+            capacity_ppl = [float(r["val/ppl"]) for r in csv.DictReader(f) if r.get("val/ppl")]
+        causal_ppl = [float(r["val/ppl"]) for r in rows if r.get("val/ppl")][-1]
+        assert len(capacity_ppl) == 1 and capacity_ppl[0] != pytest.approx(causal_ppl, rel=1e-4)

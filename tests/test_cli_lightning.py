@@ -222,7 +222,7 @@ def test_loggers_sharing_a_folder_get_one_version(tmp_path):
 def test_round_1_and_round_2_checkpoints_validate_with_their_keys_moved(small_data, tmp_path, capsys):
     # Round 1 kept the training knobs beside `model` and `optim`; round 2 grouped them as `training`
     # and still called the decoder's settings `model` (--model.model.num_experts); today it is `arch`.
-    from lory_lightning.checkpoint_io import load_model, upgrade_hparams
+    from lory_lightning.checkpoint_io import TRAINING_KEYS, load_model, upgrade_hparams
 
     cfg = small_config(tmp_path, small_data)
     assert main(["fit", "--config", str(cfg), "--trainer.max_steps", "2", "--trainer.val_check_interval", "2"]) == 0
@@ -231,9 +231,10 @@ def test_round_1_and_round_2_checkpoints_validate_with_their_keys_moved(small_da
     hp = state["hyper_parameters"]
     assert set(hp) >= {"arch", "optim", "training"} and "model" not in hp
     round_2 = {("model" if k == "arch" else k): v for k, v in hp.items()}
-    round_1 = {**{k: v for k, v in round_2.items() if k != "training"}, **hp["training"]}
+    knobs_1 = {k: v for k, v in hp["training"].items() if k in TRAINING_KEYS}  # the knobs round 1 had
+    round_1 = {**{k: v for k, v in round_2.items() if k != "training"}, **knobs_1}
     for name, old in (("round-1", round_1), ("round-2", round_2)):
-        assert upgrade_hparams(old) == hp
+        assert upgrade_hparams(old) == (hp if name == "round-2" else {**hp, "training": knobs_1})
         state["hyper_parameters"] = old
         legacy = tmp_path / f"{name}.ckpt"
         torch.save(state, legacy)

@@ -7,7 +7,9 @@ expert takes), k experts per token, d width, f FFN width.
   sequence, C = L * capacity_factor / E, so the FFN costs what a dense FFN costs at capacity 1, the
   same as Lory. **Look-ahead:** a token's expert depends on the scores of every token of the
   sequence, later ones included, so training is not causal; at inference each token goes to its
-  top-k experts (k = capacity factor), as the paper did.
+  top-k experts (k = capacity factor), as the paper did. ``eval_routing="capacity"`` scores with
+  the training rule instead (both Expert Choice kinds): the model is then judged by the rule it
+  learned, which no decoder can run.
 - ``SegmentExpertChoiceMoE``: every expert picks its top-C segments of the batch (routed on each
   segment's own mean), C = B * N * capacity_factor / E, and runs all their tokens: at capacity 1
   the compute of a dense FFN, as token Expert Choice. Non-causal in training (a segment's expert
@@ -87,6 +89,13 @@ def refuse_padding(kind: str, lengths: Tensor | None) -> None:
     if lengths is not None:
         raise ValueError(f"model.ffn {kind}: its experts choose among the batch's tokens or segments, so padding "
                          "would take their capacity; give it unpadded batches (lory, dense and top-k take padded ones)")
+
+
+def refuse_capacity_decoding(eval_routing: str) -> None:
+    """Expert Choice's training rule picks among tokens not yet generated: it scores, it cannot decode."""
+    if eval_routing != "causal":
+        raise ValueError(f"model.eval_routing {eval_routing!r}: the experts choose among the whole sequence, "
+                         "which a decoder does not have yet; generate with model.eval_routing causal")
 
 
 class TopKMoE(_Stateless, RoutedExperts):
@@ -196,16 +205,22 @@ class ExpertChoiceMoE(_Stateless, RoutedExperts):
         capacity_factor: c; each expert takes C = max(1, L * c / E) tokens of each sequence.
     """
 
-    def __init__(self, dim: int, hidden_dim: int, num_experts: int, capacity_factor: float = 1.0) -> None:
+    def __init__(self, dim: int, hidden_dim: int, num_experts: int, capacity_factor: float = 1.0,
+                 eval_routing: str = "causal") -> None:
         if capacity_factor <= 0:
             raise ValueError(f"capacity_factor must be > 0, got {capacity_factor}")
         super().__init__(dim, hidden_dim, num_experts, segment_len=1)
         self.capacity_factor = capacity_factor
         self.inference_k = max(1, min(num_experts, round(capacity_factor)))
+        self.eval_routing = eval_routing
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> ExpertChoiceMoE:
-        return cls(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.capacity_factor)
+        return cls(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.capacity_factor, cfg.eval_routing)
+
+    def prefill(self, x: Tensor, mode: RoutingMode, lengths: Tensor | None = None) -> tuple[Tensor, None]:
+        refuse_capacity_decoding(self.eval_routing)
+        return super().prefill(x, mode, lengths)
 
     @staticmethod
     def flops_per_token(cfg: ModelConfig) -> float:
@@ -217,7 +232,7 @@ class ExpertChoiceMoE(_Stateless, RoutedExperts):
         B, L, d = x.shape
         logits = self.router_logits(x)  # (B, L, E)
         scores = logits.softmax(dim=-1)  # (B, L, E)
-        if not self.training:  # causal at inference: each token to its top-k experts, gates = scores
+        if not self.training and self.eval_routing == "causal":  # each token to its top-k experts, gates = scores
             gates, idx = scores.topk(self.inference_k, dim=-1)  # (B, L, k)
             y = grouped_topk_ffn(self, x.reshape(B * L, d), idx.reshape(B * L, -1), gates.reshape(B * L, -1))
             return y.view(B, L, d), Routing(logits, dense_gates(idx, gates, self.num_experts))
@@ -253,17 +268,18 @@ class SegmentExpertChoiceMoE(RoutedExperts):
     """
 
     def __init__(self, dim: int, hidden_dim: int, num_experts: int, segment_len: int,
-                 capacity_factor: float = 1.0) -> None:
+                 capacity_factor: float = 1.0, eval_routing: str = "causal") -> None:
         if capacity_factor <= 0:
             raise ValueError(f"capacity_factor must be > 0, got {capacity_factor}")
         super().__init__(dim, hidden_dim, num_experts, segment_len=segment_len)
         self.capacity_factor = capacity_factor
         self.inference_k = max(1, min(num_experts, round(capacity_factor)))
         self.policy = CausalSegmentRouting()  # at inference, as Lory: route on the previous segment
+        self.eval_routing = eval_routing
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> SegmentExpertChoiceMoE:
-        return cls(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.segment_len, cfg.capacity_factor)
+        return cls(cfg.dim, cfg.hidden_dim, cfg.num_experts, cfg.segment_len, cfg.capacity_factor, cfg.eval_routing)
 
     @staticmethod
     def check_config(cfg: ModelConfig) -> None:
@@ -295,7 +311,7 @@ class SegmentExpertChoiceMoE(RoutedExperts):
         xs = (F.pad(x, (0, 0, 0, pad)) if pad else x).reshape(B, N, T, d)
         logits = self.router_logits(segment_means(x, T))  # (B, N, E)
         scores = logits.softmax(dim=-1)  # (B, N, E)
-        if not self.training:  # causal beyond the first segment: route on the previous one, top-k
+        if not self.training and self.eval_routing == "causal":  # route on the previous segment, top-k
             gates, idx = self.policy.weights(scores).topk(self.inference_k, dim=-1)  # (B, N, k)
             y = self._apply_topk(xs.reshape(B * N, T, d), idx.reshape(B * N, -1), gates.reshape(B * N, -1))
             weights = dense_gates(idx, gates, E)
@@ -320,6 +336,7 @@ class SegmentExpertChoiceMoE(RoutedExperts):
                 lengths: Tensor | None = None) -> tuple[Tensor, SegmentChoiceCache]:
         """prompt: the prompt's top-k experts (routed on its mean) serve it and every new token;
         segment: the inference forward, then a new choice at every segment boundary."""
+        refuse_capacity_decoding(self.eval_routing)
         refuse_padding("segment_expert_choice", lengths)
         if mode == "prompt":
             gates, idx = self.router_logits(x.mean(dim=1)).softmax(dim=-1).topk(self.inference_k, dim=-1)

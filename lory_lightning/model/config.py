@@ -14,6 +14,8 @@ from typing import Any
 from .fused import KERNELS
 from .ffn import FFN, ffn_class
 
+EVAL_ROUTINGS = ("causal", "capacity")  # ModelConfig.eval_routing
+
 
 @dataclass
 class ModelConfig:
@@ -44,6 +46,12 @@ class ModelConfig:
         tie_embeddings: Share the token embedding with the LM head.
         top_k: Experts per token for ``ffn: topk``.
         capacity_factor: Expert Choice capacity (1: the FLOPs of a dense FFN, as Lory).
+        eval_routing: How the Expert Choice kinds route outside training: ``causal`` (each token, or
+            segment from the previous one, to its top-k experts, k = capacity factor: what a decoder
+            can run, and what the paper's comparison reports) or ``capacity`` (the rule they train
+            with, experts choosing among the whole sequence's tokens or the batch's segments: looks
+            ahead, so it scores but cannot generate). Set it at validation to score a checkpoint
+            both ways; other kinds take only ``causal``.
         recompute_merge: Lory layers recompute merged weights in backward (saved activations of a
             dense FFN); ``false`` keeps them through autograd (the plain path, for comparison).
         kernel: How Lory layers run: ``torch`` (merged matrices in device memory; the reference and
@@ -70,6 +78,7 @@ class ModelConfig:
     tie_embeddings: bool = False
     top_k: int = 2
     capacity_factor: float = 1.0
+    eval_routing: str = "causal"
     recompute_merge: bool = True
     kernel: str = "auto"
 
@@ -102,6 +111,11 @@ class ModelConfig:
                 "equal (after upcycling) a zero router never receives a gradient")
         if self.capacity_factor <= 0:
             raise ValueError(f"model.capacity_factor must be > 0, got {self.capacity_factor}")
+        if self.eval_routing not in EVAL_ROUTINGS:
+            raise ValueError(f"model.eval_routing must be one of {', '.join(EVAL_ROUTINGS)}, got {self.eval_routing!r}")
+        if self.eval_routing != "causal" and self.ffn not in ("expert_choice", "segment_expert_choice"):
+            raise ValueError(f"model.eval_routing {self.eval_routing!r} is for the Expert Choice kinds; model.ffn "
+                             f"{self.ffn} routes causally in training already: leave it 'causal'")
         if self.rope_base <= 1:
             raise ValueError(f"model.rope_base must be > 1, got {self.rope_base}")
         kind.check_config(self)  # what this FFN kind needs (e.g. Lory: at least two segments)

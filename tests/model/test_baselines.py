@@ -271,3 +271,25 @@ def test_a_prompt_shorter_than_a_segment_decodes_as_the_full_forward_from_segmen
     y0, cache = m.prefill(x[:, :prompt_len], "segment")
     y = torch.cat([y0] + [m.decode(x[:, t:t + 1], cache, t) for t in range(prompt_len, x.shape[1])], dim=1)
     torch.testing.assert_close(y[:, T:], m(x)[:, T:], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["expert_choice", "segment_expert_choice"])
+def test_capacity_eval_routing_scores_with_the_training_rule_and_refuses_to_decode(kind):
+    cfg = ModelConfig(ffn=kind, vocab_size=97, seq_len=32, segment_len=8, n_layer=2, n_head=2, dim=16,
+                      hidden_dim=24, num_experts=4, router_init_std=0.5)
+    causal = LoryTransformer(cfg).double()
+    capacity = LoryTransformer(cfg.replace(eval_routing="capacity")).double()
+    capacity.load_state_dict(causal.state_dict())
+    idx = torch.randint(0, 97, (3, 32))
+    trained = capacity.train()(idx).logits
+    torch.testing.assert_close(capacity.eval()(idx).logits, trained, rtol=0, atol=0)  # the training rule, exactly
+    assert (causal.eval()(idx).logits - trained).abs().max() > 1e-3  # the decoder's rule scores otherwise
+    with pytest.raises(ValueError, match="model.eval_routing 'capacity'.*generate with model.eval_routing causal"):
+        capacity.step(idx[:, :5], capacity.new_cache(3, 32, "segment"))
+
+
+def test_eval_routing_is_for_expert_choice_only():
+    with pytest.raises(ValueError, match="model.eval_routing 'capacity' is for the Expert Choice kinds"):
+        ModelConfig(ffn="lory", eval_routing="capacity")
+    with pytest.raises(ValueError, match="model.eval_routing must be one of causal, capacity, got 'future'"):
+        ModelConfig(ffn="expert_choice", eval_routing="future")
