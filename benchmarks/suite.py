@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,7 +25,8 @@ from lory_lightning.model import LoryTransformer, ModelConfig
 from lory_lightning.model.config import training_flops_per_token
 from lory_lightning.model.baselines import TopKMoE
 from lory_lightning.model.moe import LoryMoE, SwiGLU
-from lory_lightning.optim import OptimConfig, param_groups
+from lory_lightning.optim import OptimConfig
+from lory_lightning.replication.cost import interleaved_medians, training_step
 
 D, FF = 256, 688  # layer width and FFN width of the layer benchmark
 
@@ -75,19 +75,6 @@ def graph_saved_bytes(out: torch.Tensor, params: list[torch.Tensor]) -> int:
     return total
 
 
-def interleaved_medians(fns: dict[str, Callable[[], None]], rounds: int, warmup: int = 2) -> dict[str, float]:
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def layer_part(rounds: int) -> list[dict]:
     """FFN layer fwd+bwd: dense, Lory plain, Lory recompute, token top-2 at equal total parameters."""
     rows = []
@@ -116,20 +103,6 @@ def layer_part(rounds: int) -> list[dict]:
                              "tokens": tokens})
             print(f"layer T={T} E={E}: " + ", ".join(f"{k} {med[k] / med['dense']:.3f}x" for k in layers), flush=True)
     return rows
-
-
-def training_step(cfg: ModelConfig, optim: OptimConfig, idx: torch.Tensor) -> Callable[[], None]:
-    """One training step (forward, backward, AdamW with ``optim``'s kernel) of a fresh ``cfg`` model on ``idx``."""
-    torch.manual_seed(0)
-    model = LoryTransformer(cfg)
-    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, **optim.adamw_kwargs())
-
-    def run() -> None:
-        loss = F.cross_entropy(model(idx[:, :-1]).logits.flatten(0, 1), idx[:, 1:].flatten())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return run
 
 
 def model_part(rounds: int) -> list[dict]:

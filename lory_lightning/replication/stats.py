@@ -99,3 +99,43 @@ def interval(values: Sequence[float], level: float = 0.95) -> Interval:
         return Interval(mean, sd, n, math.nan, math.nan)
     half = t_quantile(level, n - 1) * sd / math.sqrt(n)
     return Interval(mean, sd, n, mean - half, mean + half)
+
+
+def _normal_cdf(x: float) -> float:
+    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+
+def paired_t_power(shift: float, df: int, level: float = 0.95, steps: int = 4000) -> float:
+    """Power of the two-sided paired t test at ``level`` when the mean difference is ``shift`` standard
+    errors (the noncentrality sqrt(n) * effect / sd), with ``df`` = n - 1.
+
+    T = (Z + shift) / S with S = sqrt(chi2_df / df); the test rejects when |T| > t_crit, so the power
+    is the mean over S of Phi(shift - t_crit S) + Phi(-shift - t_crit S): integrated over S's density
+    (2 (df/2)^(df/2) / Gamma(df/2) s^(df-1) exp(-df s^2 / 2)) by Simpson's rule on [0, 10].
+    """
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    crit = t_quantile(level, df)
+    log_norm = math.log(2) + (df / 2) * math.log(df / 2) - math.lgamma(df / 2)
+    width = 10.0 / steps
+    total = 0.0
+    for i in range(steps + 1):
+        s = i * width
+        density = 0.0 if s == 0 and df > 1 else math.exp(log_norm + (df - 1) * math.log(s or 1.0) - df * s * s / 2)
+        weight = 1 if i in (0, steps) else (4 if i % 2 else 2)
+        total += weight * density * (_normal_cdf(shift - crit * s) + _normal_cdf(-shift - crit * s))
+    return total * width / 3
+
+
+def minimal_detectable_effect(sd: float, n: int, power: float = 0.8, level: float = 0.95) -> float:
+    """The smallest true mean difference a paired t test over ``n`` seeds detects with probability
+    ``power`` at ``level``, given a per-seed sd of the differences ``sd`` (exact, noncentral t)."""
+    if n < 2:
+        return math.nan
+    lo, hi = 0.0, 1.0
+    while paired_t_power(hi, n - 1, level) < power:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if paired_t_power(mid, n - 1, level) < power else (lo, mid)
+    return (lo + hi) / 2 * sd / math.sqrt(n)

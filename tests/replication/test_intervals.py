@@ -47,3 +47,27 @@ def test_mean_sd_is_the_sample_sd():
     assert mean_sd([1.0, 2.0, 3.0, 4.0]) == (2.5, pytest.approx(1.2909944))
     with pytest.raises(ValueError):
         mean_sd([])
+
+
+def test_power_is_the_level_at_no_effect_and_the_normal_limit_for_many_seeds():
+    from lory_lightning.replication.stats import minimal_detectable_effect, paired_t_power
+
+    for df in (1, 4, 30):
+        assert paired_t_power(0.0, df) == pytest.approx(0.05, abs=1e-8)  # rejects 5% of null studies
+    # many seeds: z_0.975 + z_0.8 standard errors
+    assert minimal_detectable_effect(1.0, 400) * 20 == pytest.approx(1.959964 + 0.841621, abs=0.01)
+    assert math.isnan(minimal_detectable_effect(1.0, 1))
+
+
+def test_minimal_detectable_effect_has_the_power_it_claims_by_simulation():
+    import numpy as np
+
+    from lory_lightning.replication.stats import minimal_detectable_effect, t_quantile
+
+    n, sd = 5, 2.7
+    effect = minimal_detectable_effect(sd, n)
+    assert effect / sd == pytest.approx(1.682, abs=0.002)  # Cohen's d a 5-seed paired test detects at 80%
+    x = np.random.default_rng(0).normal(effect, sd, size=(200_000, n))
+    t = x.mean(1) / (x.std(1, ddof=1) / math.sqrt(n))
+    assert (abs(t) > t_quantile(0.95, n - 1)).mean() == pytest.approx(0.80, abs=0.004)
+    assert minimal_detectable_effect(sd, 10) < effect  # more seeds detect less
