@@ -84,10 +84,14 @@ def write_passage_corpus(files: Sequence[str], out: Path, max_chars: int, text_f
                         cut["source"] = f"{record['source']}#p{i}"
                     lines.append(json.dumps(cut, ensure_ascii=False) + "\n")
         target = out / path.name
+        data = "".join(lines).encode()
         with atomic_file(target) as f:
-            # mtime 0: the same passages give the same bytes (the study fingerprints inputs by content)
-            with gzip.GzipFile(fileobj=f, mode="wb", mtime=0) if target.suffix == ".gz" else f as g:
-                g.write("".join(lines).encode())
+            if target.suffix == ".gz":
+                # mtime 0: the same passages give the same bytes (the study fingerprints inputs by content)
+                with gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as g:
+                    g.write(data)
+            else:
+                f.write(data)
         written.append(target)
     return written
 

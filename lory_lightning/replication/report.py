@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import stats
-from .study import DEFAULT_SEEDS, PAIRED, SETTINGS, nll_per_token, plan, read_result
+from .study import DEFAULT_SEEDS, FIRST, PAIRED, SETTINGS, STEP_TIME, Design, nll_per_token, plan, read_result
 
 Result = dict[str, Any]
 # "close": token-level Expert Choice better than Lory by less than this many seed-to-seed standard
@@ -24,18 +24,18 @@ Result = dict[str, Any]
 CLOSE_SDS = 2.0
 
 
-def load_results(folder: Path) -> list[Result]:
-    """Every result file in ``folder``, in the study's order (setting, then seed)."""
+def load_results(folder: Path, settings: dict[str, Any] = SETTINGS) -> list[Result]:
+    """Every result file in ``folder``, in the study's order (setting, then seed); ``settings``: the study's."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no result folder (run `lory replicate` first, or give --results)")
-    results = [read_result(p) for p in sorted(folder.glob("*.json"))]
+    results = [read_result(p) for p in sorted(folder.glob("*.json")) if p.name != STEP_TIME]
     for r in results:
-        if r["setting"] not in SETTINGS:
+        if r["setting"] not in settings:
             raise ValueError(f"{folder}/{r['key']}.json: unknown setting {r['setting']!r} "
-                             f"(known: {', '.join(SETTINGS)})")
+                             f"(known: {', '.join(settings)})")
     if not results:
         raise ValueError(f"{folder}: no result files")
-    names = list(SETTINGS)
+    names = list(settings)
     return sorted(results, key=lambda r: (names.index(r["setting"]), r["seed"]))
 
 
@@ -342,6 +342,11 @@ def figures(st: Study, folder: Path) -> dict[str, Path]:
     return out
 
 
+def source_cell(r: Result) -> str:
+    """The run's source digest (12 digits) for a runs table, marked where files were uncommitted."""
+    return r.get("source_sha256", "not recorded")[:12] + (" (uncommitted files)" if r.get("uncommitted") else "")
+
+
 def status(st: Study, seeds: Sequence[int] = DEFAULT_SEEDS) -> str:
     have = {r["key"] for r in st.results}
     missing = [r.key for r in plan(seeds) if r.key not in have]
@@ -352,8 +357,12 @@ def status(st: Study, seeds: Sequence[int] = DEFAULT_SEEDS) -> str:
             "5 seeds have wide intervals; `lory replicate` trains only what is missing.")
 
 
-def write_report(results_dir: Path, path: Path, log: str | None = None) -> dict[str, Any]:
-    """REPLICATION.md (``path``) and its figures (``<stem>-figures/``) from the result files."""
+def write_report(results_dir: Path, path: Path, log: str | None = None, design: Design = FIRST) -> dict[str, Any]:
+    """The study's report (``path``) and its figures (``<stem>-figures/``) from the result files."""
+    if design.name != "first":
+        from .report_second import write_second_report
+
+        return write_second_report(results_dir, path, log)
     st = Study(load_results(results_dir))
     figs = figures(st, path.parent / (path.stem.lower() + "-figures"))
     rel = lambda name: figs[name].relative_to(path.parent).as_posix()  # noqa: E731
@@ -413,9 +422,8 @@ def write_report(results_dir: Path, path: Path, log: str | None = None) -> dict[
               "| run | seed | wall | CPU | threads | validated at step | commit | source | fingerprint |",
               "|---|---:|---:|---:|---:|---:|---|---|---|"]
     for r in st.results:
-        source = r.get("source_sha256", "not recorded")[:12] + (" (uncommitted files)" if r.get("uncommitted") else "")
         lines.append(f"| {r['setting']} | {r['seed']} | {r['wall_s'] / 60:.1f} min | {r.get('cpu_s', math.nan) / 60:.1f} min "
-                     f"| {r.get('threads', '')} | {r['validation_step']} | {r['commit']} | {source} "
+                     f"| {r.get('threads', '')} | {r['validation_step']} | {r['commit']} | {source_cell(r)} "
                      f"| {r['fingerprint'][:12]} |")
     lines += ["", "## Commands", "", "```",
               "lory replicate --log docs/replication-log.md           # trains what is missing (seeds 0-4), then this report",
@@ -428,4 +436,4 @@ def write_report(results_dir: Path, path: Path, log: str | None = None) -> dict[
         lines += ["## Investigation log", "", log.strip(), ""]
     path.write_text("\n".join(lines))
     return {"claims": [f"{verdict}: {claim} ({evidence})" for claim, verdict, evidence in held],
-            "results": len(st.results), "figures": sorted(figs)}
+            "results": len(st.results), "figures": sorted(figs), "path": str(path)}

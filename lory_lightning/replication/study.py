@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -42,50 +42,106 @@ HELDOUT = Path(__file__).resolve().parents[1] / "sample_data" / "heldout"
 RESULT_VERSION = 1
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)  # 5: a t interval over 3 seeds missed a 4% effect (issue 17)
 DEFAULT_STEPS = 400
+STEP_TIME = "step-time.json"  # the equal-compute ratio, kept beside a study's result files
 
-# setting: (ffn, data order, model overrides, prepare overrides)
-PAIRED = {  # trained at every seed: the paired comparisons
-    "dense-similarity": ("dense", "similarity", {}, {}),
-    "lory-similarity": ("lory", "similarity", {}, {}),
-    "dense-random": ("dense", "random", {}, {}),
-    "lory-random": ("lory", "random", {}, {}),
-}
-FIRST_SEED = {  # trained at the first seed only (said so in the report)
-    "expert-choice": ("expert_choice", "similarity", {}, {}),
-    "segment-expert-choice": ("segment_expert_choice", "similarity", {}, {}),
+class Setting(NamedTuple):
+    """One arm of a study: its FFN kind and data order, what it changes, and where it trains."""
+
+    ffn: str
+    order: str  # the data order: "similarity" or "random"
+    model: dict[str, Any] = {}  # model.arch overrides (never mutated: Run hands out copies)
+    prepare: dict[str, Any] = {}  # data.prepare overrides
+    seeds: int | None = None  # trains at the first this-many seeds of the study (None: at every seed)
+    equal_compute: bool = False  # trains Lory's measured step-time ratio times the study's steps
+    eval_routings: tuple[str, ...] = ()  # extra validations with these model.arch.eval_routing values
+
+
+@dataclass(frozen=True)
+class Design:
+    """A study: its arms, the shape its runs share, and where its results and report go."""
+
+    name: str
+    settings: dict[str, Setting]
+    seq_len: int
+    batch_size: int | None  # None: lory-tiny's
+    passage_chars: int | None  # cut documents into passages of at most this many characters (passages.py)
+    results: str
+    report: str
+
+    @property
+    def paired(self) -> dict[str, Setting]:
+        """The arms trained at every seed."""
+        return {k: v for k, v in self.settings.items() if v.seeds is None}
+
+
+FIRST = Design("first", {
+    # trained at every seed: the paired comparisons
+    "dense-similarity": Setting("dense", "similarity"),
+    "lory-similarity": Setting("lory", "similarity"),
+    "dense-random": Setting("dense", "random"),
+    "lory-random": Setting("lory", "random"),
+    # trained at the first seed only (said so in the report)
+    "expert-choice": Setting("expert_choice", "similarity", seeds=1),
+    "segment-expert-choice": Setting("segment_expert_choice", "similarity", seeds=1),
     # probe: is the lowest-layer specialization peak a property of 4 layers? 8 layers, equal tokens
-    "lory-similarity-8-layers": ("lory", "similarity", {"n_layer": 8}, {}),
+    "lory-similarity-8-layers": Setting("lory", "similarity", {"n_layer": 8}, seeds=1),
     # probe: do near-copies side by side hurt similarity order? drop pairs above cosine 0.9, not 0.99
-    "dense-similarity-dedup-0.9": ("dense", "similarity", {}, {"dedup_threshold": 0.9}),
-    "lory-similarity-dedup-0.9": ("lory", "similarity", {}, {"dedup_threshold": 0.9}),
-}
-SETTINGS = PAIRED | FIRST_SEED
+    "dense-similarity-dedup-0.9": Setting("dense", "similarity", {}, {"dedup_threshold": 0.9}, seeds=1),
+    "lory-similarity-dedup-0.9": Setting("lory", "similarity", {}, {"dedup_threshold": 0.9}, seeds=1),
+}, seq_len=512, batch_size=None, passage_chars=None, results="replication-results", report="REPLICATION.md")
+
+# The second study (issue 33): ordering with room to act (passages of at most 1,000 characters in
+# sequences of 1,024 tokens: 5-8 documents per sequence in every domain, measured per run), dense at
+# equal compute, the token-level baselines a reviewer asks for at Lory 8E's active parameters, and
+# Expert Choice scored with both rules. Batches of 4 x 1,024 tokens: the first study's tokens per step.
+SECOND = Design("second", {
+    "dense-similarity": Setting("dense", "similarity"),
+    "lory-similarity": Setting("lory", "similarity"),
+    "dense-random": Setting("dense", "random"),
+    "lory-random": Setting("lory", "random"),
+    "dense-similarity-equal-compute": Setting("dense", "similarity", equal_compute=True),
+    "topk-aux-free-similarity": Setting("topk_aux_free", "similarity", {"num_experts": 16, "hidden_dim": 256, "top_k": 2}),
+    "remoe-similarity": Setting("remoe", "similarity", {"top_k": 1}),
+    "expert-choice": Setting("expert_choice", "similarity", seeds=1, eval_routings=("capacity",)),
+    "segment-expert-choice": Setting("segment_expert_choice", "similarity", seeds=1, eval_routings=("capacity",)),
+}, seq_len=1024, batch_size=4, passage_chars=1000, results="replication-results/second",
+    report="docs/replication-second.md")
+
+DESIGNS = {d.name: d for d in (FIRST, SECOND)}
+PAIRED = FIRST.paired  # the first study's, as its report reads them
+FIRST_SEED = {k: v for k, v in FIRST.settings.items() if v.seeds is not None}
+SETTINGS = FIRST.settings
 
 
 @dataclass(frozen=True)
 class Run:
     setting: str
     seed: int
+    design: str = "first"
 
     @property
     def key(self) -> str:
         return f"{self.setting}-seed{self.seed}"
 
     @property
+    def spec(self) -> Setting:
+        return DESIGNS[self.design].settings[self.setting]
+
+    @property
     def ffn(self) -> str:
-        return SETTINGS[self.setting][0]
+        return self.spec.ffn
 
     @property
     def order(self) -> str:
-        return SETTINGS[self.setting][1]
+        return self.spec.order
 
     @property
     def model(self) -> dict[str, Any]:
-        return dict(SETTINGS[self.setting][2])
+        return dict(self.spec.model)
 
     @property
     def prepare(self) -> dict[str, Any]:
-        return dict(SETTINGS[self.setting][3])
+        return dict(self.spec.prepare)
 
     @property
     def data_name(self) -> str:
@@ -95,14 +151,20 @@ class Run:
         return f"data-{self.order}{extra}-seed{self.seed}"
 
 
-def plan(seeds: Sequence[int]) -> list[Run]:
-    """Every run, seed by seed (a partial study has whole pairs), then the first seed's single runs."""
+def plan(seeds: Sequence[int], design: Design = FIRST, only: Sequence[str] = ()) -> list[Run]:
+    """Every run, seed by seed (a partial study has whole pairs), then the arms trained at fewer seeds;
+    ``only``: just these settings."""
     if not seeds:
         raise ValueError("--seeds: give at least one seed")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds: {list(seeds)} repeats a seed")
-    runs = [Run(s, seed) for seed in seeds for s in PAIRED]
-    return runs + [Run(s, seeds[0]) for s in FIRST_SEED]
+    unknown = sorted(set(only) - set(design.settings))
+    if unknown:
+        raise ValueError(f"--only: {unknown} are not settings of the {design.name} study ({', '.join(design.settings)})")
+    runs = [Run(s, seed, design.name) for seed in seeds for s in design.paired]
+    runs += [Run(s, seed, design.name) for i, seed in enumerate(seeds) for s, spec in design.settings.items()
+             if spec.seeds is not None and i < spec.seeds]
+    return [r for r in runs if not only or r.setting in only]
 
 
 def run_config(base: dict[str, Any], run: Run, out: Path, steps: int, data: dict[str, Any],
@@ -244,7 +306,11 @@ def collect(run: Run, run_dir: Path, cfg: dict[str, Any], heldout_inputs: Sequen
     if heldout_inputs:
         scored = perplexity(str(run_dir / "checkpoints" / "last.ckpt"), heldout_inputs)
         heldout = {d: {"nll_sum": s.nll, "tokens": s.scored} for d, s in scored.domains.items()}
-    manifest = json.loads((Path(cfg["data"]["data_dir"]) / "manifest.json").read_text())
+    from .passages import prepared_documents_per_sequence
+
+    data_dir = Path(cfg["data"]["data_dir"])
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    seq, steps = cfg["model"]["arch"]["seq_len"], cfg["trainer"]["max_steps"]
     return {
         "key": run.key, "setting": run.setting, "seed": run.seed, "ffn": run.ffn, "order": run.order,
         "validation": {d: {"nll_sum": n, "tokens": t} for d, n, t in zip(val["domains"], val["nll_sum"], val["tokens"])},
@@ -256,6 +322,11 @@ def collect(run: Run, run_dir: Path, cfg: dict[str, Any], heldout_inputs: Sequen
         "mean_weight": spec["mean_weight"] if spec else None,
         "near_duplicates_dropped": manifest.get("ordering", {}).get("near_duplicates_dropped"),
         "setup": describe(cfg, manifest),
+        "steps": steps,
+        "tokens_seen": steps * cfg["data"]["batch_size"] * seq,
+        "train_tokens": manifest["splits"]["train"]["sequences"] * seq,
+        "train_tokens_by_domain": {d: c["train_tokens"] for d, c in manifest.get("counts_by_domain", {}).items()},
+        "documents_per_sequence": prepared_documents_per_sequence(data_dir),
     }
 
 
@@ -283,9 +354,11 @@ def nll_per_token(sums: dict[str, dict[str, float]], domains: Sequence[str] | No
 
 def train_runs(runs: Sequence[Run], out: Path, results: Path, steps: int, inputs: Sequence[str],
                heldout: Sequence[str], data: dict[str, Any], model: dict[str, Any], print_fn=print,
-               allow_dirty: bool = False) -> dict[str, str]:
+               allow_dirty: bool = False, step_ratio: float | None = None) -> dict[str, str]:
     """Train every run whose result file is missing or has another fingerprint; return {key: what happened}.
-    Refuses an uncommitted source tree unless ``allow_dirty`` (``refuse_uncommitted``)."""
+    Refuses an uncommitted source tree unless ``allow_dirty`` (``refuse_uncommitted``). An equal-compute
+    arm trains ``round(steps * step_ratio)`` steps; an arm with ``eval_routings`` is validated again
+    with each (``validation_<routing>`` in its result file)."""
     from ..lightning_cli import run_lightning_cli as lory  # the Lightning entry, not the CLI dispatcher
 
     uncommitted = refuse_uncommitted(allow_dirty)
@@ -297,7 +370,10 @@ def train_runs(runs: Sequence[Run], out: Path, results: Path, steps: int, inputs
     (out / "configs").mkdir(parents=True, exist_ok=True)
     done: dict[str, str] = {}
     for i, run in enumerate(runs, 1):
-        cfg = run_config(base, run, out, steps, data, model)
+        if run.spec.equal_compute and step_ratio is None:
+            raise ValueError(f"run {run.key} trains at equal compute: it needs the measured step-time ratio")
+        run_steps = round(steps * step_ratio) if run.spec.equal_compute else steps
+        cfg = run_config(base, run, out, run_steps, data, model)
         fp = fingerprint(cfg, input_digests, heldout_digests)
         path = results / f"{run.key}.json"
         if path.exists():
@@ -317,6 +393,10 @@ def train_runs(runs: Sequence[Run], out: Path, results: Path, steps: int, inputs
             raise RuntimeError(f"run {run.key} failed: see the message above; config {cfg_path}")
         wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
         result = collect(run, run_dir, cfg, heldout)
+        for routing in run.spec.eval_routings:
+            result[f"validation_{routing}"] = validate_again(cfg, cfg_path, run, run_dir, routing)
+        if run.spec.equal_compute:
+            result["step_ratio"] = step_ratio
         result |= {"fingerprint": fp, "config": cfg_without_paths(cfg), "wall_s": round(wall, 1),
                    "cpu_s": round(cpu, 1), "threads": torch_threads(), "commit": git_commit(),
                    "source_sha256": source, "version": RESULT_VERSION}
@@ -325,6 +405,25 @@ def train_runs(runs: Sequence[Run], out: Path, results: Path, steps: int, inputs
         write_result(path, result)
         done[run.key] = "trained"
     return done
+
+
+def validate_again(cfg: dict[str, Any], cfg_path: Path, run: Run, run_dir: Path, routing: str) -> dict[str, Any]:
+    """The run's last checkpoint validated with ``model.arch.eval_routing`` ``routing``, logged beside
+    the run as version ``eval-<routing>``: {domain: {"nll_sum", "tokens"}} as ``collect`` keeps them."""
+    from ..lightning_cli import run_lightning_cli as lory
+
+    cfg = json.loads(json.dumps(cfg))
+    for logger in cfg["trainer"]["logger"]:
+        logger["init_args"]["version"] = f"eval-{routing}"
+    path = cfg_path.with_name(f"{cfg_path.stem}-eval-{routing}.yaml")
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    if lory(["validate", "--config", str(path), "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"),
+             "--model.arch.eval_routing", routing]) != 0:
+        raise RuntimeError(f"validating {run.key} with eval_routing {routing} failed: see the message above; config {path}")
+    val = _last_json(run_dir.parent / f"eval-{routing}" / "validation")
+    if val is None:
+        raise RuntimeError(f"{run_dir.parent}/eval-{routing}: no validation record")
+    return {d: {"nll_sum": n, "tokens": t} for d, n, t in zip(val["domains"], val["nll_sum"], val["tokens"])}
 
 
 def cpu_seconds() -> float:

@@ -124,10 +124,65 @@ def test_replicate_refuses_uncommitted_source_before_training_unless_allowed(tmp
 
 def test_cli_defaults_are_the_studys():
     from lory_lightning.cli import ReplicateArgs, build_parser, parsed
-    from lory_lightning.replication.study import DEFAULT_SEEDS, DEFAULT_STEPS
+    from lory_lightning.replication.study import DEFAULT_SEEDS, DEFAULT_STEPS, DESIGNS
 
     command, values = parsed(build_parser(), ["replicate"])
     args = ReplicateArgs(**values)
     assert tuple(args.seeds) == DEFAULT_SEEDS and args.steps == DEFAULT_STEPS and not args.report
-    assert (args.results, args.report_path, args.output) == ("replication-results", "REPLICATION.md", "runs/replicate")
+    assert (args.study, args.results, args.report_path, args.output) == ("first", None, None, None)  # the study's own
+    first, second = DESIGNS["first"], DESIGNS["second"]
+    assert (first.results, first.report) == ("replication-results", "REPLICATION.md")
+    assert (second.results, second.report) == ("replication-results/second", "docs/replication-second.md")
     assert parsed(build_parser(), ["replicate", "--report", "--seeds", "1", "2"])[1]["seeds"] == [1, 2]
+
+
+@pytest.mark.slow  # five tiny trainings, one more validation and their prepares: under a minute on 2 cores
+def test_the_second_study_trains_equal_compute_and_both_expert_choice_scores(tmp_path, capsys):
+    inputs = [str(p) for p in make_corpus(tmp_path / "in", docs_per_domain=40)]
+    results, report = tmp_path / "results", tmp_path / "second.md"
+    only = ["dense-similarity", "lory-similarity", "dense-similarity-equal-compute", "expert-choice"]
+    kw = dict(seeds=[0], steps=4, inputs=inputs, seq_len=64, allow_dirty=True, study="second", only=only, **TINY)
+    out = replicate(str(tmp_path / "study"), str(results), str(report), **kw)
+    assert sorted(out["runs"]) == sorted(f"{s}-seed0" for s in only)
+    ratio = json.loads((results / "step-time.json").read_text())
+    assert ratio["ratio"] > 0 and ratio["batch_size"] == 4 and ratio["rounds"] == 15
+    res = {p.stem: json.loads(p.read_text()) for p in results.glob("*-seed0.json")}
+    compute = res["dense-similarity-equal-compute-seed0"]
+    assert compute["steps"] == round(4 * ratio["ratio"]) and compute["step_ratio"] == ratio["ratio"]
+    assert res["dense-similarity-seed0"]["steps"] == 4 and res["dense-similarity-seed0"]["tokens_seen"] == 4 * 4 * 64
+    # the passage corpus: every document cut to at most 1,000 characters, measured per domain
+    docs = res["lory-similarity-seed0"]["documents_per_sequence"]
+    assert set(docs) == {"cooking", "space", "law"} and all(v >= 1 for v in docs.values())
+    ec = res["expert-choice-seed0"]
+    assert set(ec["validation_capacity"]) == set(ec["validation"])
+    assert ec["validation_capacity"] != ec["validation"]  # the training rule scores otherwise
+    text = report.read_text()
+    assert "**In progress**: 4 of the 37 runs" in text and "| token-level, seed 0 | capacity" in text
+    assert "Lory 8E has lower perplexity than dense at equal compute" in text
+    again = tmp_path / "other" / "second.md"  # figures go beside the report, named after it
+    assert main(["replicate", "--study", "second", "--report", "--results", str(results), "--report_path", str(again)]) == 0
+    assert again.read_bytes() == report.read_bytes()
+    assert f"report: {again}" in capsys.readouterr().out
+
+
+def test_the_second_studys_plan_pairs_every_arm_and_scores_expert_choice_at_the_first_seed():
+    from lory_lightning.replication.study import SECOND
+
+    runs = plan([5, 6], SECOND)
+    paired = list(SECOND.paired)
+    assert [r.key for r in runs[:7]] == [f"{s}-seed5" for s in paired] and len(paired) == 7
+    assert [r.key for r in runs[14:]] == ["expert-choice-seed5", "segment-expert-choice-seed5"]
+    assert {r.design for r in runs} == {"second"} and runs[0].data_name == "data-similarity-seed5"
+    assert SECOND.settings["expert-choice"].eval_routings == ("capacity",)
+    assert [r.key for r in plan([5, 6], SECOND, only=["lory-random"])] == ["lory-random-seed5", "lory-random-seed6"]
+    with pytest.raises(ValueError, match=r"--only: \['lory-8e'\] are not settings of the second study"):
+        plan([0], SECOND, only=["lory-8e"])
+    # the baselines are at Lory 8E's active and total parameters (16 experts: a router twice as large)
+    from lory_lightning.model import ModelConfig, param_counts
+
+    base = ModelConfig()
+    lory = param_counts(base)
+    for setting, extra_router in (("topk-aux-free-similarity", 8), ("remoe-similarity", 0)):
+        spec = SECOND.settings[setting]
+        counts = param_counts(ModelConfig(ffn=spec.ffn, **spec.model))
+        assert {k: v - lory[k] for k, v in counts.items()} == dict.fromkeys(lory, base.n_layer * extra_router * base.dim)
