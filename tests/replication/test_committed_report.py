@@ -35,8 +35,10 @@ def test_readme_findings_quote_the_report():
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index("## Replication\n"):readme.index("## Speed\n")]
     findings = section[section.index("What the study"):]
-    quoted = re.findall(r"[-+]\d+\.\d+% \[[-+]\d+\.\d+, [-+]\d+\.\d+\]|\d+\.\d+ ± \d+\.\d+", findings)
-    assert len(quoted) >= 4, "the summary should quote the report's intervals"
+    # README says "log points" where the first report writes "%" (the same number: 100 x log perplexity)
+    intervals = re.findall(r"([-+]\d+\.\d+) log points \[([-+]\d+\.\d+), ([-+]\d+\.\d+)\]", findings)
+    quoted = [f"{m}% [{lo}, {hi}]" for m, lo, hi in intervals] + re.findall(r"\d+\.\d+ ± \d+\.\d+", findings)
+    assert len(intervals) >= 3 and len(quoted) >= 5, "the summary should quote the report's intervals"
     report = (REPO / "REPLICATION.md").read_text()
     missing = [q for q in quoted if q not in report]
     assert not missing, f"README quotes numbers REPLICATION.md does not have: {missing}"
@@ -62,3 +64,4 @@ def test_committed_results_match_todays_configs():
         cfg = run_config(base, Run(result["setting"], result["seed"]), REPO / "runs" / "replicate", DEFAULT_STEPS,
                          {"inputs": []}, {"seq_len": 512})
         assert fingerprint(cfg, inputs, heldout) == result["fingerprint"], f"{path.name} is stale"
+
