@@ -14,8 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .study import (BASE_CONFIG, DEFAULT_SEEDS, DEFAULT_STEPS, DESIGNS, HELDOUT, STEP_TIME, Design, plan, train_runs,
-                    training_inputs)
+from .study import BASE_CONFIG, DEFAULT_SEEDS, DEFAULT_STEPS, DESIGNS, HELDOUT, STEP_TIME, Design, plan, train_runs
 
 DEFAULT = ""  # report_path: the study's own report (None: write no report)
 
@@ -47,10 +46,7 @@ def replicate(output: str | None = None, results: str | None = None, report_path
         model = {"seq_len": seq_len or design.seq_len, **(model or {})}
         inputs = list(inputs)
         if design.passage_chars:
-            from .passages import write_passage_corpus
-
-            cut = Path(output) / f"passages-{design.passage_chars}"
-            inputs = [str(p) for p in write_passage_corpus(training_inputs(inputs), cut, design.passage_chars)]
+            inputs = cut_corpus(inputs, data, Path(output) / f"passages-{design.passage_chars}", design.passage_chars)
         ratio = None
         if any(r.spec.equal_compute for r in runs):
             ratio = measured_step_ratio(results_dir, design, model, data, print_fn)
@@ -63,6 +59,22 @@ def replicate(output: str | None = None, results: str | None = None, report_path
         path = Path(report_path or design.report)
         out["report"] = write_report(results_dir, path, Path(log).read_text() if log else None, design)
     return out
+
+
+def cut_corpus(inputs: list[str], data: dict[str, Any], folder: Path, max_chars: int) -> list[str]:
+    """The study's inputs cut into passages (passages.py) in ``folder``; for the sample corpus its own
+    held-out files too, set as ``data["val_inputs"]`` so validation is the same documents as the first
+    study's (cut likewise), never a fraction of the training files."""
+    from ..data.prepare import sample_inputs
+    from .passages import write_passage_corpus
+
+    def cut(files: list[str]) -> list[str]:
+        return [str(p) for p in write_passage_corpus(files, folder, max_chars)]
+
+    if inputs:
+        return cut(inputs)
+    data.setdefault("val_inputs", cut(sample_inputs("val")))
+    return cut(sample_inputs("train"))
 
 
 def measured_step_ratio(results: Path, design: Design, model: dict[str, Any], data: dict[str, Any],

@@ -219,6 +219,7 @@ def fingerprint(cfg: dict[str, Any], inputs: dict[str, str], heldout: dict[str, 
         logger["init_args"].pop("save_dir", None)
     cfg["data"].pop("data_dir", None)
     cfg["data"].pop("inputs", None)  # by content below, not by where the files lie
+    cfg["data"].pop("val_inputs", None)  # likewise (in ``inputs``' digests)
     blob = json.dumps({"config": cfg, "inputs": inputs, "heldout": heldout}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -366,7 +367,8 @@ def train_runs(runs: Sequence[Run], out: Path, results: Path, steps: int, inputs
 
     base = yaml.safe_load(BASE_CONFIG.read_text())
     data = {"inputs": list(inputs), **data}
-    input_digests, heldout_digests = file_digests(training_inputs(inputs)), file_digests(heldout) if heldout else {}
+    input_digests = file_digests(training_inputs(inputs) + list(data.get("val_inputs", [])))
+    heldout_digests = file_digests(heldout) if heldout else {}
     (out / "configs").mkdir(parents=True, exist_ok=True)
     done: dict[str, str] = {}
     for i, run in enumerate(runs, 1):
@@ -446,4 +448,6 @@ def cfg_without_paths(cfg: dict[str, Any]) -> dict[str, Any]:
         logger["init_args"]["save_dir"] = "runs/replicate/runs"
     cfg["data"]["data_dir"] = "runs/replicate/" + Path(cfg["data"]["data_dir"]).name
     cfg["data"]["inputs"] = [Path(p).name for p in cfg["data"].get("inputs", [])]
+    if "val_inputs" in cfg["data"]:
+        cfg["data"]["val_inputs"] = [Path(p).name for p in cfg["data"]["val_inputs"]]
     return cfg

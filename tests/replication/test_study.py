@@ -186,3 +186,24 @@ def test_the_second_studys_plan_pairs_every_arm_and_scores_expert_choice_at_the_
         spec = SECOND.settings[setting]
         counts = param_counts(ModelConfig(ffn=spec.ffn, **spec.model))
         assert {k: v - lory[k] for k, v in counts.items()} == dict.fromkeys(lory, base.n_layer * extra_router * base.dim)
+
+
+def test_the_sample_corpus_is_cut_with_its_own_held_out_files_as_validation(tmp_path):
+    from lory_lightning.replication import cut_corpus
+
+    data = {}
+    train = cut_corpus([], data, tmp_path / "cut", 1000)
+    domains = ("books", "code", "legal", "techdocs", "wiki")
+    assert [p.rsplit("/", 1)[1] for p in train] == [f"{d}-train.jsonl.gz" for d in domains]
+    assert [p.rsplit("/", 1)[1] for p in data["val_inputs"]] == [f"{d}-val.jsonl.gz" for d in domains]
+    # the fingerprint reads the validation files by content, not by where they lie
+    base = yaml.safe_load(BASE_CONFIG.read_text())
+    run = Run("lory-similarity", 0, "second")
+    digests = file_digests(train + data["val_inputs"])
+    a = run_config(base, run, tmp_path / "a", 400, {"inputs": train, **data}, {"seq_len": 1024})
+    moved = {"inputs": [p.replace(str(tmp_path), "/elsewhere") for p in train],
+             "val_inputs": [p.replace(str(tmp_path), "/elsewhere") for p in data["val_inputs"]]}
+    b = run_config(base, run, tmp_path / "b", 400, moved, {"seq_len": 1024})
+    assert fingerprint(a, digests, {}) == fingerprint(b, digests, {})
+    other = cut_corpus([], {}, tmp_path / "cut2", 500)
+    assert file_digests(other) != file_digests(train)  # other passages, other content
