@@ -112,6 +112,28 @@ def documents_table(st: Study) -> list[str]:
     return lines
 
 
+def power_lines(first_dir: Path) -> list[str]:
+    """How many seeds: the first study's spread of each paired difference, and what 3, 5 and 8 seeds
+    would detect at it (80% power), from the first study's result files beside this study's folder."""
+    try:
+        first = Study(load_results(first_dir))
+    except (FileNotFoundError, ValueError):
+        return ["The first study's result files are not beside this study's, so its spread is not shown."]
+    lines = ["| paired difference (first study) | seeds | sd, log points | detectable with 3 / 5 / 8 seeds |",
+             "|---|---:|---:|---|"]
+    for name, values in (("Lory - dense, similarity order", first.diffs("lory-similarity", "dense-similarity", "all")),
+                         ("Lory - dense, random order", first.diffs("lory-random", "dense-random", "all")),
+                         ("gain with similarity - gain with random", first.gain_gap("all")),
+                         ("similarity - random, dense", first.diffs("dense-similarity", "dense-random", "all")),
+                         ("similarity - random, Lory", first.diffs("lory-similarity", "lory-random", "all"))):
+        if len(values) < 2:
+            continue
+        sd = stats.mean_sd(values)[1]
+        mde = " / ".join(f"{stats.minimal_detectable_effect(sd, n):.1f}" for n in (3, 5, 8))
+        lines.append(f"| {name} | {len(values)} | {sd:.2f} | {mde} |")
+    return lines
+
+
 def runs_table(st: Study) -> list[str]:
     lines = ["| run | seed | steps | tokens seen | passes | training tokens | CPU | commit | source |",
              "|---|---:|---:|---:|---:|---:|---:|---|---|"]
@@ -160,6 +182,11 @@ def write_second_report(results_dir: Path, path: Path, log: str | None = None) -
              "| claim | verdict | difference, log points [95% interval] (perplexity ratio) | detectable (80% power) |",
              "|---|---|---|---|"]
     lines += [f"| {c} | **{v}** | {e} | {m} |" for c, v, e, m in rows]
+    lines += ["", "## Seeds and power", "",
+              "Every paired arm trains at 5 seeds (Expert Choice at the first only), chosen from the first "
+              "study's spread of the same differences: the table gives, for each, the smallest true difference "
+              "3, 5 and 8 seeds detect with 80% power at that spread (log points). The claims above give the "
+              "same number from this study's own spread.", ""] + power_lines(results_dir.parent)
     lines += ["", "## Equal compute", ""]
     if measured:
         lines += [f"Lory's training step took {measured['ratio']:.4f} times dense's on the machine of the study "
