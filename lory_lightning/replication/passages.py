@@ -12,6 +12,7 @@ sequence around a token holds, from the prepared shards.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -85,12 +86,15 @@ def write_passage_corpus(files: Sequence[str], out: Path, max_chars: int, text_f
                     lines.append(json.dumps(cut, ensure_ascii=False) + "\n")
         target = out / path.name
         data = "".join(lines).encode()
-        with atomic_file(target) as f:
-            if target.suffix == ".gz":
-                # mtime 0: the same passages give the same bytes (the study fingerprints inputs by content)
-                with gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as g:
-                    g.write(data)
-            else:
+        if target.suffix == ".gz":  # mtime 0: the same passages give the same bytes (fingerprinted by content)
+            packed = io.BytesIO()
+            with gzip.GzipFile(filename="", fileobj=packed, mode="wb", mtime=0) as g:  # no name in the header
+                g.write(data)
+            data = packed.getvalue()
+        # A file already holding these bytes is left alone: two `lory replicate` processes of one study
+        # (--only, other seeds) cut the same corpus into one folder, and only a writer races a writer.
+        if not (target.is_file() and target.read_bytes() == data):
+            with atomic_file(target) as f:
                 f.write(data)
         written.append(target)
     return written

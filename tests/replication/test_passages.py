@@ -36,9 +36,12 @@ def test_the_corpus_is_rewritten_record_by_record_and_reproducibly(tmp_path):
     assert [r["text"] for r in rows] == ["p1", "p2 is", "longer", "one"]
     assert [r.get("source") for r in rows] == ["a.txt#p0", "a.txt#p1", "a.txt#p2", None]
     assert all(r["domain"] == "books" for r in rows)
-    first = out.read_bytes()
+    first, written_at = out.read_bytes(), out.stat().st_mtime_ns
     write_passage_corpus([str(src)], tmp_path / "cut", max_chars=8)
     assert out.read_bytes() == first  # same content, same bytes: the study fingerprints inputs by content
+    assert out.stat().st_mtime_ns == written_at  # and not written again (a second process of the study)
+    write_passage_corpus([str(src)], tmp_path / "cut", max_chars=4)
+    assert out.read_bytes() != first  # other passages are written
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"txt": "no"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: not a JSON object with a 'text' string"):
         write_passage_corpus([str(tmp_path / "bad.jsonl")], tmp_path / "cut", 8)
