@@ -10,16 +10,21 @@ from lory_lightning.cli import main
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_replicate_report_rebuilds_the_committed_report(tmp_path):
+def run_in_copy(tmp_path, argv):
+    """`lory <argv>` run in ``tmp_path`` holding a copy of the committed result files and the log."""
     shutil.copytree(REPO / "replication-results", tmp_path / "replication-results")
     (tmp_path / "docs").mkdir()
     shutil.copy(REPO / "docs" / "replication-log.md", tmp_path / "docs")
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        assert main(["replicate", "--report", "--log", "docs/replication-log.md"]) == 0
+        assert main(argv) == 0
     finally:
         os.chdir(cwd)
+
+
+def test_replicate_report_rebuilds_the_committed_report(tmp_path):
+    run_in_copy(tmp_path, ["replicate", "--report", "--log", "docs/replication-log.md"])
     assert (tmp_path / "REPLICATION.md").read_bytes() == (REPO / "REPLICATION.md").read_bytes()
     made = sorted(p.name for p in (tmp_path / "replication-figures").iterdir())
     assert made == sorted(p.name for p in (REPO / "replication-figures").iterdir())
@@ -65,3 +70,40 @@ def test_committed_results_match_todays_configs():
                          {"inputs": []}, {"seq_len": 512})
         assert fingerprint(cfg, inputs, heldout) == result["fingerprint"], f"{path.name} is stale"
 
+
+
+def test_the_second_studys_report_rebuilds_from_its_committed_result_files(tmp_path):
+    # the first study's files lie beside: the report shows their spread (why 5 seeds)
+    run_in_copy(tmp_path, ["replicate", "--study", "second", "--report"])
+    committed = REPO / "docs" / "replication-second.md"
+    assert (tmp_path / "docs" / "replication-second.md").read_bytes() == committed.read_bytes()
+    made = sorted(p.name for p in (tmp_path / "docs" / "replication-second-figures").iterdir())
+    assert made == sorted(p.name for p in (REPO / "docs" / "replication-second-figures").iterdir())
+
+
+def test_the_second_studys_committed_results_match_todays_configs(tmp_path):
+    """As above, for the second study: its passage corpus is cut again here and fingerprinted by content,
+    and its equal-compute runs train the committed step-time ratio's steps."""
+    import json
+
+    import yaml
+
+    from lory_lightning.replication import cut_corpus
+    from lory_lightning.replication.study import (
+        BASE_CONFIG, DEFAULT_STEPS, HELDOUT, SECOND, STEP_TIME, Run, file_digests, fingerprint, run_config)
+
+    folder = REPO / "replication-results" / "second"
+    ratio = json.loads((folder / STEP_TIME).read_text())["ratio"]
+    base = yaml.safe_load(BASE_CONFIG.read_text())
+    data = {"batch_size": SECOND.batch_size}
+    train = cut_corpus([], data, tmp_path / "passages", SECOND.passage_chars)
+    inputs, heldout = file_digests(train + data["val_inputs"]), file_digests([str(HELDOUT)])
+    files = sorted(p for p in folder.glob("*.json") if p.name != STEP_TIME)
+    assert files
+    for path in files:
+        result = json.loads(path.read_text())
+        run = Run(result["setting"], result["seed"], "second")
+        steps = round(DEFAULT_STEPS * ratio) if run.spec.equal_compute else DEFAULT_STEPS
+        cfg = run_config(base, run, REPO / "runs" / "replicate-second", steps,
+                         {"inputs": train, **data}, {"seq_len": SECOND.seq_len})
+        assert fingerprint(cfg, inputs, heldout) == result["fingerprint"], f"{path.name} is stale"
