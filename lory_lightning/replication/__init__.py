@@ -55,9 +55,10 @@ def replicate(output: str | None = None, results: str | None = None, report_path
     out: dict[str, Any] = {"runs": done}
     if report_path is not None:
         from .report import write_report
+        from .report_second import write_second_report
 
-        path = Path(report_path or design.report)
-        out["report"] = write_report(results_dir, path, Path(log).read_text() if log else None, design)
+        write = write_report if study == "first" else write_second_report
+        out["report"] = write(results_dir, Path(report_path or design.report), Path(log).read_text() if log else None)
     return out
 
 

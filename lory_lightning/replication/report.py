@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import stats
-from .study import DEFAULT_SEEDS, FIRST, PAIRED, SETTINGS, STEP_TIME, Design, nll_per_token, plan, read_result
+from .study import DEFAULT_SEEDS, PAIRED, SETTINGS, STEP_TIME, nll_per_token, plan, read_result
 
 Result = dict[str, Any]
 # "close": token-level Expert Choice better than Lory by less than this many seed-to-seed standard
@@ -357,12 +357,8 @@ def status(st: Study, seeds: Sequence[int] = DEFAULT_SEEDS) -> str:
             "5 seeds have wide intervals; `lory replicate` trains only what is missing.")
 
 
-def write_report(results_dir: Path, path: Path, log: str | None = None, design: Design = FIRST) -> dict[str, Any]:
-    """The study's report (``path``) and its figures (``<stem>-figures/``) from the result files."""
-    if design.name != "first":
-        from .report_second import write_second_report
-
-        return write_second_report(results_dir, path, log)
+def write_report(results_dir: Path, path: Path, log: str | None = None) -> dict[str, Any]:
+    """REPLICATION.md (``path``) and its figures (``<stem>-figures/``) from the first study's result files."""
     st = Study(load_results(results_dir))
     figs = figures(st, path.parent / (path.stem.lower() + "-figures"))
     rel = lambda name: figs[name].relative_to(path.parent).as_posix()  # noqa: E731
