@@ -21,7 +21,7 @@ from lory_lightning.model.transformer import LoryTransformer, compile_blocks
 kind, recompute = sys.argv[1], sys.argv[2] == "1"
 torch.manual_seed(0)
 cfg = ModelConfig(ffn=kind, recompute_merge=recompute, n_layer=1, dim=32, hidden_dim=64, n_head=2,
-                  num_experts=2, segment_len=8, seq_len=32, vocab_size=64)
+                  num_experts=2, top_k=1, segment_len=8, seq_len=32, vocab_size=64)
 compiled = LoryTransformer(cfg)
 eager = copy.deepcopy(compiled)
 compile_blocks(compiled)
