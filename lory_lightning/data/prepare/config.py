@@ -46,6 +46,10 @@ class Recipe:
         knn_trees: Annoy trees: more trees find truer neighbours (recall) and build slower.
         knn_search_k: Annoy nodes inspected per query; -1 is Annoy's default, trees x k.
         dedup_threshold: Drop the later of two documents with cosine above this (1.0 keeps all).
+        keep_fraction: Per domain name, the share of its training documents kept, a seeded random
+            choice made after the tokenizer and embedding map are fit and near-duplicates dropped
+            (data/thinning.py): a smaller corpus or another mixture with the same tokenizer.
+            Unnamed domains keep all; the thinned documents are counted per domain in the manifest.
         partition_size: At most this many documents are ordered together (kNN, near-duplicates,
             path); a larger corpus is cut into partitions of similar documents, chained by their
             centroids (data/partition.py). Near-copies in two partitions are both kept.
@@ -72,6 +76,7 @@ class Recipe:
     knn_trees: int = 50
     knn_search_k: int = -1
     dedup_threshold: float = 0.99
+    keep_fraction: dict[str, float] = field(default_factory=dict)
     partition_size: int = 100_000
     min_chars: int = 16
     max_chars: int = 1_000_000
@@ -94,6 +99,10 @@ class Recipe:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not -1.0 <= self.dedup_threshold <= 1.0:
             raise ValueError(f"dedup_threshold is a cosine in [-1, 1] (1.0 disables it), got {self.dedup_threshold}")
+        for name, share in self.keep_fraction.items():
+            if not 0.0 < share <= 1.0:
+                raise ValueError(f"keep_fraction[{name!r}] is a share of the domain's training documents in "
+                                 f"(0, 1], got {share}")
         if self.tokenizer_sample < 1:
             raise ValueError(f"tokenizer_sample must be >= 1 document, got {self.tokenizer_sample}")
         if self.embed_sample < 2:

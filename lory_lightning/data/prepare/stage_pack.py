@@ -15,6 +15,7 @@ from ..ordering import random_order
 from ..packed import write_piece
 from ..packing import num_sequences
 from ..rowfile import JoinedRows, RowFile
+from ..thinning import keep_fractions, thin
 from .stage_documents import file_bounds, kept_documents
 from .stage_encode import corpus_and_tokenizer, encoded, token_rows
 from .stage_order import partition_sizes
@@ -86,6 +87,8 @@ def pack(folder: Path, rank: int, tasks: int) -> None:
     sizes = partition_sizes(work)
     pieces, packs = train_pieces(work, sizes)
     training = TrainingDocs(work)
+    keep = keep_fractions(work.recipe.keep_fraction, meta["domains"])  # (D,) 1.0: keep all
+    n_domains = len(meta["domains"])
     with token_rows(work, meta) as tokens, contextlib.closing(training):
         for q in balanced(np.append(pieces, meta["documents"] - meta["train_documents"]), rank, tasks):
             if q == len(pieces):
@@ -93,15 +96,21 @@ def pack(folder: Path, rank: int, tasks: int) -> None:
                 continue
             ids, dropped = piece_order(work, int(packs[q]), sizes)
             docs = training[ids]
+            kept = thin(docs["id"], docs["domain"], keep, work.recipe.seed)  # (n,) the path with holes
+            gone = {key: column[~kept] for key, column in docs.items()}
+            docs = {key: column[kept] for key, column in docs.items()}
             counts = write_piece(work.at.piece(q), tokens, docs["offset"], docs["length"],
                                  docs["domain"], docs["id"], meta["eod_id"], meta["vocab_size"])
             atomic_npy(work.at.piece_counts(q), counts)
             atomic_npy(work.at.piece_dropped(q), training[dropped]["id"])
-            n_domains, domain = len(meta["domains"]), docs["domain"]
+            domain = docs["domain"]
             atomic_json(work.at.piece_summary(q), {
-                "documents": len(ids), "tokens": int(docs["length"].sum()) + len(ids),
+                "documents": len(domain), "tokens": int(docs["length"].sum()) + len(domain),
+                "thinned_documents": np.bincount(gone["domain"], minlength=n_domains).tolist(),
+                "thinned_tokens": np.bincount(gone["domain"], weights=gone["length"] + 1,
+                                              minlength=n_domains).astype(np.int64).tolist(),
                 "same_domain_steps": int(np.sum(domain[1:] == domain[:-1])),
-                "ends": [int(domain[0]), int(domain[-1])] if len(ids) else None,
+                "ends": [int(domain[0]), int(domain[-1])] if len(domain) else None,
                 "domain_documents": np.bincount(domain, minlength=n_domains).tolist(),
                 "domain_tokens": np.bincount(domain, weights=docs["length"] + 1, minlength=n_domains).astype(np.int64).tolist()})
 
@@ -110,6 +119,7 @@ def pack_summary(work: Work) -> str:
     summary = stream_summary(work)
     return (f"{summary['train_documents']} documents in {summary['partitions']} partition(s), "
             f"{summary['near_duplicates_dropped']} near-duplicates dropped, "
+            + (f"{summary['thinned']} thinned (keep_fraction), " if summary["thinned"] else "") +
             f"{summary['path_same_domain_fraction']:.1%} of path steps stay in a domain; "
             f"train {summary['train_sequences']} sequences, val {summary['val_sequences']}")
 
@@ -146,7 +156,7 @@ def _pack_validation(work: Work, meta: dict, tokens: JoinedRows) -> None:
 def stream_summary(work: Work) -> dict:
     """The training stream from its pieces' summaries: documents, tokens, sequences, tail, partitions,
     near-duplicates dropped, share of path steps inside a domain; the validation side's groups,
-    documents, sequences and tail."""
+    documents, sequences and tail; the documents thinned by ``keep_fraction``."""
     pieces = [load_json(p) for p in work.at.piece_summaries()]
     n_docs = sum(p["documents"] for p in pieces)
     tokens = sum(p["tokens"] for p in pieces)
@@ -155,6 +165,7 @@ def stream_summary(work: Work) -> dict:
     val = load_json(work.at.val_summary)
     return {"pieces": len(pieces), "train_documents": n_docs, "train_tokens": tokens, "train_sequences": n_seq,
             "train_tail": tail, "partitions": len(partition_sizes(work)), "near_duplicates_dropped": dropped,
+            "thinned": sum(sum(p["thinned_documents"]) for p in pieces),
             "path_same_domain_fraction": same_domain_fraction(pieces),
             "val_groups": val["groups"], "val_documents": val["documents"], "val_tail": val["tail"],
             "val_sequences": len(load_npy(work.at.val_entries, mmap=True))}

@@ -105,10 +105,11 @@ def finish(folder: Path, rank: int, tasks: int) -> None:
                               meta["eod_id"])
     atomic_write_bytes(out / UNIGRAM, npy_bytes(counts))
     atomic_write_bytes(out / TOKENIZER, work.at.tokenizer.read_bytes())
-    by_domain = {d: {"train_documents": 0, "val_documents": 0, "train_tokens": 0, "val_tokens": 0} for d in domains}
+    by_domain = {}
     for d, name in enumerate(domains):
-        by_domain[name]["train_documents"] = sum(p["domain_documents"][d] for p in pieces)
-        by_domain[name]["train_tokens"] = sum(p["domain_tokens"][d] for p in pieces)
+        by_domain[name] = {key: sum(p[field][d] for p in pieces) for key, field in (
+            ("train_documents", "domain_documents"), ("train_tokens", "domain_tokens"),
+            ("train_documents_thinned", "thinned_documents"), ("train_tokens_thinned", "thinned_tokens"))}
         in_d = val["domain"] == d
         by_domain[name]["val_documents"] = int(in_d.sum())
         by_domain[name]["val_tokens"] = int((val["length"][in_d] + 1).sum())
