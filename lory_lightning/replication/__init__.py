@@ -38,6 +38,10 @@ def replicate(output: str | None = None, results: str | None = None, report_path
     results_dir = Path(results or design.results)
     heldout = [str(HELDOUT)] if heldout is None else list(heldout)
     runs = plan(seeds, design, only)  # refuses bad seeds and settings before anything is written
+    thinned = sorted({r.setting for r in runs if "keep_fraction" in r.prepare})
+    if train and inputs and thinned:  # their shares name the sample corpus's domains (study.NEAR_COPY_KEEP)
+        raise ValueError(f"{', '.join(thinned)} thin the sample corpus's domains to the near-copy probe's shares; "
+                         "with --inputs, leave them out (--only the other settings)")
     done: dict[str, str] = {}
     if train:
         data = dict(data or {})

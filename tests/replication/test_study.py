@@ -11,8 +11,8 @@ from lory_lightning.cli import main
 from lory_lightning.replication import replicate
 from lory_lightning.replication import study
 from lory_lightning.replication.study import (
-    BASE_CONFIG, FIRST_SEED, PAIRED, Run, file_digests, fingerprint, plan, run_config, source_digest,
-    uncommitted_source)
+    BASE_CONFIG, DEFAULT_SEEDS, FIRST_SEED, NEAR_COPY_KEEP, PAIRED, Run, file_digests, fingerprint, plan, run_config,
+    source_digest, uncommitted_source)
 
 TINY = dict(model=dict(segment_len=8, n_layer=2, n_head=2, dim=32, hidden_dim=48, num_experts=4),
             data=dict(vocab_size=300, batch_size=4, prepare={"val_fraction": 0.1, "sequences_per_shard": 8}))
@@ -170,9 +170,17 @@ def test_the_second_studys_plan_pairs_every_arm_and_scores_expert_choice_at_the_
 
     runs = plan([5, 6], SECOND)
     paired = list(SECOND.paired)
-    assert [r.key for r in runs[:7]] == [f"{s}-seed5" for s in paired] and len(paired) == 7
-    assert [r.key for r in runs[14:]] == ["expert-choice-seed5", "segment-expert-choice-seed5"]
+    assert [r.key for r in runs[:5]] == [f"{s}-seed5" for s in paired] and len(paired) == 5
+    assert [r.key for r in runs[10:]] == [
+        "topk-aux-free-similarity-seed5", "remoe-similarity-seed5", "expert-choice-seed5", "segment-expert-choice-seed5",
+        "dense-similarity-dedup-0.9-seed5", "lory-similarity-dedup-0.9-seed5", "dense-similarity-thinned-seed5",
+        "lory-similarity-thinned-seed5", "topk-aux-free-similarity-seed6", "remoe-similarity-seed6"]
+    assert len(plan(DEFAULT_SEEDS, SECOND)) == 5 * 5 + 2 * 3 + 6
     assert {r.design for r in runs} == {"second"} and runs[0].data_name == "data-similarity-seed5"
+    thinned = next(r for r in runs if r.setting == "dense-similarity-thinned")
+    assert thinned.data_name == "data-similarity-keep-fraction-" + "-".join(
+        f"{d}{v:g}" for d, v in sorted(NEAR_COPY_KEEP.items())) + "-seed5"
+    assert thinned.prepare == {"keep_fraction": NEAR_COPY_KEEP}
     assert SECOND.settings["expert-choice"].eval_routings == ("capacity",)
     assert [r.key for r in plan([5, 6], SECOND, only=["lory-random"])] == ["lory-random-seed5", "lory-random-seed6"]
     with pytest.raises(ValueError, match=r"--only: \['lory-8e'\] are not settings of the second study"):
@@ -186,6 +194,32 @@ def test_the_second_studys_plan_pairs_every_arm_and_scores_expert_choice_at_the_
         spec = SECOND.settings[setting]
         counts = param_counts(ModelConfig(ffn=spec.ffn, **spec.model))
         assert {k: v - lory[k] for k, v in counts.items()} == dict.fromkeys(lory, base.n_layer * extra_router * base.dim)
+
+
+def test_thinning_to_match_keeps_the_target_share_of_each_shrunk_domain():
+    from lory_lightning.replication.study import thinning_to_match
+
+    assert thinning_to_match({"a": 1000, "b": 300, "c": 7}, {"a": 600, "b": 300, "c": 3}) == {"a": 0.6, "c": 0.4286}
+    with pytest.raises(ValueError, match=r"\['d'\] are in one corpus only"):
+        thinning_to_match({"a": 1000}, {"a": 600, "d": 5})
+
+
+def test_the_near_copy_probe_is_thinned_to_the_tokens_dedup_0_9_leaves():
+    """NEAR_COPY_KEEP is thinning_to_match of the committed seed-0 corpora (its result files record them)."""
+    from lory_lightning.replication.study import REPO, SECOND, thinning_to_match
+
+    folder = REPO / SECOND.results
+    full, dedup = (folder / f"{s}-seed0.json" for s in ("dense-similarity", "dense-similarity-dedup-0.9"))
+    if not dedup.exists():
+        pytest.skip(f"{dedup.name} is not committed yet (the probe's constants were computed from a prepare)")
+    tokens = lambda p: json.loads(p.read_text())["train_tokens_by_domain"]  # noqa: E731
+    assert thinning_to_match(tokens(full), tokens(dedup)) == NEAR_COPY_KEEP
+
+
+def test_the_thinned_arms_need_the_sample_corpus(tmp_path):
+    with pytest.raises(ValueError, match="dense-similarity-thinned.*sample corpus.*--only"):
+        replicate(str(tmp_path / "s"), str(tmp_path / "r"), None, seeds=[0], inputs=[str(tmp_path / "x.jsonl")],
+                  study="second", only=["dense-similarity-thinned"], allow_dirty=True)
 
 
 def test_the_sample_corpus_is_cut_with_its_own_held_out_files_as_validation(tmp_path):
