@@ -253,8 +253,8 @@ def write_second_report(results_dir: Path, path: Path, log: str | None = None) -
     lines += ["", "## Near-copies, at equal training tokens", "",
               "Does removing near-copies (cosine above 0.9 rather than 0.99) help or hurt similarity order, with "
               "the corpus's size and mixture held fixed? The comparison corpus is the 0.99 one thinned at random "
-              "(`data.prepare.keep_fraction`, applied after the tokenizer is fit, so both corpora share it) to the training tokens "
-              "that de-duplication at 0.9 leaves in each domain.", ""] + near_copy_lines(st)
+              "(`data.prepare.keep_fraction`, applied after the tokenizer is fit, so both corpora share it) to the "
+              "training tokens that de-duplication at 0.9 leaves in each domain.", ""] + near_copy_lines(st)
     lines += ["", "## Documents per sequence", "",
               "Per domain, the mean number of documents in the training sequence around a token of that domain "
               "(mean ± sd over the prepared folders, one per seed and order):", ""] + documents_table(st)
